@@ -1,0 +1,182 @@
+"""``segray`` command line: ``model init``, ``label``, ``demo``. Thin: parsing only, work in the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from segray.frames.decode import DEFAULT_MAX_PIXELS
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, log_to_driver=True)
+
+
+def add_label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model artifact folder or s3:// URI")
+    p.add_argument("--input", required=True, help="folder/S3 prefix of PNG/JPEG frames, or a manifest (.parquet/.csv)")
+    p.add_argument("--output", required=True, help="output folder or s3:// prefix")
+    p.add_argument("--batch-size", type=int, default=8, help="frames per model call (default 8)")
+    p.add_argument("--min-actors", type=int, default=1, help="inference actor pool minimum (default 1)")
+    p.add_argument(
+        "--max-actors", type=int, default=1, help="inference actor pool maximum; > min autoscales (default 1)"
+    )
+    p.add_argument(
+        "--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per inference actor (default 1)"
+    )
+    p.add_argument(
+        "--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)"
+    )
+    p.add_argument(
+        "--torch-threads", type=int, default=0, help="torch CPU threads per actor (default: node cores / max actors)"
+    )
+    p.add_argument("--read-cpus", type=float, default=0.5, help="Ray CPUs per read/decode task (default 0.5)")
+    p.add_argument("--write-cpus", type=float, default=0.5, help="Ray CPUs per write task (default 0.5)")
+    p.add_argument(
+        "--write-batch-size", type=int, default=128, help="frames per stats/errors Parquet part (default 128)"
+    )
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse frames declaring more pixels")
+    p.add_argument("--uri-column", default="uri", help="manifest column holding frame URIs (default uri)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if torch sees one), cpu, cuda")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--print-table", action="store_true", help="print the per-class area table at the end")
+
+
+def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the job module at parse time
+    from segray.labelling.job import LabelOptions
+
+    return LabelOptions(
+        model=a.model,
+        input=a.input,
+        output=a.output,
+        batch_size=a.batch_size,
+        min_actors=a.min_actors,
+        max_actors=a.max_actors,
+        cpus_per_actor=a.cpus_per_actor,
+        gpus_per_actor=a.gpus_per_actor,
+        torch_threads=a.torch_threads,
+        read_cpus=a.read_cpus,
+        write_cpus=a.write_cpus,
+        write_batch_size=a.write_batch_size,
+        max_pixels=a.max_pixels,
+        uri_column=a.uri_column,
+        device=a.device,
+    )
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    from segray.labelling.job import preflight, run_label_job
+    from segray.labelling.report import area_table, format_area_table
+
+    opts = label_options(a)
+    preflight(opts)  # bad model/input/credentials fail before Ray starts
+    _init_ray(a.address)
+    s = run_label_job(opts)
+    print(
+        f"run {s.run_id}: {s.labelled} labelled, {s.failed} failed, {s.skipped_done} already done, "
+        f"{s.seconds:.1f} s, {s.frames_per_s:.2f} frames/s -> {s.output}"
+    )
+    if a.print_table:
+        print(format_area_table(area_table(s.output, s.model_id)))
+    return 0
+
+
+def cmd_model_init(a: argparse.Namespace) -> int:
+    from segray.labels import load_label_map
+    from segray.models.artifact import init_artifact
+
+    art = init_artifact(
+        a.arch,
+        a.encoder,
+        load_label_map(a.labels),
+        name=a.name,
+        height=a.height,
+        width=a.width,
+        encoder_weights=a.encoder_weights,
+    )
+    art.save(a.out)
+    print(f"wrote {art.model_id} ({a.arch}/{a.encoder}, {art.label_map.num_classes} classes) to {a.out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from segray.demo import write_street_frames
+    from segray.labelling.job import LabelOptions, run_label_job
+    from segray.labelling.report import area_table, format_area_table
+    from segray.labels import CAMVID
+    from segray.models.artifact import init_artifact
+
+    root = Path(a.dir).absolute()
+    frames, model, out = root / "frames", root / "model", root / "labels"
+    write_street_frames(frames, n=a.frames)
+    print(f"wrote {a.frames} synthetic street frames to {frames}")
+    art = init_artifact("unet", "resnet18", CAMVID, name="demo-unet-resnet18", height=224, width=320)
+    art.save(str(model))
+    print(f"wrote an untrained model artifact {art.model_id} to {model}")
+    _init_ray(a.address)
+    s = run_label_job(LabelOptions(model=str(model), input=str(frames), output=str(out)))
+    print(
+        f"\nrun {s.run_id}: {s.labelled} labelled, {s.failed} failed, {s.skipped_done} already done "
+        f"in {s.seconds:.1f} s ({s.frames_per_s:.2f} frames/s)\noutputs: {out}/masks, {out}/stats, {out}/_runs"
+    )
+    print("\nper-class area (untrained model: shows the pipeline, not a trained model's view)")
+    print(format_area_table(area_table(str(out), s.model_id)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segray", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    lab = sub.add_parser("label", help="label frames: masks, per-class stats, errors (Ray Data)")
+    add_label_args(lab)
+    lab.set_defaults(func=cmd_label)
+
+    model = sub.add_parser("model", help="model artifacts")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    init = msub.add_parser("init", help="write an untrained model artifact")
+    init.add_argument("--arch", default="unet", help="unet or pspnet")
+    init.add_argument("--encoder", default="resnet34", help="any segmentation-models-pytorch encoder")
+    init.add_argument("--labels", default="camvid", help="built-in label map name or label-map JSON path/URI")
+    init.add_argument("--name", default=None, help="model name (default <arch>-<encoder>)")
+    init.add_argument("--height", type=int, default=352, help="model input height (multiple of 32)")
+    init.add_argument("--width", type=int, default=480, help="model input width (multiple of 32)")
+    init.add_argument("--encoder-weights", default=None, help="local or s3:// .safetensors file for the encoder")
+    init.add_argument("out", help="artifact folder or s3:// URI")
+    init.set_defaults(func=cmd_model_init)
+
+    demo = sub.add_parser("demo", help="synthetic frames -> new model -> local Ray labelling -> area table")
+    demo.add_argument("--dir", default="segray-demo", help="working folder (default ./segray-demo)")
+    demo.add_argument("--frames", type=int, default=36, help="synthetic frames (default 36)")
+    demo.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from segray import storage
+    from segray.models.artifact import ArtifactError
+
+    _setup_logging()
+    a = build_parser().parse_args(argv)
+    try:
+        return int(a.func(a))
+    except (storage.StorageError, ArtifactError, FileNotFoundError, ValueError) as e:
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The labelling pipeline, one module per stage: read -> predict -> write, assembled by ``job``."""

@@ -1,0 +1,274 @@
+"""The labelling job: frames -> Ray Data (read -> predict -> write) -> masks, stats, errors, summary.
+
+Output layout under ``output``::
+
+    masks/<relative_path>.png        palette PNG per frame (class index per pixel)
+    stats/part-<run>-<id>.parquet    one row per labelled frame (schema: segray.labelling.stats)
+    errors/part-<run>-<id>.parquet   one row per frame that could not be labelled, with the reason
+    _runs/<run_id>.json              counts, timing, model id, options
+
+Reruns: frames that already have a ``stats/`` row from the same model id are skipped, so rerunning
+a finished job labels nothing and rerunning an interrupted one finishes the rest; ``errors/``
+describes the latest completed run (earlier runs' error parts are removed when a run completes,
+since every frame without a stats row was retried).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from segray import storage
+from segray.frames.decode import DEFAULT_MAX_PIXELS
+from segray.frames.listing import (
+    is_manifest,
+    list_folder,
+    relative_path_from_uri,
+    resolve_manifest_uri,
+)
+from segray.models.artifact import ArtifactInfo, read_info
+
+log = logging.getLogger("segray.label")
+
+#: Rows per block when a folder listing becomes a dataset: small enough to spread reads.
+LISTING_BLOCK_ROWS = 64
+
+
+@dataclass
+class LabelOptions:
+    model: str
+    input: str
+    output: str
+    batch_size: int = 8
+    min_actors: int = 1
+    max_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    torch_threads: int = 0  # 0: the actor's share of the node's cores
+    read_cpus: float = 0.5
+    write_cpus: float = 0.5
+    read_batch_size: int = 16
+    write_batch_size: int = 128
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    uri_column: str = "uri"
+    device: str = "auto"
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.read_batch_size < 1 or self.write_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if not 1 <= self.min_actors <= self.max_actors:
+            raise ValueError(f"need 1 <= min_actors ({self.min_actors}) <= max_actors ({self.max_actors})")
+        if self.cpus_per_actor <= 0:
+            raise ValueError("cpus_per_actor must be > 0")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    model_id: str
+    input: str
+    output: str
+    frames_in: int
+    skipped_done: int
+    labelled: int
+    failed: int
+    seconds: float
+    frames_per_s: float
+    started_at: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def done_frames(output: str, model_id: str) -> set[str]:
+    """Relative paths that already have a stats row from this model (columns read, not rows kept)."""
+    stats_uri = storage.join(output, "stats")
+    if not storage.exists(stats_uri):
+        return set()
+    fs, path = storage.resolve(stats_uri)
+    ds = pads.dataset(path, filesystem=fs, format="parquet")
+    done: set[str] = set()
+    for b in ds.to_batches(columns=["relative_path", "model_id"], filter=pads.field("model_id") == model_id):
+        done.update(b.column(0).to_pylist())
+    return done
+
+
+def _frames_dataset(opts: LabelOptions, done: set[str]) -> tuple[Any, int, int]:
+    """The input as a Ray dataset of (uri, relative_path, extra manifest columns...)."""
+    import ray.data
+
+    if is_manifest(opts.input):
+        fs, path = storage.resolve(opts.input)
+        fmt = "csv" if opts.input.lower().endswith(".csv") else "parquet"
+        table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
+        if opts.uri_column not in table.column_names:
+            raise ValueError(
+                f"{opts.input}: manifest has no {opts.uri_column!r} column (columns: {table.column_names}); "
+                "name it with --uri-column"
+            )
+        uris = [resolve_manifest_uri(opts.input, str(u)) for u in table.column(opts.uri_column).to_pylist()]
+        rels = (
+            [str(r) for r in table.column("relative_path").to_pylist()]
+            if "relative_path" in table.column_names
+            else [relative_path_from_uri(u) for u in uris]
+        )
+        table = table.drop_columns([c for c in (opts.uri_column, "relative_path") if c in table.column_names])
+        table = table.append_column("uri", pa.array(uris, pa.string()))
+        table = table.append_column("relative_path", pa.array(rels, pa.string()))
+    else:
+        table = list_folder(opts.input)
+    total = table.num_rows
+    if done:
+        keep = pa.array([r not in done for r in table.column("relative_path").to_pylist()])
+        table = table.filter(keep)
+    skipped = total - table.num_rows
+    if table.num_rows == 0:
+        return None, total, skipped
+    blocks = [table.slice(i, LISTING_BLOCK_ROWS) for i in range(0, table.num_rows, LISTING_BLOCK_ROWS)]
+    return ray.data.from_arrow(blocks), total, skipped
+
+
+def _gpus_per_actor(opts: LabelOptions) -> float:
+    import ray
+
+    if opts.gpus_per_actor is not None:
+        return opts.gpus_per_actor
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _torch_threads(opts: LabelOptions) -> int:
+    if opts.torch_threads > 0:
+        return opts.torch_threads
+    # Share the node's cores among the actors that may run on it; the Ray CPU reservation stays
+    # small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
+    return max(1, math.ceil(opts.cpus_per_actor), (os.cpu_count() or 1) // opts.max_actors)
+
+
+def preflight(opts: LabelOptions) -> ArtifactInfo:
+    """Everything that can fail before any frame is read: model, input, output, credentials."""
+    info = read_info(opts.model)
+    storage.check_readable(opts.input)
+    storage.check_writable(opts.output)
+    return info
+
+
+def run_label_job(opts: LabelOptions) -> RunSummary:
+    from ray.data import ActorPoolStrategy
+
+    from segray.labelling.predict import Predictor
+    from segray.labelling.read import read_frames
+    from segray.labelling.write import write_outputs
+
+    started = time.time()
+    run_id = opts.run_id or new_run_id()
+    info = preflight(opts)
+    done = done_frames(opts.output, info.model_id)
+    ds, total, skipped = _frames_dataset(opts, done)
+    log.info(
+        "run %s: %d frames under %s, %d already labelled by %s, %d to do",
+        run_id,
+        total,
+        opts.input,
+        skipped,
+        info.model_id,
+        total - skipped,
+    )
+    labelled = failed = 0
+    if ds is not None:
+        gpus = _gpus_per_actor(opts)
+        ds = ds.map_batches(
+            read_frames,
+            batch_size=opts.read_batch_size,
+            num_cpus=opts.read_cpus,
+            fn_kwargs={"preprocessing": info.preprocessing.to_dict(), "max_pixels": opts.max_pixels},
+        )
+        ds = ds.map_batches(
+            Predictor,
+            batch_size=opts.batch_size,
+            compute=ActorPoolStrategy(min_size=opts.min_actors, max_size=opts.max_actors),
+            num_cpus=opts.cpus_per_actor,
+            num_gpus=gpus,
+            fn_constructor_kwargs={
+                "model_uri": opts.model,
+                "torch_threads": _torch_threads(opts),
+                "device": opts.device,
+            },
+        )
+        ds = ds.map_batches(
+            write_outputs,
+            batch_size=opts.write_batch_size,
+            num_cpus=opts.write_cpus,
+            fn_kwargs={
+                "output": opts.output,
+                "run_id": run_id,
+                "model_id": info.model_id,
+                "label_map": info.label_map.to_dict(),
+            },
+        )
+        todo = total - skipped
+        last = time.time()
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            labelled += int(b["labelled"].sum())
+            failed += int(b["failed"].sum())
+            if time.time() - last > 15:
+                last = time.time()
+                rate = (labelled + failed) / (last - started)
+                log.info(
+                    "run %s: %d/%d frames (%d failed), %.1f frames/s", run_id, labelled + failed, todo, failed, rate
+                )
+        if labelled + failed != todo:
+            raise RuntimeError(
+                f"run {run_id}: {todo} frames went in but {labelled} were labelled and {failed} failed; "
+                "outputs are incomplete, rerun the same command to finish"
+            )
+    _drop_old_error_parts(opts.output, run_id)
+    seconds = time.time() - started
+    summary = RunSummary(
+        run_id=run_id,
+        model_id=info.model_id,
+        input=opts.input,
+        output=opts.output,
+        frames_in=total,
+        skipped_done=skipped,
+        labelled=labelled,
+        failed=failed,
+        seconds=round(seconds, 3),
+        frames_per_s=round((labelled + failed) / seconds, 3) if seconds > 0 else 0.0,
+        started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        options={k: v for k, v in asdict(opts).items() if k not in {"run_id"}},
+    )
+    storage.write_bytes(storage.join(opts.output, "_runs", f"{run_id}.json"), summary.to_json().encode())
+    log.info(
+        "run %s: %d labelled, %d failed, %d skipped (already done) in %.1f s (%.2f frames/s)",
+        run_id,
+        labelled,
+        failed,
+        skipped,
+        seconds,
+        summary.frames_per_s,
+    )
+    return summary
+
+
+def _drop_old_error_parts(output: str, run_id: str) -> None:
+    """Error parts of earlier runs are superseded: every frame they name was retried in this run."""
+    err_uri = storage.join(output, "errors")
+    for path in storage.list_files(err_uri, (".parquet",)):
+        if f"part-{run_id}-" not in path.rsplit("/", 1)[-1]:
+            storage.resolve(err_uri)[0].delete_file(path)

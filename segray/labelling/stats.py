@@ -1,0 +1,86 @@
+"""The schemas of ``stats/`` and ``errors/`` rows.
+
+``stats/`` (one row per labelled frame) is wide on purpose: one ``px_<class>`` (int64 pixel count)
+and one ``frac_<class>`` (float64 share of the frame) column per class, so DuckDB and pandas query
+it with no extra code (``SELECT sum(px_road) FROM 'out/stats/*.parquet'``).
+
+| column | type | meaning |
+| --- | --- | --- |
+| source_uri | string | where the frame was read |
+| relative_path | string | the frame's path under the input root (the row's key) |
+| mask_path | string | the mask's path relative to the output root (``masks/<relative_path>.png``) |
+| width, height | int32 | the frame's own size (the mask's size) |
+| model_id | string | ``<name>@<weights sha256[:12]>`` |
+| px_<class> | int64 | pixels predicted as the class; they sum to width*height |
+| frac_<class> | float64 | px_<class> / (width*height); they sum to 1 |
+| mean_confidence | float64 | mean over pixels of the winning class's softmax probability |
+| run_id | string | the run that labelled the frame |
+| processed_at | timestamp[us, UTC] | when the row was written |
+| (manifest columns) | as given | extra manifest columns (e.g. region, date) carried through |
+
+``errors/``: source_uri, relative_path, stage (read/decode/key/write), error, run_id, processed_at.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from segray.labels import LabelMap
+
+#: Columns the pipeline itself creates; anything else in a batch came from the manifest.
+PIPELINE_COLUMNS = {
+    "uri",
+    "relative_path",
+    "image",
+    "width",
+    "height",
+    "error",
+    "error_stage",
+    "mask",
+    "class_pixels",
+    "mean_confidence",
+}
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("relative_path", pa.string()),
+        ("stage", pa.string()),
+        ("error", pa.string()),
+        ("run_id", pa.string()),
+        ("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def stats_schema(label_map: LabelMap) -> pa.Schema:
+    fields: list[tuple[str, pa.DataType]] = [
+        ("source_uri", pa.string()),
+        ("relative_path", pa.string()),
+        ("mask_path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("model_id", pa.string()),
+    ]
+    fields += [(f"px_{n}", pa.int64()) for n in label_map.names]
+    fields += [(f"frac_{n}", pa.float64()) for n in label_map.names]
+    fields += [
+        ("mean_confidence", pa.float64()),
+        ("run_id", pa.string()),
+        ("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.schema(fields, metadata={b"segray.label_map": label_map.to_json().encode()})
+
+
+def to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def passthrough_columns(batch: dict[str, Any]) -> list[str]:
+    return [k for k in batch if k not in PIPELINE_COLUMNS]

@@ -1,0 +1,205 @@
+"""The model artifact: one directory (local or S3) that fully describes a usable model.
+
+Layout::
+
+    config.json        smp's model config (what ``save_pretrained`` writes)
+    model.safetensors  weights: safetensors only, so loading never unpickles anything
+    segray.json        name, architecture, label map, preprocessing, weights SHA-256, metrics
+
+The weights checksum is recorded at save time and verified at load time; the model id that stats
+rows carry is ``<name>@<first 12 hex of the SHA-256>``, so rows say exactly which weights made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segray import storage
+from segray.labels import LabelMap
+from segray.models import ARCHITECTURES, build_model
+from segray.models.preprocessing import Preprocessing
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+META = "segray.json"
+#: File names that hold pickled weights; an artifact carrying one instead of safetensors is refused.
+PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+
+
+class ArtifactError(ValueError):
+    """The artifact is missing, malformed, or its weights cannot be trusted."""
+
+
+@dataclass
+class ModelArtifact:
+    model: nn.Module
+    label_map: LabelMap
+    preprocessing: Preprocessing
+    name: str
+    arch: str
+    weights_sha256: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.weights_sha256[:12]}"
+
+    def save(self, uri: str) -> str:
+        """Write the artifact under ``uri``; returns the weights SHA-256."""
+        from safetensors.torch import save as st_save
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        weights = st_save(state)
+        self.weights_sha256 = hashlib.sha256(weights).hexdigest()
+        with tempfile.TemporaryDirectory() as tmp:
+            # smp's own config.json keeps the directory loadable by smp.from_pretrained as well.
+            self.model.save_pretrained(tmp)  # type: ignore[operator]
+            config = Path(tmp, CONFIG).read_bytes()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "arch": self.arch,
+            "label_map": self.label_map.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "weights_sha256": self.weights_sha256,
+            "metrics": self.metrics,
+            "saved_at": datetime.now(timezone.utc).isoformat(),
+        }
+        storage.write_bytes(storage.join(uri, WEIGHTS), weights)
+        storage.write_bytes(storage.join(uri, CONFIG), config)
+        # segray.json last: a directory without it is not an artifact, so a half-written one is
+        # never mistaken for a complete one.
+        storage.write_bytes(storage.join(uri, META), json.dumps(meta, indent=2).encode())
+        return self.weights_sha256
+
+    @classmethod
+    def load(cls, uri: str, map_location: str | torch.device = "cpu") -> ModelArtifact:
+        from safetensors.torch import load as st_load
+
+        meta = _read_json(uri, META)
+        config = _read_json(uri, CONFIG)
+        if not storage.exists(storage.join(uri, WEIGHTS)):
+            pickled = [n for n in PICKLE_NAMES if storage.exists(storage.join(uri, n))]
+            if pickled:
+                raise ArtifactError(
+                    f"{uri}: weights are a pickle ({pickled[0]}); segray loads safetensors only and "
+                    "never unpickles a model. Convert it with safetensors.torch.save_file."
+                )
+            raise ArtifactError(f"{uri}: no {WEIGHTS} in the artifact")
+        weights = storage.read_bytes(storage.join(uri, WEIGHTS))
+        sha = hashlib.sha256(weights).hexdigest()
+        expected = meta.get("weights_sha256")
+        if expected and sha != expected:
+            raise ArtifactError(
+                f"{uri}: {WEIGHTS} does not match its recorded checksum "
+                f"(expected {expected[:12]}…, got {sha[:12]}…); refusing to load"
+            )
+        try:
+            label_map = LabelMap.from_dict(meta["label_map"], f"{uri}/{META}")
+            pre = Preprocessing.from_dict(meta["preprocessing"])
+            arch = str(meta["arch"])
+        except (KeyError, ValueError) as e:
+            raise ArtifactError(f"{uri}/{META}: malformed ({e})") from e
+        if arch not in ARCHITECTURES:
+            raise ArtifactError(f"{uri}: unknown architecture {arch!r}")
+        kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+        kwargs.pop("encoder_weights", None)
+        encoder = kwargs.pop("encoder_name")
+        classes = kwargs.pop("classes")
+        if classes != label_map.num_classes:
+            raise ArtifactError(
+                f"{uri}: model has {classes} output classes but the label map has {label_map.num_classes}"
+            )
+        model = build_model(arch, encoder, classes, **kwargs)
+        try:
+            state = st_load(weights)
+        except Exception as e:  # noqa: BLE001 - any parse failure means untrusted bytes
+            raise ArtifactError(f"{uri}: {WEIGHTS} is not a valid safetensors file ({e})") from e
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ArtifactError(f"{uri}: weights do not fit the model in {CONFIG} ({e})") from e
+        model.to(map_location).eval()
+        return cls(model, label_map, pre, str(meta.get("name", arch)), arch, sha, dict(meta.get("metrics", {})))
+
+
+def _read_json(uri: str, name: str) -> dict[str, Any]:
+    target = storage.join(uri, name)
+    if not storage.exists(target):
+        if not storage.exists(uri):
+            raise ArtifactError(f"{uri}: no such model artifact")
+        raise ArtifactError(f"{uri}: not a segray model artifact (no {name})")
+    try:
+        return dict(json.loads(storage.read_bytes(target)))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{target}: not valid JSON ({e})") from e
+
+
+def init_artifact(
+    arch: str,
+    encoder: str,
+    label_map: LabelMap,
+    *,
+    name: str | None = None,
+    height: int = 352,
+    width: int = 480,
+    encoder_weights: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> ModelArtifact:
+    """A new (untrained) artifact; ``encoder_weights`` is a local/S3 safetensors file."""
+    from segray.models import load_encoder_weights
+
+    torch.manual_seed(seed)
+    model = build_model(arch, encoder, label_map.num_classes, **(model_kwargs or {}))
+    if encoder_weights:
+        from safetensors.torch import load as st_load
+
+        if not encoder_weights.endswith(".safetensors"):
+            raise ArtifactError(
+                f"{encoder_weights}: encoder weights must be a .safetensors file (pickled .pth files "
+                "are refused); convert with safetensors.torch.save_file(torch.load(...))"
+            )
+        load_encoder_weights(model, st_load(storage.read_bytes(encoder_weights)), encoder_weights)
+    model.eval()
+    pre = Preprocessing(height=height, width=width)
+    return ModelArtifact(model, label_map, pre, name or f"{arch}-{encoder}", arch)
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What the driver needs of an artifact without loading its weights."""
+
+    uri: str
+    name: str
+    label_map: LabelMap
+    preprocessing: Preprocessing
+    weights_sha256: str
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.weights_sha256[:12]}"
+
+
+def read_info(uri: str) -> ArtifactInfo:
+    meta = _read_json(uri, META)
+    try:
+        return ArtifactInfo(
+            uri,
+            str(meta["name"]),
+            LabelMap.from_dict(meta["label_map"], f"{uri}/{META}"),
+            Preprocessing.from_dict(meta["preprocessing"]),
+            str(meta["weights_sha256"]),
+        )
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{uri}/{META}: malformed ({e})") from e

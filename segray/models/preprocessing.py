@@ -1,0 +1,57 @@
+"""What a model expects of its input: the size policy and the normalisation.
+
+Kept as data in the artifact (not code) so that labelling, training and evaluation agree.
+ImageNet mean/std are constants here: smp's ``get_preprocessing_fn`` would call the Hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Frames are resized to ``height`` x ``width`` (multiples of 32) and normalised with mean/std
+    on the device; predictions are resized back to the frame's own size."""
+
+    height: int = 352
+    width: int = 480
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    policy: str = "resize"
+
+    def __post_init__(self) -> None:
+        if self.policy != "resize":
+            raise ValueError(f"unknown input size policy {self.policy!r} (supported: resize)")
+        if self.height % 32 or self.width % 32 or self.height <= 0 or self.width <= 0:
+            raise ValueError(f"model input size {self.height}x{self.width} must be positive multiples of 32")
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 RGB (H, W, 3) at any size -> uint8 (height, width, 3)."""
+        h, w = rgb.shape[:2]
+        if (h, w) == (self.height, self.width):
+            return rgb
+        interp = cv2.INTER_AREA if h > self.height and w > self.width else cv2.INTER_LINEAR
+        return cv2.resize(rgb, (self.width, self.height), interpolation=interp)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            height=int(d["height"]),
+            width=int(d["width"]),
+            mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            policy=str(d.get("policy", "resize")),
+        )

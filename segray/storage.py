@@ -1,0 +1,207 @@
+"""One place that turns a URI (folder, ``file://``, ``s3://``) into a pyarrow filesystem.
+
+Everything else (Ray Data reads and writes, Parquet, PNG masks, model artifacts) goes through the
+filesystem this returns, so AWS, MinIO and SeaweedFS behave the same. S3 settings come from the
+standard AWS environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``) or the instance profile; they are
+read in each process (driver and Ray workers alike) and never passed through task arguments, logs
+or outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A URI cannot be read or written; the message names the URI and says why."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def _s3_env() -> tuple[str | None, str | None, str]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    # A digest of the identity keys the client cache, so changed credentials build a new client;
+    # the secret itself is read by botocore from the environment and never held here.
+    ident = "\0".join(
+        os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    )
+    return endpoint, region, hashlib.sha256(ident.encode()).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None, identity: str) -> pafs.FileSystem:
+    import s3fs
+
+    client_kwargs: dict[str, str] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if region:
+        client_kwargs["region_name"] = region
+    fs = s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}},
+    )
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """URI -> (filesystem, path inside it). Local paths become absolute."""
+    if is_s3(uri):
+        path = uri.split("://", 1)[1].rstrip("/")
+        if not path:
+            raise StorageError(f"{uri}: no bucket named")
+        return _s3_filesystem(*_s3_env()), path
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise StorageError(f"{uri}: unsupported scheme (use a folder, file:// or s3://)")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with '/' (works for s3:// and local folders alike)."""
+    base = uri.rstrip("/")
+    rest = "/".join(p.strip("/") for p in parts if p)
+    return f"{base}/{rest}" if rest else base
+
+
+def _explain(uri: str, e: BaseException) -> StorageError:
+    msg = str(e) or type(e).__name__
+    if isinstance(e, PermissionError) or "AccessDenied" in msg or "Signature" in msg or "InvalidAccessKeyId" in msg:
+        return StorageError(
+            f"{uri}: access denied ({msg}). Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+            "(or the instance profile) for this bucket."
+        )
+    if "NoSuchBucket" in msg or "bucket does not exist" in msg.lower():
+        return StorageError(f"{uri}: the bucket does not exist ({msg})")
+    if isinstance(e, FileNotFoundError):
+        return StorageError(f"{uri}: no such file or folder")
+    return StorageError(f"{uri}: {type(e).__name__}: {msg}")
+
+
+def info(uri: str) -> pafs.FileInfo:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path)
+    except Exception as e:  # noqa: BLE001 - every backend error becomes one clear message
+        raise _explain(uri, e) from e
+
+
+def exists(uri: str) -> bool:
+    return info(uri).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as e:
+        # pyarrow's fsspec handler reports every failed isfile() as not found, a 403 included:
+        # info() raises the real reason (access denied) if there is one.
+        info(uri)
+        raise _explain(uri, e) from e
+    except Exception as e:  # noqa: BLE001
+        raise _explain(uri, e) from e
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object so that a reader never sees it half-written.
+
+    S3 PUTs are atomic already; on a local disk the bytes go to a hidden temporary name in the same
+    folder (pyarrow, DuckDB and Ray skip names starting with '.') and are renamed into place.
+    """
+    fs, path = resolve(uri)
+    try:
+        parent = posixpath.dirname(path)
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(parent, recursive=True)
+            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)
+        else:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+    except Exception as e:  # noqa: BLE001
+        raise _explain(uri, e) from e
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # noqa: BLE001
+        raise _explain(uri, e) from e
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Paths (inside the filesystem) of all files under a folder/prefix, recursively, sorted."""
+    fs, path = resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    except Exception as e:  # noqa: BLE001
+        raise _explain(uri, e) from e
+    out = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and not any(part.startswith((".", "_")) for part in posixpath.relpath(i.path, path).split("/"))
+        and (suffixes is None or i.path.lower().endswith(suffixes))
+    ]
+    return sorted(out)
+
+
+def _check_bucket(uri: str) -> None:
+    if not is_s3(uri):
+        return
+    fs, path = resolve(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.get_file_info(bucket).type
+    except Exception as e:  # noqa: BLE001
+        raise _explain(uri, e) from e
+    if found == pafs.FileType.NotFound:
+        raise StorageError(f"{uri}: the bucket {bucket!r} does not exist")
+
+
+def check_readable(uri: str) -> pafs.FileInfo:
+    """Fail before any work if the input is missing or the credentials are refused."""
+    _check_bucket(uri)
+    i = info(uri)
+    if i.type == pafs.FileType.NotFound:
+        if is_s3(uri):
+            # An S3 "folder" exists only through its keys: look for any key under the prefix.
+            fs, path = resolve(uri)
+            try:
+                found = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+            except Exception as e:  # noqa: BLE001
+                raise _explain(uri, e) from e
+            if found:
+                return pafs.FileInfo(path, pafs.FileType.Directory)
+        raise StorageError(f"{uri}: no such file or folder")
+    return i
+
+
+def check_writable(uri: str) -> None:
+    """Write and delete a small probe object under ``uri`` so that bad credentials, a missing
+    bucket or a read-only folder fail before any frame is processed."""
+    _check_bucket(uri)
+    probe = join(uri, f"_probe-{uuid.uuid4().hex}")
+    write_bytes(probe, b"segray write probe")
+    delete(probe)

@@ -1,0 +1,47 @@
+"""The inference stage without Ray: resizing logits back to the frame, and one batch call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segray.labelling import predict
+from segray.labelling.predict import Predictor, upsample_argmax
+
+
+@pytest.mark.parametrize("size", [(37, 91), (360, 480), (5, 3)])
+def test_striped_and_whole_resizing_agree_with_interpolate(
+    size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logits = torch.randn(5, 16, 24, generator=torch.Generator().manual_seed(0))
+    ref = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    ref_mask = ref.argmax(0).numpy()
+    ref_conf = float(ref.softmax(0).max(0).values.mean())
+    whole, conf_whole = upsample_argmax(logits, *size)
+    monkeypatch.setattr(predict, "STRIPE_BYTES", 5 * size[1] * 4 * 2)  # two rows per stripe
+    striped, conf_striped = upsample_argmax(logits, *size)
+    for mask, conf in ((whole, conf_whole), (striped, conf_striped)):
+        assert mask.shape == size and mask.dtype == np.uint8
+        assert (mask == ref_mask).mean() > 0.999  # ties at float precision aside
+        assert conf == pytest.approx(ref_conf, rel=1e-5)
+
+
+def test_predictor_batch_keeps_failed_rows(tiny_model: str) -> None:
+    p = Predictor(tiny_model, torch_threads=1)
+    n = 3
+    batch = {
+        "uri": np.array(["a", "b", "c"], dtype=object),
+        "relative_path": np.array(["a", "b", "c"], dtype=object),
+        "image": np.random.default_rng(0).integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
+        "width": np.array([64, 0, 100], dtype=np.int32),
+        "height": np.array([48, 0, 30], dtype=np.int32),
+        "error": np.array(["", "decode: bad", ""], dtype=object),
+        "error_stage": np.array(["", "decode", ""], dtype=object),
+    }
+    out = p(batch)
+    assert "image" not in out and list(out["error"]) == ["", "decode: bad", ""]
+    assert out["mask"][0].shape == (48, 64) and out["mask"][2].shape == (30, 100)
+    assert out["class_pixels"][0].sum() == 48 * 64 and out["class_pixels"][1].sum() == 0
+    assert np.isnan(out["mean_confidence"][1]) and 0 < out["mean_confidence"][0] <= 1

@@ -1,0 +1,317 @@
+"""storage: URI resolution, atomic local writes, listing, and real S3 (SeaweedFS) errors."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+from seaweed import SeaweedS3
+
+from segray import storage
+from segray.storage import StorageError
+
+# --- resolve / join ------------------------------------------------------------------------------
+
+
+def test_resolve_absolute_path(tmp_path: Path) -> None:
+    fs, path = storage.resolve(str(tmp_path / "a" / "b.png"))
+    assert isinstance(fs, pafs.LocalFileSystem)
+    assert path == str(tmp_path / "a" / "b.png")
+
+
+def test_resolve_relative_path_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    fs, path = storage.resolve("frames/x.png")
+    assert isinstance(fs, pafs.LocalFileSystem)
+    assert path == str(tmp_path / "frames" / "x.png")
+
+
+def test_resolve_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert storage.resolve("~/data")[1] == str(tmp_path / "data")
+
+
+def test_resolve_file_uri(tmp_path: Path) -> None:
+    fs, path = storage.resolve(f"file://{tmp_path}/x/y.json")
+    assert isinstance(fs, pafs.LocalFileSystem)
+    assert path == f"{tmp_path}/x/y.json"
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("s3://bucket/key/file.png", "bucket/key/file.png"),
+        ("s3://bucket/prefix/", "bucket/prefix"),
+        ("s3://bucket", "bucket"),
+        ("s3a://bucket/k", "bucket/k"),
+    ],
+)
+def test_resolve_s3(uri: str, path: str) -> None:
+    fs, got = storage.resolve(uri)
+    assert got == path
+    assert not isinstance(fs, pafs.LocalFileSystem)
+    assert storage.is_s3(uri)
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///"])
+def test_resolve_s3_without_bucket(uri: str) -> None:
+    with pytest.raises(StorageError, match="no bucket named"):
+        storage.resolve(uri)
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/x", "http://host/x.png", "hdfs://nn/x"])
+def test_resolve_unsupported_scheme(uri: str) -> None:
+    with pytest.raises(StorageError, match="unsupported scheme") as ei:
+        storage.resolve(uri)
+    assert str(ei.value).startswith(uri)
+
+
+def test_is_s3() -> None:
+    assert storage.is_s3("s3://b/k") and storage.is_s3("s3a://b/k")
+    assert not storage.is_s3("/data/s3://x") and not storage.is_s3("file:///x")
+
+
+@pytest.mark.parametrize(
+    ("base", "parts", "expected"),
+    [
+        ("s3://b/p", ("a", "c.png"), "s3://b/p/a/c.png"),
+        ("s3://b/p/", ("/a/", "/c.png"), "s3://b/p/a/c.png"),
+        ("/data/out", ("masks/x.png",), "/data/out/masks/x.png"),
+        ("/data/out/", (), "/data/out"),
+        ("/data/out", ("", "x"), "/data/out/x"),
+        ("file:///data", ("x",), "file:///data/x"),
+    ],
+)
+def test_join(base: str, parts: tuple[str, ...], expected: str) -> None:
+    assert storage.join(base, *parts) == expected
+
+
+# --- local writes and listing ----------------------------------------------------------------
+
+
+def test_write_bytes_local_creates_parents_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "er" / "x.bin"
+    storage.write_bytes(str(target), b"first")
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.bin"]
+
+
+def test_write_bytes_local_overwrites(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    storage.write_bytes(str(target), b"a much longer first version")
+    storage.write_bytes(f"file://{target}", b"v2")
+    assert target.read_bytes() == b"v2"
+    assert storage.read_bytes(str(target)) == b"v2"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no .tmp-* left behind
+
+
+def test_write_empty_bytes(tmp_path: Path) -> None:
+    storage.write_bytes(str(tmp_path / "empty"), b"")
+    assert (tmp_path / "empty").read_bytes() == b""
+
+
+def test_read_missing_local_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    with pytest.raises(StorageError, match="no such file or folder") as ei:
+        storage.read_bytes(str(missing))
+    assert str(missing) in str(ei.value)
+
+
+def test_exists_and_delete_local(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    assert not storage.exists(str(f))
+    storage.write_bytes(str(f), b"x")
+    assert storage.exists(str(f))
+    storage.delete(str(f))
+    assert not f.exists()
+    storage.delete(str(f))  # deleting a missing file is not an error
+
+
+def make_tree(root: Path) -> None:
+    for rel in [
+        "b/2.png",
+        "a/1.PNG",
+        "a/z/3.jpg",
+        "top.png",
+        "notes.txt",
+        "a/.hidden.png",
+        "a/_SUCCESS",
+        "_meta.png",
+        ".tmp-123-top.png",
+    ]:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+
+
+def test_list_files_local_recursive_sorted_skips_hidden(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    got = storage.list_files(str(tmp_path))
+    rel = [os.path.relpath(p, tmp_path) for p in got]
+    assert rel == ["a/1.PNG", "a/z/3.jpg", "b/2.png", "notes.txt", "top.png"]
+    assert got == sorted(got)
+    assert all(os.path.isabs(p) for p in got)
+
+
+def test_list_files_suffix_filter_case_insensitive(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    got = storage.list_files(f"file://{tmp_path}", (".png",))
+    assert [os.path.relpath(p, tmp_path) for p in got] == ["a/1.PNG", "b/2.png", "top.png"]
+    got = storage.list_files(str(tmp_path), (".jpg", ".txt"))
+    assert [os.path.relpath(p, tmp_path) for p in got] == ["a/z/3.jpg", "notes.txt"]
+
+
+def test_list_files_missing_folder_is_empty(tmp_path: Path) -> None:
+    assert storage.list_files(str(tmp_path / "absent")) == []
+
+
+def test_check_readable_local(tmp_path: Path) -> None:
+    storage.write_bytes(str(tmp_path / "x"), b"1")
+    assert storage.check_readable(str(tmp_path)).type == pafs.FileType.Directory
+    assert storage.check_readable(str(tmp_path / "x")).type == pafs.FileType.File
+    with pytest.raises(StorageError, match="no such file or folder") as ei:
+        storage.check_readable(str(tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(ei.value)
+
+
+def test_check_writable_local_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    storage.check_writable(str(out))
+    assert out.is_dir()
+    assert list(out.iterdir()) == []
+
+
+def test_check_writable_local_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(StorageError) as ei:
+        storage.check_writable(str(tmp_path / "file" / "out"))
+    assert str(tmp_path / "file" / "out") in str(ei.value)
+
+
+# --- S3 (SeaweedFS) --------------------------------------------------------------------------
+
+
+def test_s3_write_read_round_trip(s3_prefix: str) -> None:
+    uri = f"{s3_prefix}/dir/obj.bin"
+    data = bytes(range(256)) * 100
+    assert not storage.exists(uri)
+    storage.write_bytes(uri, data)
+    assert storage.exists(uri)
+    assert storage.read_bytes(uri) == data
+    storage.write_bytes(uri, b"v2")
+    assert storage.read_bytes(uri) == b"v2"
+    assert storage.info(uri).size == 2
+    storage.delete(uri)
+    assert not storage.exists(uri)
+
+
+def test_s3_write_leaves_only_the_object(s3_prefix: str) -> None:
+    storage.write_bytes(f"{s3_prefix}/only.txt", b"x")
+    fs, path = storage.resolve(s3_prefix)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    assert [i.path for i in infos] == [f"{path}/only.txt"]
+
+
+def test_s3_list_files(s3_prefix: str) -> None:
+    for rel in ["b/2.png", "a/1.PNG", "a/z/3.jpg", "notes.txt", "a/.hidden.png", "a/_SUCCESS", "_x.png"]:
+        storage.write_bytes(f"{s3_prefix}/{rel}", b"x")
+    root = storage.resolve(s3_prefix)[1]
+    got = storage.list_files(s3_prefix)
+    assert got == [f"{root}/{r}" for r in ["a/1.PNG", "a/z/3.jpg", "b/2.png", "notes.txt"]]
+    assert storage.list_files(s3_prefix + "/", (".png",)) == [f"{root}/a/1.PNG", f"{root}/b/2.png"]
+    assert storage.list_files(f"{s3_prefix}/absent") == []
+
+
+def test_s3_check_readable(s3_prefix: str) -> None:
+    storage.write_bytes(f"{s3_prefix}/frames/f.png", b"x")
+    assert storage.check_readable(f"{s3_prefix}/frames/f.png").type == pafs.FileType.File
+    # a "folder" that exists only through its keys
+    assert storage.check_readable(f"{s3_prefix}/frames").type == pafs.FileType.Directory
+    assert storage.check_readable(f"{s3_prefix}/frames/").type == pafs.FileType.Directory
+
+
+def test_s3_check_readable_missing_key(s3_prefix: str) -> None:
+    uri = f"{s3_prefix}/missing/frame.png"
+    with pytest.raises(StorageError, match="no such file or folder") as ei:
+        storage.check_readable(uri)
+    assert str(ei.value).startswith(uri)
+    with pytest.raises(StorageError, match="no such file or folder") as ei:
+        storage.read_bytes(uri)
+    assert str(ei.value).startswith(uri)
+
+
+def test_s3_check_readable_missing_bucket(s3: SeaweedS3) -> None:
+    bucket = f"absent-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{bucket}/frames/"
+    with pytest.raises(StorageError, match="does not exist") as ei:
+        storage.check_readable(uri)
+    assert str(ei.value).startswith(uri)
+    assert repr(bucket) in str(ei.value)
+
+
+def test_s3_check_writable(s3_prefix: str) -> None:
+    storage.check_writable(f"{s3_prefix}/out")
+    assert storage.list_files(s3_prefix) == []  # the probe was deleted
+    fs, path = storage.resolve(s3_prefix)
+    assert fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)) == []
+
+
+def test_s3_check_writable_missing_bucket(s3: SeaweedS3) -> None:
+    uri = f"s3://absent-{uuid.uuid4().hex[:8]}/out"
+    with pytest.raises(StorageError, match="bucket .* does not exist") as ei:
+        storage.check_writable(uri)
+    assert str(ei.value).startswith(uri)
+
+
+def _whole_message(e: BaseException) -> str:
+    """The error and everything chained to it, as a user might see in a traceback."""
+    parts = []
+    cur: BaseException | None = e
+    while cur is not None:
+        parts.append(f"{type(cur).__name__}: {cur} {cur.args!r}")
+        cur = cur.__cause__ or cur.__context__
+    return "\n".join(parts)
+
+
+WRONG_SECRETS = ["wrong", "Wr0ng-s3cret-Value-7f3a9c"]
+
+
+@pytest.mark.parametrize("wrong", WRONG_SECRETS)
+def test_s3_wrong_credentials_access_denied_without_secret(
+    s3: SeaweedS3, s3_prefix: str, monkeypatch: pytest.MonkeyPatch, wrong: str
+) -> None:
+    key = f"{s3_prefix}/frames/f.png"
+    storage.write_bytes(key, b"frame")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    calls = {
+        "check_readable_key": lambda: storage.check_readable(key),
+        "check_readable_prefix": lambda: storage.check_readable(f"{s3_prefix}/frames"),
+        "check_writable": lambda: storage.check_writable(f"{s3_prefix}/out"),
+        "read_bytes": lambda: storage.read_bytes(key),
+        "write_bytes": lambda: storage.write_bytes(f"{s3_prefix}/new.bin", b"x"),
+        "list_files": lambda: storage.list_files(s3_prefix),
+        "exists": lambda: storage.exists(key),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StorageError) as ei:
+            call()
+        msg = str(ei.value)
+        assert "access denied" in msg, (name, msg)
+        assert msg.startswith("s3://"), (name, msg)
+        full = _whole_message(ei.value)
+        assert wrong not in full, name
+        assert s3.secret_key not in full, name
+    # the right credentials again: a fresh client, and the object was never touched
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    assert storage.read_bytes(key) == b"frame"
+    assert not storage.exists(f"{s3_prefix}/new.bin")
+
+
+def test_s3_wrong_access_key(s3: SeaweedS3, s3_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+    with pytest.raises(StorageError, match="access denied") as ei:
+        storage.check_readable(f"{s3_prefix}/x")
+    assert s3.secret_key not in _whole_message(ei.value)
