@@ -8,24 +8,32 @@ import torch
 import torch.nn.functional as F
 
 from segray.labelling import predict
-from segray.labelling.predict import Predictor, upsample_argmax
+from segray.labelling.predict import Predictor, mean_confidence, upsample_argmax
 
 
 @pytest.mark.parametrize("size", [(37, 91), (360, 480), (5, 3)])
 def test_striped_and_whole_resizing_agree_with_interpolate(
     size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logits = torch.randn(5, 16, 24, generator=torch.Generator().manual_seed(0))
-    ref = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    ref_mask = ref.argmax(0).numpy()
-    ref_conf = float(ref.softmax(0).max(0).values.mean())
-    whole, conf_whole = upsample_argmax(logits, *size)
+    logits = torch.randn(2, 5, 16, 24, generator=torch.Generator().manual_seed(0))
+    ref_mask = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).numpy()
+    whole = upsample_argmax(logits.contiguous(memory_format=torch.channels_last), *size)
     monkeypatch.setattr(predict, "STRIPE_BYTES", 5 * size[1] * 4 * 2)  # two rows per stripe
-    striped, conf_striped = upsample_argmax(logits, *size)
-    for mask, conf in ((whole, conf_whole), (striped, conf_striped)):
-        assert mask.shape == size and mask.dtype == np.uint8
+    striped = upsample_argmax(logits, *size)
+    for mask in (whole, striped):
+        assert mask.shape == (2, *size) and mask.dtype == np.uint8
         assert (mask == ref_mask).mean() > 0.999  # ties at float precision aside
-        assert conf == pytest.approx(ref_conf, rel=1e-5)
+
+
+def test_mean_confidence_is_mean_max_softmax() -> None:
+    logits = torch.randn(3, 4, 10, 12, generator=torch.Generator().manual_seed(1))
+    full = logits.softmax(1).amax(1).mean(dim=(1, 2)).numpy()
+    assert mean_confidence(logits, stride=1) == pytest.approx(full, rel=1e-6)
+    sampled = logits[:, :, ::2, ::2].softmax(1).amax(1).mean(dim=(1, 2)).numpy()
+    assert mean_confidence(logits) == pytest.approx(sampled, rel=1e-6)
+    confident = torch.zeros(1, 4, 6, 6)
+    confident[:, 2] = 50.0
+    assert mean_confidence(confident)[0] == pytest.approx(1.0)
 
 
 def test_predictor_batch_keeps_failed_rows(tiny_model: str) -> None:

@@ -85,6 +85,8 @@ class RunSummary:
     failed: int
     seconds: float
     frames_per_s: float
+    #: Seconds until the first batch was written (model loading, actor start-up): paid once per run.
+    first_output_s: float | None
     started_at: str
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -190,6 +192,7 @@ def run_label_job(opts: LabelOptions) -> RunSummary:
         total - skipped,
     )
     labelled = failed = 0
+    first_output: float | None = None
     if ds is not None:
         gpus = _gpus_per_actor(opts)
         ds = ds.map_batches(
@@ -224,6 +227,8 @@ def run_label_job(opts: LabelOptions) -> RunSummary:
         todo = total - skipped
         last = time.time()
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if first_output is None:
+                first_output = time.time() - started
             labelled += int(b["labelled"].sum())
             failed += int(b["failed"].sum())
             if time.time() - last > 15:
@@ -250,6 +255,7 @@ def run_label_job(opts: LabelOptions) -> RunSummary:
         failed=failed,
         seconds=round(seconds, 3),
         frames_per_s=round((labelled + failed) / seconds, 3) if seconds > 0 else 0.0,
+        first_output_s=None if first_output is None else round(first_output, 3),
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
         options={k: v for k, v in asdict(opts).items() if k not in {"run_id"}},
     )

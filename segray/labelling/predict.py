@@ -2,8 +2,8 @@
 
 GPU when torch sees one (bf16/fp16 autocast, channels-last), CPU otherwise; the device is chosen
 from what torch sees, not from what Ray granted, so a fake-GPU or driverless node still works.
-Logits are resized back to each frame's own size in horizontal stripes, so a frame's extra memory
-is bounded by ``STRIPE_BYTES`` plus its uint8 mask, whatever its size.
+Logits are resized back to each frame's own size (in horizontal stripes when large), so a frame's
+extra memory is bounded by ``STRIPE_BYTES`` plus its uint8 mask, whatever its size.
 """
 
 from __future__ import annotations
@@ -30,48 +30,51 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _argmax_confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, h, w) -> class index and max softmax probability (1 / sum(exp(l - max)))."""
-    top, idx = logits.max(dim=0)
-    return idx, (logits - top).exp_().sum(dim=0).reciprocal_()
+#: Confidence is measured on the model-resolution logits at this pixel stride: a frame-level
+#: quality signal needs no full-resolution softmax, which costs more than the argmax itself on CPU.
+CONFIDENCE_STRIDE = 2
 
 
-def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, float]:
-    """(C, h, w) logits -> (height, width) uint8 class mask and mean max-softmax confidence.
+def mean_confidence(logits: torch.Tensor, stride: int = CONFIDENCE_STRIDE) -> np.ndarray:
+    """(N, C, h, w) logits -> (N,) mean over sampled pixels of the winning class's softmax probability."""
+    sample = logits[:, :, ::stride, ::stride].float().contiguous()
+    return sample.softmax(dim=1).amax(dim=1).mean(dim=(1, 2), dtype=torch.float64).cpu().numpy()
 
-    Bilinear resampling (``align_corners=False``). A frame whose full-size logits fit in
-    ``STRIPE_BYTES`` is resized in one call; a larger one goes through ``grid_sample`` one stripe
-    of rows at a time (the same sampling), so its extra memory stays bounded.
+
+def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(N, C, h, w) logits of same-sized frames -> (N, height, width) uint8 class masks.
+
+    Bilinear resampling of the logits (``align_corners=False``), then argmax. When the group's
+    full-size logits fit in ``STRIPE_BYTES`` they are resized in one call (channels-last, the fast
+    layout on CPU and GPU); otherwise each frame goes through ``grid_sample`` (the same sampling)
+    one stripe of rows at a time, so a huge frame costs its uint8 mask plus at most ``STRIPE_BYTES``.
     """
-    c = logits.shape[0]
-    src = logits.unsqueeze(0).float()
-    if c * height * width * 4 <= STRIPE_BYTES:
-        full = F.interpolate(src, size=(height, width), mode="bilinear", align_corners=False)[0]
-        idx, conf = _argmax_confidence(full)
-        return idx.to(torch.uint8).cpu().numpy(), float(conf.mean(dtype=torch.float64))
+    n, c = logits.shape[:2]
+    src = logits.float()
+    if n * c * height * width * 4 <= STRIPE_BYTES:
+        full = F.interpolate(src, size=(height, width), mode="bilinear", align_corners=False)
+        return full.argmax(dim=1).to(torch.uint8).cpu().numpy()
     dev = logits.device
-    mask = torch.empty((height, width), dtype=torch.uint8, device=dev)
-    conf_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    masks = np.empty((n, height, width), dtype=np.uint8)
     rows = max(1, STRIPE_BYTES // max(1, c * width * 4))
     xs = (torch.arange(width, device=dev, dtype=torch.float32) * 2 + 1) / width - 1
-    for y0 in range(0, height, rows):
-        y1 = min(height, y0 + rows)
-        ys = (torch.arange(y0, y1, device=dev, dtype=torch.float32) * 2 + 1) / height - 1
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-        part = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        idx, conf = _argmax_confidence(part)
-        mask[y0:y1] = idx.to(torch.uint8)
-        conf_sum += conf.sum(dtype=torch.float64)
-    return mask.cpu().numpy(), float(conf_sum) / (height * width)
+    for i in range(n):
+        for y0 in range(0, height, rows):
+            y1 = min(height, y0 + rows)
+            ys = (torch.arange(y0, y1, device=dev, dtype=torch.float32) * 2 + 1) / height - 1
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+            part = F.grid_sample(src[i : i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
+            masks[i, y0:y1] = part[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+    return masks
 
 
 class Predictor:
     """Ray Data callable class: ``__init__`` loads the artifact once, ``__call__`` labels a batch."""
 
     def __init__(self, model_uri: str, torch_threads: int = 0, device: str = "auto", amp: bool = True) -> None:
-        if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
+        self.torch_threads = torch_threads
+        self._apply_threads()
         self.device = pick_device(device)
         art = ModelArtifact.load(model_uri, map_location=self.device)
         self.model = art.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -90,9 +93,17 @@ class Predictor:
             self.amp_dtype,
         )
 
+    def _apply_threads(self) -> None:
+        # OpenMP's thread count is per calling thread, and Ray Data may call __call__ from another
+        # thread than __init__ (which would then run with Ray's OMP_NUM_THREADS=1): set it where
+        # the model runs.
+        if self.torch_threads > 0 and torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+
     @torch.inference_mode()
     def predict_logits(self, images: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 at the model's input size -> (N, C, H, W) float32 logits."""
+        self._apply_threads()
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().sub_(self.mean).div_(self.std)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -111,11 +122,15 @@ class Predictor:
         idx = np.flatnonzero(ok)
         if len(idx):
             logits = self.predict_logits(np.ascontiguousarray(batch["image"][idx]))
-            for j, i in enumerate(idx):
-                m, c = upsample_argmax(logits[j], int(batch["height"][i]), int(batch["width"][i]))
-                masks[i] = m
-                counts[i] = np.bincount(m.ravel(), minlength=self.num_classes)[: self.num_classes]
-                confidence[i] = c
+            confidence[idx] = mean_confidence(logits)
+            sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]
+            for size in dict.fromkeys(sizes):  # frames of one size are resized together
+                group = [j for j, s in enumerate(sizes) if s == size]
+                m = upsample_argmax(logits[group], *size)
+                for k, j in enumerate(group):
+                    i = idx[j]
+                    masks[i] = m[k]
+                    counts[i] = np.bincount(m[k].ravel(), minlength=self.num_classes)[: self.num_classes]
         for i in np.flatnonzero(~ok):
             masks[i] = np.zeros((1, 1), dtype=np.uint8)
         out = {k: v for k, v in batch.items() if k != "image"}

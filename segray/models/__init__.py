@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch stays out of processes that only read/decode frames
+    import torch
+    from torch import nn
 
 #: segray architecture name -> segmentation-models-pytorch architecture name.
 ARCHITECTURES: dict[str, str] = {"unet": "unet", "pspnet": "pspnet"}

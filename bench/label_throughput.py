@@ -1,0 +1,162 @@
+"""Labelling throughput, three ways side by side in one run, same machine, model and batch size.
+
+(a) the bare model on preprocessed tensors (the ceiling: the same Predictor code, no I/O);
+(b) the full job: encoded frames on disk -> Ray Data -> Parquet stats + PNG masks;
+(c) a naive single-process loop as the well-known tutorials write it: read one frame, predict,
+    write its PNG, append its stats, write the table at the end.
+
+Prints frames/s for each, the ratios b/a and b/c, and peak RSS of the driver and the Ray workers
+during (b). Frames are listed ``--repeat`` times (through a manifest) so that start-up is paid once
+over a realistic run length; the first-batch latency is printed separately.
+
+    python bench/label_throughput.py --frames ../shared/data/camvid/val --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from memory import PeakRSS, mib  # noqa: E402
+
+from segray.labelling.job import LabelOptions, run_label_job  # noqa: E402
+from segray.labelling.predict import Predictor  # noqa: E402
+from segray.labels import CAMVID  # noqa: E402
+from segray.models.artifact import ModelArtifact, init_artifact  # noqa: E402
+from segray.models.preprocessing import Preprocessing  # noqa: E402
+
+
+def bare_model(p: Predictor, images: np.ndarray, n: int, batch: int) -> float:
+    p.predict_logits(images[:batch])  # warm-up
+    t = time.perf_counter()
+    for i in range(0, n, batch):
+        idx = np.arange(i, min(n, i + batch)) % len(images)
+        p.predict_logits(images[idx])
+    return n / (time.perf_counter() - t)
+
+
+def naive_loop(model: str, frames: list[Path], n: int, out: Path, threads: int) -> float:
+    torch.set_num_threads(threads)
+    t = time.perf_counter()  # the model load counts, as the job's actor start does in (b)
+    art = ModelArtifact.load(model)
+    net, pre, lm = art.model.eval(), art.preprocessing, art.label_map
+    mean, std = np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
+    rows = []
+    for i in range(n):
+        path = frames[i % len(frames)]
+        img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        x = (cv2.resize(img, (pre.width, pre.height)).astype(np.float32) / 255 - mean) / std
+        with torch.no_grad():
+            logits = net(torch.from_numpy(x.transpose(2, 0, 1)).unsqueeze(0))
+        mask = logits.argmax(1)[0].numpy().astype(np.uint8)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        im = Image.fromarray(mask, mode="P")
+        im.putpalette(lm.palette())
+        target = out / "masks" / f"r{i // len(frames)}" / f"{path.name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        im.save(target)
+        counts = np.bincount(mask.ravel(), minlength=lm.num_classes)
+        rows.append(
+            {
+                "relative_path": str(target),
+                "width": w,
+                "height": h,
+                **{f"px_{c}": int(v) for c, v in zip(lm.names, counts, strict=False)},
+            }
+        )
+    pd.DataFrame(rows).to_parquet(out / "stats.parquet")
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", default=str(Path(__file__).resolve().parents[2] / "shared/data/camvid/val"))
+    ap.add_argument("--arch", default="unet")
+    ap.add_argument("--encoder", default="resnet34")
+    ap.add_argument("--height", type=int, default=352)
+    ap.add_argument("--width", type=int, default=480)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=10, help="list the frames this many times for (b)")
+    ap.add_argument("--naive-repeat", type=int, default=2, help="passes over the frames for (c) (a steady loop)")
+    ap.add_argument("--write-batch", type=int, default=128, help="the job's --write-batch-size")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for (a) and (c)")
+    a = ap.parse_args()
+
+    frames = sorted(p for p in Path(a.frames).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not frames:
+        sys.exit(f"no frames in {a.frames}")
+    n = len(frames) * a.repeat
+    work = Path(tempfile.mkdtemp(prefix="segray-bench-"))
+    model = str(work / "model")
+    init_artifact(a.arch, a.encoder, CAMVID, height=a.height, width=a.width).save(model)
+    manifest = work / "manifest.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "uri": [str(p) for _ in range(a.repeat) for p in frames],
+                "relative_path": [f"r{k}/{p.name}" for k in range(a.repeat) for p in frames],
+            }
+        ),
+        manifest,
+    )
+    print(
+        f"{a.arch}-{a.encoder} at {a.height}x{a.width}, batch {a.batch_size}, {n} frames "
+        f"({len(frames)} x {a.repeat}) from {a.frames}, {os.cpu_count()} cores, torch threads {a.threads}"
+    )
+
+    import ray
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    pre = Preprocessing(height=a.height, width=a.width)
+    images = np.stack([pre.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in frames])
+
+    predictor = Predictor(model, torch_threads=a.threads)
+    fa1 = bare_model(predictor, images, len(images), a.batch_size)
+    print(f"(a) bare model on preprocessed tensors : {fa1:6.2f} frames/s (before b and c)")
+    fc = naive_loop(model, frames, len(frames) * a.naive_repeat, work / "naive", a.threads)
+    print(f"(c) naive single-process loop           : {fc:6.2f} frames/s ({len(frames) * a.naive_repeat} frames)")
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        s = run_label_job(
+            LabelOptions(
+                model=model,
+                input=str(manifest),
+                output=str(work / "job"),
+                batch_size=a.batch_size,
+                write_batch_size=a.write_batch,
+            )
+        )
+        wall = time.perf_counter() - t
+    assert s.labelled == n, s
+    fb = n / wall
+    fa2 = bare_model(predictor, images, len(images), a.batch_size)
+    fa = (fa1 + fa2) / 2
+    print(f"(a) bare model on preprocessed tensors : {fa2:6.2f} frames/s (after b and c); mean {fa:.2f}")
+    print(f"(b) full job, frames on disk -> Parquet+PNG: {fb:6.2f} frames/s ({wall:.1f} s wall, start-up included)")
+    print(f"    first output (a written batch of {a.write_batch}) after {s.first_output_s:.1f} s")
+    print(f"b/a = {fb / fa:.3f}   b/c = {fb / fc:.3f}   (start-up included; one run of {n} frames)")
+    print(
+        f"peak RSS during (b): driver {mib(mem.driver_peak)}, Ray workers {mib(mem.workers_peak)} in all "
+        f"(largest single worker {mib(mem.largest_worker_peak)})"
+    )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
