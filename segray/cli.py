@@ -81,9 +81,9 @@ def cmd_label(a: argparse.Namespace) -> int:
     from segray.labelling.report import area_table, format_area_table
 
     opts = label_options(a)
-    preflight(opts)  # bad model/input/credentials fail before Ray starts
+    info = preflight(opts)  # bad model/input/credentials fail before Ray starts
     _init_ray(a.address)
-    s = run_label_job(opts)
+    s = run_label_job(opts, info)
     print(
         f"run {s.run_id}: {s.labelled} labelled, {s.failed} failed, {s.skipped_done} already done, "
         f"{s.seconds:.1f} s, {s.frames_per_s:.2f} frames/s -> {s.output}"

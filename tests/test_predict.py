@@ -53,3 +53,10 @@ def test_predictor_batch_keeps_failed_rows(tiny_model: str) -> None:
     assert out["mask"][0].shape == (48, 64) and out["mask"][2].shape == (30, 100)
     assert out["class_pixels"][0].sum() == 48 * 64 and out["class_pixels"][1].sum() == 0
     assert np.isnan(out["mean_confidence"][1]) and 0 < out["mean_confidence"][0] <= 1
+
+
+def test_groups_larger_than_one_chunk_are_resized_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    logits = torch.randn(5, 3, 8, 10, generator=torch.Generator().manual_seed(2))
+    ref = F.interpolate(logits, size=(20, 30), mode="bilinear", align_corners=False).argmax(1).numpy()
+    monkeypatch.setattr(predict, "STRIPE_BYTES", 2 * 3 * 20 * 30 * 4)  # two frames per chunk
+    assert (upsample_argmax(logits, 20, 30) == ref).all()

@@ -170,7 +170,12 @@ def preflight(opts: LabelOptions) -> ArtifactInfo:
     return info
 
 
-def run_label_job(opts: LabelOptions) -> RunSummary:
+def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSummary:
+    """Label every frame of ``opts.input`` not yet labelled by this model.
+
+    ``info`` is the result of an earlier :func:`preflight` of the same options (the CLI runs it
+    before starting Ray); without it the checks run here.
+    """
     from ray.data import ActorPoolStrategy
 
     from segray.labelling.predict import Predictor
@@ -179,7 +184,8 @@ def run_label_job(opts: LabelOptions) -> RunSummary:
 
     started = time.time()
     run_id = opts.run_id or new_run_id()
-    info = preflight(opts)
+    if info is None:
+        info = preflight(opts)
     done = done_frames(opts.output, info.model_id)
     ds, total, skipped = _frames_dataset(opts, done)
     log.info(

@@ -44,19 +44,29 @@ def mean_confidence(logits: torch.Tensor, stride: int = CONFIDENCE_STRIDE) -> np
 def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
     """(N, C, h, w) logits of same-sized frames -> (N, height, width) uint8 class masks.
 
-    Bilinear resampling of the logits (``align_corners=False``), then argmax. When the group's
-    full-size logits fit in ``STRIPE_BYTES`` they are resized in one call (channels-last, the fast
-    layout on CPU and GPU); otherwise each frame goes through ``grid_sample`` (the same sampling)
-    one stripe of rows at a time, so a huge frame costs its uint8 mask plus at most ``STRIPE_BYTES``.
+    Bilinear resampling of the logits (``align_corners=False``), then argmax. Frames are resized
+    together in chunks whose full-size logits fit in ``STRIPE_BYTES`` (channels-last, the fast
+    layout on CPU and GPU); a frame too large for that goes through ``grid_sample`` (the same
+    sampling) one stripe of rows at a time, so it costs its uint8 mask plus at most ``STRIPE_BYTES``.
     """
     n, c = logits.shape[:2]
     src = logits.float()
-    if n * c * height * width * 4 <= STRIPE_BYTES:
-        full = F.interpolate(src, size=(height, width), mode="bilinear", align_corners=False)
-        return full.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    frame_bytes = c * height * width * 4
+    per_chunk = STRIPE_BYTES // frame_bytes
+    if per_chunk >= 1:
+        return np.concatenate(
+            [
+                F.interpolate(src[i : i + per_chunk], size=(height, width), mode="bilinear", align_corners=False)
+                .argmax(dim=1)
+                .to(torch.uint8)
+                .cpu()
+                .numpy()
+                for i in range(0, n, per_chunk)
+            ]
+        )
     dev = logits.device
     masks = np.empty((n, height, width), dtype=np.uint8)
-    rows = max(1, STRIPE_BYTES // max(1, c * width * 4))
+    rows = max(1, STRIPE_BYTES // (c * width * 4))
     xs = (torch.arange(width, device=dev, dtype=torch.float32) * 2 + 1) / width - 1
     for i in range(n):
         for y0 in range(0, height, rows):
