@@ -5,6 +5,8 @@
 (c) a naive single-process loop as the well-known tutorials write it: read one frame, predict,
     write its PNG, append its stats, write the table at the end.
 
+(a) and (c) are each measured before and after (b) and averaged: the shared host's speed drifts by
+tens of percent within minutes, and bracketing (b) is the fairest comparison one run allows.
 Prints frames/s for each, the ratios b/a and b/c, and peak RSS of the driver and the Ray workers
 during (b). Frames are listed ``--repeat`` times (through a manifest) so that start-up is paid once
 over a realistic run length; the first-batch latency is printed separately.
@@ -93,7 +95,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=480)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=10, help="list the frames this many times for (b)")
-    ap.add_argument("--naive-repeat", type=int, default=2, help="passes over the frames for (c) (a steady loop)")
+    ap.add_argument(
+        "--naive-repeat", type=int, default=1, help="passes over the frames for each (c) measurement (a steady loop)"
+    )
     ap.add_argument("--write-batch", type=int, default=128, help="the job's --write-batch-size")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for (a) and (c)")
     a = ap.parse_args()
@@ -129,8 +133,9 @@ def main() -> None:
     predictor = Predictor(model, torch_threads=a.threads)
     fa1 = bare_model(predictor, images, len(images), a.batch_size)
     print(f"(a) bare model on preprocessed tensors : {fa1:6.2f} frames/s (before b and c)")
-    fc = naive_loop(model, frames, len(frames) * a.naive_repeat, work / "naive", a.threads)
-    print(f"(c) naive single-process loop           : {fc:6.2f} frames/s ({len(frames) * a.naive_repeat} frames)")
+    nc = len(frames) * a.naive_repeat
+    fc1 = naive_loop(model, frames, nc, work / "naive1", a.threads)
+    print(f"(c) naive single-process loop           : {fc1:6.2f} frames/s ({nc} frames, before b)")
     with PeakRSS() as mem:
         t = time.perf_counter()
         s = run_label_job(
@@ -145,6 +150,9 @@ def main() -> None:
         wall = time.perf_counter() - t
     assert s.labelled == n, s
     fb = n / wall
+    fc2 = naive_loop(model, frames, nc, work / "naive2", a.threads)
+    fc = (fc1 + fc2) / 2
+    print(f"(c) naive single-process loop           : {fc2:6.2f} frames/s ({nc} frames, after b); mean {fc:.2f}")
     fa2 = bare_model(predictor, images, len(images), a.batch_size)
     fa = (fa1 + fa2) / 2
     print(f"(a) bare model on preprocessed tensors : {fa2:6.2f} frames/s (after b and c); mean {fa:.2f}")
