@@ -1,0 +1,79 @@
+"""What the inference actor pool asks of the cluster: taken from the job's options and the cluster.
+
+On an autoscaling cluster the GPU nodes may all be at zero when the job starts, so "does the cluster
+have GPUs" must also ask what the autoscaler could add (its node types), not only what is up now.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+log = logging.getLogger("segray.label")
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    """GPUs and CPUs up now, and the most the autoscaler could bring up (None: no autoscaler)."""
+
+    gpus_now: float
+    cpus_now: float
+    gpus_max: float | None
+    cpus_max: float | None
+
+    @property
+    def gpus(self) -> float:
+        return max(self.gpus_now, self.gpus_max or 0.0)
+
+    @property
+    def cpus(self) -> float:
+        return max(self.cpus_now, self.cpus_max or 0.0)
+
+
+def cluster_capacity() -> ClusterCapacity:
+    """Read the connected Ray cluster's resources now and its autoscaler's maximum."""
+    import ray
+
+    now = ray.cluster_resources()
+    limits: dict[str, int] | None = None
+    try:
+        # Ray Train and Ray Data read the autoscaler's node types the same way (private but stable
+        # across 2.4x-2.60); None on a cluster without an autoscaler.
+        from ray._private.state import state
+
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception as e:  # noqa: BLE001 - an unreadable config only costs the autoscaling hint
+        log.debug("autoscaler config not readable: %s", e)
+    return ClusterCapacity(
+        gpus_now=float(now.get("GPU", 0.0)),
+        cpus_now=float(now.get("CPU", 0.0)),
+        gpus_max=None if limits is None else float(limits.get("GPU", 0)),
+        cpus_max=None if limits is None else float(limits.get("CPU", 0)),
+    )
+
+
+def gpus_per_actor(requested: float | None, cap: ClusterCapacity) -> float:
+    """The option when given; else one GPU per actor when the cluster has or can add GPUs."""
+    if requested is not None:
+        if requested > 0 and cap.gpus == 0:
+            raise ValueError(
+                f"--gpus-per-actor {requested}: the cluster has no GPUs and its autoscaler cannot add any"
+            )
+        return requested
+    return 1.0 if cap.gpus > 0 else 0.0
+
+
+def pool_size(
+    min_actors: int, max_actors: int, gpus: float, cpus_per_actor: float, cap: ClusterCapacity
+) -> tuple[int, int]:
+    """(min, max) actors. ``max_actors == 0`` means "as many as the cluster can hold".
+
+    With GPUs that is the cluster's GPU capacity (now or after autoscaling) over GPUs per actor;
+    without, its CPUs over CPUs per actor, keeping one CPU free for reads and writes (NOTES: an actor
+    pool that takes every CPU starves the read tasks and the job deadlocks).
+    """
+    if max_actors > 0:
+        return min_actors, max_actors
+    fit = math.floor(cap.gpus / gpus) if gpus > 0 else math.floor(max(cap.cpus - 1.0, 0.0) / cpus_per_actor)
+    return min_actors, max(min_actors, fit, 1)
