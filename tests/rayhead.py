@@ -99,6 +99,7 @@ def start_ray_head(
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     attempts: int = 2,
+    gcs_port: int | None = None,
 ) -> RayHead:
     """Start a head on loopback with token auth on; ``env`` goes to the head (and so to its jobs).
 
@@ -107,20 +108,23 @@ def start_ray_head(
     """
     for attempt in range(attempts):
         try:
-            return _start_ray_head(num_cpus, env, extra_args)
+            return _start_ray_head(num_cpus, env, extra_args, gcs_port)
         except RuntimeError:
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_ray_head(num_cpus: float, env: dict[str, str] | None, extra_args: list[str] | None) -> RayHead:
+def _start_ray_head(
+    num_cpus: float, env: dict[str, str] | None, extra_args: list[str] | None, gcs_port: int | None
+) -> RayHead:
     temp_dir = Path(tempfile.mkdtemp(prefix="sr", dir="/tmp"))  # short: Ray's socket paths must fit
     token_path = temp_dir / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
     client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     gcs, dash, client, agent, metrics, agent_grpc, rt_agent = _free_ports(7)
+    gcs = gcs_port or gcs
     cmd = [
         RAY,
         "start",

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 log = logging.getLogger("segray.label")
 
@@ -45,12 +49,36 @@ def cluster_capacity() -> ClusterCapacity:
         limits = state.get_max_resources_from_cluster_config()
     except Exception as e:  # noqa: BLE001 - an unreadable config only costs the autoscaling hint
         log.debug("autoscaler config not readable: %s", e)
+    if limits is None:
+        limits = _limits_from_launcher_config()
     return ClusterCapacity(
         gpus_now=float(now.get("GPU", 0.0)),
         cpus_now=float(now.get("CPU", 0.0)),
         gpus_max=None if limits is None else float(limits.get("GPU", 0)),
         cpus_max=None if limits is None else float(limits.get("CPU", 0)),
     )
+
+
+#: Where ``ray up`` leaves the cluster config on the head (the job driver runs there).
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def _limits_from_launcher_config() -> dict[str, int] | None:
+    """Max resources from the cluster launcher's config: Ray's v1 autoscaler does not publish its node
+    types to the GCS (v2 does, read above), but ``ray up`` writes them to the head."""
+    path = Path(os.environ.get("SEGRAY_AUTOSCALING_CONFIG") or LAUNCHER_CONFIG).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+        limits: dict[str, int] = {}
+        for t in config.get("available_node_types", {}).values():
+            for key, amount in (t.get("resources") or {}).items():
+                limits[key] = limits.get(key, 0) + int(amount) * int(t.get("max_workers", 0))
+        return limits
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+        log.warning("%s: cluster config not readable (%s); GPUs counted from the nodes up now", path, e)
+        return None
 
 
 def gpus_per_actor(requested: float | None, cap: ClusterCapacity) -> float:

@@ -1,0 +1,60 @@
+"""Pool sizing and GPU choice from the cluster; nightly date templates. No Ray needed."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segray.labelling.nightly import expand, parse_date
+from segray.labelling.resources import ClusterCapacity, _limits_from_launcher_config, gpus_per_actor, pool_size
+
+ROOT = Path(__file__).resolve().parents[1]
+LAPTOP = ClusterCapacity(gpus_now=0, cpus_now=2, gpus_max=None, cpus_max=None)
+AUTOSCALING_FROM_ZERO = ClusterCapacity(gpus_now=0, cpus_now=0, gpus_max=16, cpus_max=600)
+
+
+def test_gpus_follow_what_the_cluster_can_offer() -> None:
+    assert gpus_per_actor(None, LAPTOP) == 0.0
+    assert gpus_per_actor(None, AUTOSCALING_FROM_ZERO) == 1.0  # none up yet, but the autoscaler can add them
+    assert gpus_per_actor(0.5, AUTOSCALING_FROM_ZERO) == 0.5
+    with pytest.raises(ValueError, match="no GPUs"):
+        gpus_per_actor(1, LAPTOP)
+
+
+def test_pool_size_auto_and_explicit() -> None:
+    assert pool_size(1, 4, 1.0, 1.0, LAPTOP) == (1, 4)  # options win
+    assert pool_size(1, 0, 1.0, 1.0, AUTOSCALING_FROM_ZERO) == (1, 16)  # one actor per GPU it can get
+    assert pool_size(2, 0, 0.5, 1.0, AUTOSCALING_FROM_ZERO) == (2, 32)
+    assert pool_size(1, 0, 0.0, 1.0, LAPTOP) == (1, 1)  # 2 CPUs: one stays free for reads and writes
+    assert pool_size(3, 0, 0.0, 1.0, LAPTOP) == (3, 3)
+
+
+def test_launcher_config_gives_the_autoscaling_maximum(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEGRAY_AUTOSCALING_CONFIG", str(ROOT / "cluster.yaml"))
+    limits = _limits_from_launcher_config()
+    types = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]
+    want = sum(t["resources"].get("GPU", 0) * t.get("max_workers", 0) for t in types.values())
+    assert limits is not None and limits["GPU"] == want > 0
+    monkeypatch.setenv("SEGRAY_AUTOSCALING_CONFIG", str(tmp_path / "absent.yaml"))
+    assert _limits_from_launcher_config() is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("available_node_types: [1, 2")
+    monkeypatch.setenv("SEGRAY_AUTOSCALING_CONFIG", str(bad))
+    assert _limits_from_launcher_config() is None
+
+
+def test_nightly_date_templates() -> None:
+    day = date(2026, 11, 21)
+    assert expand("s3://fleet/frames/{date}/", day, "input") == "s3://fleet/frames/2026-11-21/"
+    assert expand("s3://fleet/{date:%Y/%m/%d}/", day, "input") == "s3://fleet/2026/11/21/"
+    with pytest.raises(ValueError, match="no \\{date\\} placeholder"):
+        expand("s3://fleet/frames/", day, "output")
+    with pytest.raises(ValueError, match="only \\{date\\}"):
+        expand("s3://fleet/{day}/{date}", day, "input")
+    assert parse_date("2026-11-21") == day
+    assert parse_date(None) < date.today()
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        parse_date("21/11/2026")
