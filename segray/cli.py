@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from segray.datasets import cli as datasets_cli
 from segray.frames.decode import DEFAULT_MAX_PIXELS
+from segray.training import cli as training_cli
 
 
 def _setup_logging() -> None:
@@ -31,7 +33,10 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="frames per model call (default 8)")
     p.add_argument("--min-actors", type=int, default=1, help="inference actor pool minimum (default 1)")
     p.add_argument(
-        "--max-actors", type=int, default=1, help="inference actor pool maximum; > min autoscales (default 1)"
+        "--max-actors",
+        type=int,
+        default=1,
+        help="inference actor pool maximum; > min autoscales; 0 = as many as the cluster can hold (default 1)",
     )
     p.add_argument(
         "--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per inference actor (default 1)"
@@ -52,6 +57,57 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if torch sees one), cpu, cuda")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--print-table", action="store_true", help="print the per-class area table at the end")
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constant column added to every stats/errors row (repeatable), e.g. --tag region=north",
+    )
+    p.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=None,
+        help="exit non-zero (3) when more than this share of frames fails, after writing all outputs",
+    )
+    tiles = p.add_argument_group("large tiles and physical units")
+    tiles.add_argument(
+        "--tile-above",
+        type=float,
+        default=2.0,
+        help="label frames with a side above this many times the model input's side in windows (default 2)",
+    )
+    tiles.add_argument(
+        "--window", type=parse_window, default=None, help="window HxW for large frames (default: the model input)"
+    )
+    tiles.add_argument("--overlap", type=int, default=None, help="window overlap in pixels (default: window / 4)")
+    tiles.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        help="metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one",
+    )
+    tiles.add_argument(
+        "--no-world-files", action="store_true", help="do not look for .pgw/.jgw/.tfw world files beside frames"
+    )
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    try:
+        return (int(h), int(w)) if sep else (int(h), int(h))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--window {text!r}: expected HxW, e.g. 512x512") from e
+
+
+def parse_tags(items: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
+        tags[key] = value
+    return tags
 
 
 def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the job module at parse time
@@ -73,24 +129,52 @@ def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the
         max_pixels=a.max_pixels,
         uri_column=a.uri_column,
         device=a.device,
+        tags=parse_tags(a.tag),
+        max_failed_fraction=a.max_failed_fraction,
+        tile_above=a.tile_above,
+        tile_window=a.window,
+        tile_overlap=a.overlap,
+        pixel_size=a.pixel_size,
+        world_files=not a.no_world_files,
     )
 
 
 def cmd_label(a: argparse.Namespace) -> int:
-    from segray.labelling.job import preflight, run_label_job
+    from segray.labelling.job import FailureBudgetExceeded, preflight, run_label_job
     from segray.labelling.report import area_table, format_area_table
 
     opts = label_options(a)
     info = preflight(opts)  # bad model/input/credentials fail before Ray starts
     _init_ray(a.address)
-    s = run_label_job(opts, info)
+    try:
+        s = run_label_job(opts, info)
+    except FailureBudgetExceeded as e:
+        print_summary(e.summary)
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 3
+    print_summary(s)
+    if a.print_table:
+        print(format_area_table(area_table(s.output, s.model_id)))
+    return 0
+
+
+def print_summary(s) -> None:  # noqa: ANN001 - RunSummary, imported lazily
     print(
         f"run {s.run_id}: {s.labelled} labelled, {s.failed} failed, {s.skipped_done} already done, "
         f"{s.seconds:.1f} s, {s.frames_per_s:.2f} frames/s -> {s.output}"
     )
-    if a.print_table:
-        print(format_area_table(area_table(s.output, s.model_id)))
-    return 0
+
+
+def cmd_nightly(a: argparse.Namespace) -> int:
+    from segray.labelling.nightly import expand, parse_date
+
+    day = parse_date(a.date)
+    a.input = expand(a.input, day, "input")
+    a.output = expand(a.output, day, "output")
+    if not any(t.startswith("date=") for t in a.tag):
+        a.tag = [*a.tag, f"date={day.isoformat()}"]
+    print(f"nightly run for {day.isoformat()}: {a.input} -> {a.output}")
+    return cmd_label(a)
 
 
 def cmd_model_init(a: argparse.Namespace) -> int:
@@ -144,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_label_args(lab)
     lab.set_defaults(func=cmd_label)
 
+    nightly = sub.add_parser(
+        "nightly",
+        help="label one date's frames (date-templated --input/--output); reruns label only new frames",
+    )
+    add_label_args(nightly)
+    nightly.add_argument("--date", default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
+    nightly.set_defaults(func=cmd_nightly)
+
     model = sub.add_parser("model", help="model artifacts")
     msub = model.add_subparsers(dest="model_command", required=True)
     init = msub.add_parser("init", help="write an untrained model artifact")
@@ -162,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=36, help="synthetic frames (default 36)")
     demo.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     demo.set_defaults(func=cmd_demo)
+    training_cli.add_parsers(sub)  # train, evaluate, compare
+    datasets_cli.add_parsers(sub)  # data convert, data stats
     return p
 
 

@@ -151,7 +151,104 @@ CAMVID = _lm(
     ("void", (0, 0, 0)),
 )
 
-BUILTIN: dict[str, LabelMap] = {"camvid": CAMVID}
+
+@dataclass(frozen=True)
+class CityscapesLabel:
+    """One row of cityscapesScripts' ``helpers/labels.py`` (the fields a converter needs)."""
+
+    name: str
+    id: int
+    train_id: int
+    category: str
+    category_id: int
+    color: tuple[int, int, int]
+
+
+#: The official Cityscapes label table, row for row as cityscapesScripts' ``labels.py`` defines it
+#: (34 label ids 0..33 plus license plate -1; train id 255 or -1 = not trained). A test compares it
+#: with the ``cityscapesscripts`` package itself.
+CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = tuple(
+    CityscapesLabel(*row)  # type: ignore[arg-type]
+    for row in [
+        ("unlabeled", 0, 255, "void", 0, (0, 0, 0)),
+        ("ego vehicle", 1, 255, "void", 0, (0, 0, 0)),
+        ("rectification border", 2, 255, "void", 0, (0, 0, 0)),
+        ("out of roi", 3, 255, "void", 0, (0, 0, 0)),
+        ("static", 4, 255, "void", 0, (0, 0, 0)),
+        ("dynamic", 5, 255, "void", 0, (111, 74, 0)),
+        ("ground", 6, 255, "void", 0, (81, 0, 81)),
+        ("road", 7, 0, "flat", 1, (128, 64, 128)),
+        ("sidewalk", 8, 1, "flat", 1, (244, 35, 232)),
+        ("parking", 9, 255, "flat", 1, (250, 170, 160)),
+        ("rail track", 10, 255, "flat", 1, (230, 150, 140)),
+        ("building", 11, 2, "construction", 2, (70, 70, 70)),
+        ("wall", 12, 3, "construction", 2, (102, 102, 156)),
+        ("fence", 13, 4, "construction", 2, (190, 153, 153)),
+        ("guard rail", 14, 255, "construction", 2, (180, 165, 180)),
+        ("bridge", 15, 255, "construction", 2, (150, 100, 100)),
+        ("tunnel", 16, 255, "construction", 2, (150, 120, 90)),
+        ("pole", 17, 5, "object", 3, (153, 153, 153)),
+        ("polegroup", 18, 255, "object", 3, (153, 153, 153)),
+        ("traffic light", 19, 6, "object", 3, (250, 170, 30)),
+        ("traffic sign", 20, 7, "object", 3, (220, 220, 0)),
+        ("vegetation", 21, 8, "nature", 4, (107, 142, 35)),
+        ("terrain", 22, 9, "nature", 4, (152, 251, 152)),
+        ("sky", 23, 10, "sky", 5, (70, 130, 180)),
+        ("person", 24, 11, "human", 6, (220, 20, 60)),
+        ("rider", 25, 12, "human", 6, (255, 0, 0)),
+        ("car", 26, 13, "vehicle", 7, (0, 0, 142)),
+        ("truck", 27, 14, "vehicle", 7, (0, 0, 70)),
+        ("bus", 28, 15, "vehicle", 7, (0, 60, 100)),
+        ("caravan", 29, 255, "vehicle", 7, (0, 0, 90)),
+        ("trailer", 30, 255, "vehicle", 7, (0, 0, 110)),
+        ("train", 31, 16, "vehicle", 7, (0, 80, 100)),
+        ("motorcycle", 32, 17, "vehicle", 7, (0, 0, 230)),
+        ("bicycle", 33, 18, "vehicle", 7, (119, 11, 32)),
+        ("license plate", -1, -1, "vehicle", 7, (0, 0, 142)),
+    ]
+)
+
+
+def _ident(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def _cityscapes_trainids() -> LabelMap:
+    trained = sorted((lab.train_id, lab) for lab in CITYSCAPES_LABELS if 0 <= lab.train_id < 255)
+    classes = tuple(LabelClass(t, _ident(lab.name), lab.color) for t, lab in trained)
+    return LabelMap("cityscapes", classes, LabelClass(255, "void", (0, 0, 0)))
+
+
+def _cityscapes_categories() -> LabelMap:
+    # The official table gives categories no colour: each takes the colour of its first trained
+    # label (flat = road, construction = building, ...); void, with none, takes unlabeled's black.
+    colours: dict[int, tuple[str, tuple[int, int, int]]] = {0: ("void", (0, 0, 0))}
+    for lab in CITYSCAPES_LABELS:
+        if 0 <= lab.train_id < 255:
+            colours.setdefault(lab.category_id, (lab.category, lab.color))
+    classes = tuple(LabelClass(cid, name, color) for cid, (name, color) in sorted(colours.items()))
+    return LabelMap("cityscapes_categories", classes, LabelClass(255, "ignore", (0, 0, 0)))
+
+
+#: Cityscapes' 19 train ids (0..18) with their official names and colours; 255 = ignore.
+CITYSCAPES = _cityscapes_trainids()
+#: Cityscapes' 8 categories (category ids 0..7: void, flat, construction, object, nature, sky,
+#: human, vehicle); void is a class here, as the 8-category tutorials train it. 255 = ignore.
+CITYSCAPES_CATEGORIES = _cityscapes_categories()
+#: KITTI road: binary as two output channels (softmax and argmax, like every other label map, so
+#: training, evaluation and labelling need no special case); 255 = outside the region of interest.
+KITTI_ROAD = LabelMap(
+    "kitti_road",
+    (LabelClass(0, "not_road", (255, 0, 0)), LabelClass(1, "road", (255, 0, 255))),
+    LabelClass(255, "void", (0, 0, 0)),
+)
+
+BUILTIN: dict[str, LabelMap] = {
+    "camvid": CAMVID,
+    "cityscapes_trainids": CITYSCAPES,
+    "cityscapes_categories": CITYSCAPES_CATEGORIES,
+    "kitti_road": KITTI_ROAD,
+}
 
 
 def load_label_map(spec: str) -> LabelMap:

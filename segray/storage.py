@@ -11,17 +11,66 @@ or outputs.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
+import time
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger("segray.storage")
+T = TypeVar("T")
+
+#: Seconds a read, write or listing keeps retrying while the endpoint cannot be reached (an S3
+#: outage or restart), on top of botocore's own retries. Access and not-found errors fail at once.
+RETRY_SECONDS = float(os.environ.get("SEGRAY_STORAGE_RETRY_S", "90"))
+_TRANSIENT_NAMES = (
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ServerDisconnectedError",
+    "ClientConnectorError",
+    "ClientOSError",
+)
 
 
 class StorageError(RuntimeError):
     """A URI cannot be read or written; the message names the URI and says why."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """The endpoint could not be reached (as opposed to refusing or not having the object)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (ConnectionError, TimeoutError)) or type(cur).__name__ in _TRANSIENT_NAMES:
+            return True
+        if any(name in str(cur) for name in _TRANSIENT_NAMES):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _retrying(uri: str, call: Callable[[], T]) -> T:
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except StorageError as e:
+            left = deadline - time.monotonic()
+            if not is_transient(e) or left <= 0:
+                raise
+            log.warning("%s: storage unreachable; retrying for up to %.0f s more (%s)", uri, left, e)
+            time.sleep(min(delay, max(left, 0.1)))
+            delay = min(delay * 2, 10.0)
 
 
 def is_s3(uri: str) -> bool:
@@ -105,6 +154,10 @@ def exists(uri: str) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    return _retrying(uri, lambda: _read_bytes(uri))
+
+
+def _read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     try:
         with fs.open_input_stream(path) as f:
@@ -119,17 +172,22 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object so that a reader never sees it half-written.
+    """Write a whole object so that a reader never sees it half-written (retried through outages).
 
-    S3 PUTs are atomic already; on a local disk the bytes go to a hidden temporary name in the same
-    folder (pyarrow, DuckDB and Ray skip names starting with '.') and are renamed into place.
+    S3 PUTs (single or multipart) become visible only once complete; on a local disk the bytes go to
+    a hidden temporary name in the same folder (starting with '.', ending in '.tmp', so neither a
+    reader that skips hidden files nor a '*.parquet' glob picks it up) and are renamed into place.
     """
+    _retrying(uri, lambda: _write_bytes(uri, data))
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     try:
         parent = posixpath.dirname(path)
         if isinstance(fs, pafs.LocalFileSystem):
             fs.create_dir(parent, recursive=True)
-            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
             with fs.open_output_stream(tmp) as f:
                 f.write(data)
             fs.move(tmp, path)
@@ -152,6 +210,10 @@ def delete(uri: str) -> None:
 
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     """Paths (inside the filesystem) of all files under a folder/prefix, recursively, sorted."""
+    return _retrying(uri, lambda: _list_files(uri, suffixes))
+
+
+def _list_files(uri: str, suffixes: tuple[str, ...] | None) -> list[str]:
     fs, path = resolve(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))

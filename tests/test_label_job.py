@@ -74,7 +74,7 @@ def test_folder_job_outputs_and_rerun(tmp_path: Path, tiny_model: str) -> None:
     assert set(stats.column("run_id").to_pylist()) == {s.run_id}
     summary = json.loads((out / "_runs" / f"{s.run_id}.json").read_text())
     assert summary["labelled"] == len(SIZES) and summary["model_id"] == s.model_id
-    assert not list(out.rglob(".tmp-*"))
+    assert not list(out.rglob("*.tmp"))
 
     again = run_label_job(LabelOptions(model=tiny_model, input=str(tmp_path / "in"), output=str(out)))
     assert (again.labelled, again.skipped_done) == (0, len(SIZES))

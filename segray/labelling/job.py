@@ -36,7 +36,10 @@ from segray.frames.listing import (
     relative_path_from_uri,
     resolve_manifest_uri,
 )
+from segray.labelling.read import DEFAULT_TILE_ABOVE
+from segray.labelling.resources import cluster_capacity, gpus_per_actor, pool_size
 from segray.models.artifact import ArtifactInfo, read_info
+from segray.tiles.windows import TileSpec
 
 log = logging.getLogger("segray.label")
 
@@ -63,14 +66,42 @@ class LabelOptions:
     uri_column: str = "uri"
     device: str = "auto"
     run_id: str = ""
+    #: Constant columns added to every stats/errors row (e.g. the nightly job's ``date``).
+    tags: dict[str, str] = field(default_factory=dict)
+    #: End the run with :class:`FailureBudgetExceeded` (after writing everything) above this share.
+    max_failed_fraction: float | None = None
+    #: Frames with a side above this many times the model's input side are labelled in windows.
+    tile_above: float = DEFAULT_TILE_ABOVE
+    #: Window (height, width) for large frames; None: the model's input size.
+    tile_window: tuple[int, int] | None = None
+    #: Window overlap in pixels; None: a quarter of the window's short side.
+    tile_overlap: int | None = None
+    #: Metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one.
+    pixel_size: float | None = None
+    #: Look for world files (.pgw/.jgw/.tfw...) beside each frame (one existence check per candidate).
+    world_files: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.read_batch_size < 1 or self.write_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
-        if not 1 <= self.min_actors <= self.max_actors:
-            raise ValueError(f"need 1 <= min_actors ({self.min_actors}) <= max_actors ({self.max_actors})")
+        if self.min_actors < 1 or (self.max_actors != 0 and self.max_actors < self.min_actors):
+            raise ValueError(
+                f"need 1 <= min_actors ({self.min_actors}) <= max_actors ({self.max_actors}); max_actors 0 = auto"
+            )
+        if self.max_failed_fraction is not None and not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction must be within [0, 1], got {self.max_failed_fraction}")
+        reserved = {"uri", "relative_path"}
+        for key in self.tags:
+            if not key.isidentifier() or key in reserved:
+                raise ValueError(f"tag {key!r}: a tag name must be an identifier other than {sorted(reserved)}")
         if self.cpus_per_actor <= 0:
             raise ValueError("cpus_per_actor must be > 0")
+        if self.tile_above < 0:
+            raise ValueError(f"tile_above must be >= 0, got {self.tile_above}")
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise ValueError(f"pixel_size must be a positive number of metres, got {self.pixel_size}")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
 
 
 @dataclass
@@ -89,9 +120,22 @@ class RunSummary:
     first_output_s: float | None
     started_at: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: failed / (labelled + failed) of this run; 0 when nothing was attempted.
+    failed_fraction: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+class FailureBudgetExceeded(RuntimeError):
+    """More frames failed than ``max_failed_fraction`` allows; everything labelled was written."""
+
+    def __init__(self, summary: RunSummary, limit: float) -> None:
+        super().__init__(
+            f"run {summary.run_id}: {summary.failed} of {summary.labelled + summary.failed} frames failed "
+            f"({summary.failed_fraction:.1%}), above the allowed {limit:.1%}; see {summary.output}/errors"
+        )
+        self.summary = summary
 
 
 def new_run_id() -> str:
@@ -135,6 +179,10 @@ def _frames_dataset(opts: LabelOptions, done: set[str]) -> tuple[Any, int, int]:
         table = table.append_column("relative_path", pa.array(rels, pa.string()))
     else:
         table = list_folder(opts.input)
+    for key, value in opts.tags.items():
+        if key in table.column_names:
+            raise ValueError(f"{opts.input}: tag {key!r} clashes with an input column of the same name")
+        table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     total = table.num_rows
     if done:
         keep = pa.array([r not in done for r in table.column("relative_path").to_pylist()])
@@ -146,25 +194,19 @@ def _frames_dataset(opts: LabelOptions, done: set[str]) -> tuple[Any, int, int]:
     return ray.data.from_arrow(blocks), total, skipped
 
 
-def _gpus_per_actor(opts: LabelOptions) -> float:
-    import ray
-
-    if opts.gpus_per_actor is not None:
-        return opts.gpus_per_actor
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
-def _torch_threads(opts: LabelOptions) -> int:
+def _torch_threads(opts: LabelOptions, max_actors: int) -> int:
     if opts.torch_threads > 0:
         return opts.torch_threads
     # Share the node's cores among the actors that may run on it; the Ray CPU reservation stays
     # small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
-    return max(1, math.ceil(opts.cpus_per_actor), (os.cpu_count() or 1) // opts.max_actors)
+    return max(1, math.ceil(opts.cpus_per_actor), (os.cpu_count() or 1) // max_actors)
 
 
 def preflight(opts: LabelOptions) -> ArtifactInfo:
     """Everything that can fail before any frame is read: model, input, output, credentials."""
     info = read_info(opts.model)
+    # Window and overlap against the model's input size (the defaults come from it).
+    TileSpec.for_model(info.preprocessing.height, info.preprocessing.width, opts.tile_window, opts.tile_overlap)
     storage.check_readable(opts.input)
     storage.check_writable(opts.output)
     return info
@@ -200,23 +242,45 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
     labelled = failed = 0
     first_output: float | None = None
     if ds is not None:
-        gpus = _gpus_per_actor(opts)
+        cap = cluster_capacity()
+        gpus = gpus_per_actor(opts.gpus_per_actor, cap)
+        min_actors, max_actors = pool_size(opts.min_actors, opts.max_actors, gpus, opts.cpus_per_actor, cap)
+        log.info(
+            "run %s: inference pool %d-%d actors, %g GPU and %g CPU each (cluster: %g GPUs now, %s at most)",
+            run_id,
+            min_actors,
+            max_actors,
+            gpus,
+            opts.cpus_per_actor,
+            cap.gpus_now,
+            "unknown" if cap.gpus_max is None else f"{cap.gpus_max:g}",
+        )
         ds = ds.map_batches(
             read_frames,
             batch_size=opts.read_batch_size,
             num_cpus=opts.read_cpus,
-            fn_kwargs={"preprocessing": info.preprocessing.to_dict(), "max_pixels": opts.max_pixels},
+            fn_kwargs={
+                "preprocessing": info.preprocessing.to_dict(),
+                "max_pixels": opts.max_pixels,
+                "tile_above": opts.tile_above,
+                "pixel_size": opts.pixel_size,
+                "world_files": opts.world_files,
+            },
         )
         ds = ds.map_batches(
             Predictor,
             batch_size=opts.batch_size,
-            compute=ActorPoolStrategy(min_size=opts.min_actors, max_size=opts.max_actors),
+            compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
             num_cpus=opts.cpus_per_actor,
             num_gpus=gpus,
             fn_constructor_kwargs={
                 "model_uri": opts.model,
-                "torch_threads": _torch_threads(opts),
+                "torch_threads": _torch_threads(opts, max_actors),
                 "device": opts.device,
+                "tile_window": opts.tile_window,
+                "tile_overlap": opts.tile_overlap,
+                "tile_batch_size": opts.batch_size,
+                "max_pixels": opts.max_pixels,
             },
         )
         ds = ds.map_batches(
@@ -264,6 +328,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         first_output_s=None if first_output is None else round(first_output, 3),
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
         options={k: v for k, v in asdict(opts).items() if k not in {"run_id"}},
+        failed_fraction=round(failed / (labelled + failed), 6) if labelled + failed else 0.0,
     )
     storage.write_bytes(storage.join(opts.output, "_runs", f"{run_id}.json"), summary.to_json().encode())
     log.info(
@@ -275,6 +340,8 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         seconds,
         summary.frames_per_s,
     )
+    if opts.max_failed_fraction is not None and summary.failed_fraction > opts.max_failed_fraction:
+        raise FailureBudgetExceeded(summary, opts.max_failed_fraction)
     return summary
 
 

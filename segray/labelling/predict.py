@@ -4,6 +4,10 @@ GPU when torch sees one (bf16/fp16 autocast, channels-last), CPU otherwise; the 
 from what torch sees, not from what Ray granted, so a fake-GPU or driverless node still works.
 Logits are resized back to each frame's own size (in horizontal stripes when large), so a frame's
 extra memory is bounded by ``STRIPE_BYTES`` plus its uint8 mask, whatever its size.
+
+Frames the read stage left encoded (larger than the tiling threshold) are decoded here, one at a
+time, and labelled in overlapping windows at native resolution, ``batch_size`` windows per model
+call, blended band by band (segray.tiles.windows, which states the memory one such frame costs).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame
 from segray.models.artifact import ModelArtifact
+from segray.tiles.windows import TileSpec, label_tile
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,17 @@ def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray
 class Predictor:
     """Ray Data callable class: ``__init__`` loads the artifact once, ``__call__`` labels a batch."""
 
-    def __init__(self, model_uri: str, torch_threads: int = 0, device: str = "auto", amp: bool = True) -> None:
+    def __init__(
+        self,
+        model_uri: str,
+        torch_threads: int = 0,
+        device: str = "auto",
+        amp: bool = True,
+        tile_window: tuple[int, int] | None = None,
+        tile_overlap: int | None = None,
+        tile_batch_size: int = 8,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.torch_threads = torch_threads
         self._apply_threads()
         self.device = pick_device(device)
@@ -92,6 +108,10 @@ class Predictor:
         pre = art.preprocessing
         self.mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255
+        # Windows default to the model's input size (see TileSpec.for_model).
+        self.tile_spec = TileSpec.for_model(pre.height, pre.width, tile_window, tile_overlap)
+        self.tile_batch_size = tile_batch_size
+        self.max_pixels = max_pixels
         cuda = self.device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and amp else None
         log.info(
@@ -123,9 +143,19 @@ class Predictor:
         return self.model(x)
 
     @torch.inference_mode()
+    def label_large(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """A frame too large for resizing, labelled window by window at full resolution."""
+        result = label_tile(rgb, self.predict_logits, self.tile_spec, self.tile_batch_size)
+        return result.mask, result.mean_confidence
+
+    @torch.inference_mode()
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["uri"])
-        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        errors = np.array([str(e) for e in batch["error"]], dtype=object)
+        stages = np.array([str(s) for s in batch["error_stage"]], dtype=object)
+        encoded = batch["encoded"] if "encoded" in batch else np.full(n, b"", dtype=object)
+        large = np.array([not errors[i] and len(encoded[i]) > 0 for i in range(n)], dtype=bool)
+        ok = np.array([not e for e in errors], dtype=bool) & ~large
         masks = np.empty(n, dtype=object)
         counts = np.zeros((n, self.num_classes), dtype=np.int64)
         confidence = np.full(n, np.nan, dtype=np.float64)
@@ -141,9 +171,23 @@ class Predictor:
                     i = idx[j]
                     masks[i] = m[k]
                     counts[i] = np.bincount(m[k].ravel(), minlength=self.num_classes)[: self.num_classes]
-        for i in np.flatnonzero(~ok):
+        for i in np.flatnonzero(large):  # one at a time: a frame's pixels are freed before the next
+            try:
+                rgb = decode_frame(bytes(encoded[i]), self.max_pixels)
+            except FrameError as e:
+                errors[i], stages[i] = e.reason, e.stage
+                continue
+            except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
+                errors[i], stages[i] = f"{type(e).__name__}: {e}", "decode"
+                continue
+            masks[i], confidence[i] = self.label_large(rgb)
+            del rgb
+            counts[i] = np.bincount(masks[i].ravel(), minlength=self.num_classes)[: self.num_classes]
+        for i in np.flatnonzero(errors != ""):
             masks[i] = np.zeros((1, 1), dtype=np.uint8)
-        out = {k: v for k, v in batch.items() if k != "image"}
+        out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
+        out["error"] = errors
+        out["error_stage"] = stages
         out["mask"] = masks
         out["class_pixels"] = counts
         out["mean_confidence"] = confidence

@@ -13,12 +13,16 @@ it with no extra code (``SELECT sum(px_road) FROM 'out/stats/*.parquet'``).
 | model_id | string | ``<name>@<weights sha256[:12]>`` |
 | px_<class> | int64 | pixels predicted as the class; they sum to width*height |
 | frac_<class> | float64 | px_<class> / (width*height); they sum to 1 |
+| pixel_area_m2 | float64, null | ground area of one pixel (manifest ``pixel_size_m``, world file, or option) |
+| area_m2_<class> | float64, null | px_<class> * pixel_area_m2; null when no pixel size is known (never guessed) |
+| pixel_size_source | string, null | ``manifest``, ``world_file:<uri>`` or ``option`` |
 | mean_confidence | float64 | mean over pixels of the winning class's softmax probability |
 | run_id | string | the run that labelled the frame |
 | processed_at | timestamp[us, UTC] | when the row was written |
 | (manifest columns) | as given | extra manifest columns (e.g. region, date) carried through |
 
-``errors/``: source_uri, relative_path, stage (read/decode/key/write), error, run_id, processed_at.
+``errors/``: source_uri, relative_path, stage (read/decode/key/write), error, run_id, processed_at,
+then the manifest columns (e.g. region, date), so failed frames can be counted per region and date.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ PIPELINE_COLUMNS = {
     "mask",
     "class_pixels",
     "mean_confidence",
+    "encoded",
+    "pixel_area_m2",
+    "pixel_size_source",
 }
 
 ERRORS_SCHEMA = pa.schema(
@@ -68,7 +75,10 @@ def stats_schema(label_map: LabelMap) -> pa.Schema:
     ]
     fields += [(f"px_{n}", pa.int64()) for n in label_map.names]
     fields += [(f"frac_{n}", pa.float64()) for n in label_map.names]
+    fields += [("pixel_area_m2", pa.float64())]
+    fields += [(f"area_m2_{n}", pa.float64()) for n in label_map.names]
     fields += [
+        ("pixel_size_source", pa.string()),
         ("mean_confidence", pa.float64()),
         ("run_id", pa.string()),
         ("processed_at", pa.timestamp("us", tz="UTC")),

@@ -8,8 +8,8 @@ goes to ``errors/`` (stage ``write``), never nowhere.
 
 from __future__ import annotations
 
+import hashlib
 import io
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +32,14 @@ def encode_mask_png(mask: np.ndarray, palette: list[int]) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def batch_key(batch: dict[str, Any]) -> str:
+    """12 hex digits naming a batch by the frames in it (same frames, same name)."""
+    h = hashlib.sha256()
+    for rel in sorted(str(r) for r in batch["relative_path"]):
+        h.update(rel.encode() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def mask_key(relative_path: str) -> str:
@@ -67,7 +75,9 @@ def write_outputs(
     now = datetime.now(timezone.utc)
     ok = [i for i in range(n) if not errors[i]]
     bad = [i for i in range(n) if errors[i]]
-    part = f"part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"
+    # The part's name comes from the frames it holds: a write task that Ray retries (its worker died
+    # after the PUT but before returning) rewrites the same key instead of adding duplicate rows.
+    part = f"part-{run_id}-{batch_key(batch)}.parquet"
     if ok:
         schema = stats_schema(lm)
         counts = np.asarray(batch["class_pixels"])[ok]
@@ -86,6 +96,17 @@ def write_outputs(
             cols[f"px_{name}"] = counts[:, c]
         for c, name in enumerate(lm.names):
             cols[f"frac_{name}"] = counts[:, c] / area
+        px_area = (
+            np.asarray(batch["pixel_area_m2"], dtype=np.float64)[ok]
+            if "pixel_area_m2" in batch
+            else np.full(len(ok), np.nan)
+        )
+        unknown = np.isnan(px_area)  # no pixel size: areas stay null, never guessed
+        cols["pixel_area_m2"] = pa.array(px_area, pa.float64(), mask=unknown)
+        for c, name in enumerate(lm.names):
+            cols[f"area_m2_{name}"] = pa.array(counts[:, c] * px_area, pa.float64(), mask=unknown)
+        sources = [str(batch["pixel_size_source"][i]) for i in ok] if "pixel_size_source" in batch else [""] * len(ok)
+        cols["pixel_size_source"] = pa.array([s or None for s in sources], pa.string())
         cols["mean_confidence"] = np.asarray(batch["mean_confidence"], dtype=np.float64)[ok]
         cols["run_id"] = [run_id] * len(ok)
         cols["processed_at"] = pa.array([now] * len(ok), pa.timestamp("us", tz="UTC"))
@@ -105,5 +126,7 @@ def write_outputs(
             },
             schema=ERRORS_SCHEMA,
         )
+        for extra in passthrough_columns(batch):  # region, date...: failed frames count per group too
+            table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[bad])))
         storage.write_bytes(storage.join(output, "errors", part), to_parquet_bytes(table))
     return {"labelled": np.array([len(ok)]), "failed": np.array([len(bad)])}

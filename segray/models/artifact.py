@@ -2,7 +2,8 @@
 
 Layout::
 
-    config.json        smp's model config (what ``save_pretrained`` writes)
+    config.json        the builder arguments: smp's model config (what ``save_pretrained`` writes),
+                       or for non-smp models (torchvision's FCN) the same keys written by segray
     model.safetensors  weights: safetensors only, so loading never unpickles anything
     segray.json        name, architecture, label map, preprocessing, weights SHA-256, metrics
 
@@ -61,10 +62,7 @@ class ModelArtifact:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         weights = st_save(state)
         self.weights_sha256 = hashlib.sha256(weights).hexdigest()
-        with tempfile.TemporaryDirectory() as tmp:
-            # smp's own config.json keeps the directory loadable by smp.from_pretrained as well.
-            self.model.save_pretrained(tmp)  # type: ignore[operator]
-            config = Path(tmp, CONFIG).read_bytes()
+        config = model_config(self.model)
         meta = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
@@ -114,13 +112,19 @@ class ModelArtifact:
             raise ArtifactError(f"{uri}: unknown architecture {arch!r}")
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         kwargs.pop("encoder_weights", None)
-        encoder = kwargs.pop("encoder_name")
-        classes = kwargs.pop("classes")
+        try:
+            encoder = kwargs.pop("encoder_name")
+            classes = kwargs.pop("classes")
+        except KeyError as e:
+            raise ArtifactError(f"{uri}/{CONFIG}: malformed (no {e})") from e
         if classes != label_map.num_classes:
             raise ArtifactError(
                 f"{uri}: model has {classes} output classes but the label map has {label_map.num_classes}"
             )
-        model = build_model(arch, encoder, classes, **kwargs)
+        try:
+            model = build_model(arch, encoder, classes, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ArtifactError(f"{uri}/{CONFIG}: cannot build {arch} from it ({e})") from e
         try:
             state = st_load(weights)
         except Exception as e:  # noqa: BLE001 - any parse failure means untrusted bytes
@@ -131,6 +135,23 @@ class ModelArtifact:
             raise ArtifactError(f"{uri}: weights do not fit the model in {CONFIG} ({e})") from e
         model.to(map_location).eval()
         return cls(model, label_map, pre, str(meta.get("name", arch)), arch, sha, dict(meta.get("metrics", {})))
+
+
+def model_config(model: nn.Module) -> bytes:
+    """``config.json``: the builder arguments ``ModelArtifact.load`` rebuilds the model from.
+
+    smp models write their own (so the folder stays loadable by ``smp.from_pretrained`` too);
+    other models (torchvision's FCN) carry a ``config`` dict with the same keys (``encoder_name``,
+    ``classes``, builder kwargs; keys starting with ``_`` are notes, not arguments).
+    """
+    if hasattr(model, "save_pretrained"):
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            return Path(tmp, CONFIG).read_bytes()
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or not {"encoder_name", "classes"} <= config.keys():
+        raise ArtifactError(f"{type(model).__name__}: neither smp's save_pretrained nor a config dict to save")
+    return json.dumps(config, indent=2).encode()
 
 
 def _read_json(uri: str, name: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Scoring model artifacts on a labelled split: metrics, confusion picture, overlays, comparisons."""

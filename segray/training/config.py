@@ -1,0 +1,215 @@
+"""The training recipe: a YAML file plus ``key=value`` overrides, checked before anything starts.
+
+Sections mirror the parts of a run (model, data, augment, optim, loss, run); every unknown key is
+an error that names it, because a misspelt key silently falling back to a default wastes a
+45-minute run. Overrides use dotted keys and YAML values: ``optim.lr=3e-4 run.num_workers=1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from segray import storage
+from segray.datasets.pairs import PairSource
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "unet"
+    encoder: str = "resnet34"
+    #: Local or s3:// .safetensors file of encoder weights (e.g. ImageNet weights a user downloaded).
+    encoder_weights: str | None = None
+    #: A segray artifact to fine-tune from; its head is re-initialised when the classes differ.
+    init_artifact: str | None = None
+    #: Model input size (the artifact's preprocessing): validation, evaluation and labelling resize
+    #: frames to it, and training crops are taken from frames resized to it (times the scale jitter).
+    height: int = 352
+    width: int = 480
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    #: Label map: built-in name or JSON path/URI; default ``<root>/labels.json``, else CamVid.
+    labels: str | None = None
+    train: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
+    val: dict[str, Any] = field(default_factory=lambda: {"split": "val"})
+    #: Keep decoded (and resized) frames in each worker's memory after the first epoch.
+    cache: bool = True
+    loader_workers: int = 0
+
+    def source(self, which: str) -> PairSource:
+        d = dict(getattr(self, which))
+        if "split" in d:
+            d.setdefault("root", self.root)
+        return PairSource.from_dict(d, f"data.{which}")
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    #: Random rescale of the model-size frame, as a factor range, before the crop.
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    #: Crop size (default: the model input size); padded with the ignore id where the frame is smaller.
+    crop_height: int | None = None
+    crop_width: int | None = None
+    hflip: float = 0.5
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.02
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    #: Learning rate of the (pretrained) encoder as a fraction of ``lr``.
+    encoder_lr_factor: float = 1.0
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    schedule: str = "poly"  # poly | cosine
+    poly_power: float = 0.9
+    min_lr_factor: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    dice_weight: float = 0.0
+    #: Per-class cross-entropy weights (one per class), or null.
+    class_weights: list[float] | None = None
+
+
+@dataclass
+class RunConfigSection:
+    #: Ray Train storage: a folder or s3:// prefix; the run lives in ``<storage>/<name>``.
+    storage: str = "runs"
+    epochs: int = 10
+    batch_size: int = 8
+    val_batch_size: int = 4
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    #: torch CPU threads per worker (0: the worker's Ray CPUs, at least 1).
+    torch_threads: int = 0
+    amp: bool = True
+    max_failures: int = 3
+    #: Checkpoints kept: the best by val mIoU plus the latest (Ray always keeps the latest).
+    keep_checkpoints: int = 2
+    #: Stop after this many epochs in this invocation (rerunning continues); null = run to the end.
+    max_epochs_this_run: int | None = None
+    #: Where the best checkpoint is exported as a model artifact (default ``<storage>/<name>/model``).
+    export_to: str | None = None
+    seed: int = 0
+    log_every: int = 20
+    #: Testing aid: rank 0 fails once at the start of this epoch (FailureConfig then restarts the workers).
+    inject_failure_at_epoch: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    name: str = "segray-train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfigSection = field(default_factory=RunConfigSection)
+
+    @property
+    def run_uri(self) -> str:
+        return storage.join(self.run.storage, self.name)
+
+    @property
+    def export_uri(self) -> str:
+        return self.run.export_to or storage.join(self.run_uri, "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _build(cls, d, "")
+
+    def validate(self) -> None:
+        if self.model.height % 32 or self.model.width % 32:
+            raise ValueError(f"model.height/width {self.model.height}x{self.model.width} must be multiples of 32")
+        if self.optim.schedule not in ("poly", "cosine"):
+            raise ValueError(f"optim.schedule {self.optim.schedule!r}: choose poly or cosine")
+        if self.run.epochs < 1 or self.run.batch_size < 1 or self.run.num_workers < 1:
+            raise ValueError("run.epochs, run.batch_size and run.num_workers must be >= 1")
+        if not 0 < self.augment.scale_min <= self.augment.scale_max:
+            raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
+        if self.model.encoder_weights and self.model.init_artifact:
+            raise ValueError("give model.encoder_weights or model.init_artifact, not both")
+        for which in ("train", "val"):
+            self.data.source(which)
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
+    kwargs = {}
+    for k, v in d.items():
+        sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
+        sub_cls = type(sub()) if sub is not None else None
+        if sub_cls is not None and dataclasses.is_dataclass(sub_cls):
+            kwargs[k] = _build(sub_cls, v or {}, f"{prefix}{k}.")
+        else:
+            kwargs[k] = _coerce(v, str(fields[k].type), prefix + k)
+    return cls(**kwargs)
+
+
+def _coerce(v: Any, annotation: str, key: str) -> Any:
+    """YAML reads ``3e-4`` as a string and ``1`` as an int: fit numbers to the field's declared type."""
+    if v is None or isinstance(v, bool):
+        return v
+    try:
+        if annotation.startswith("float") and isinstance(v, (int, str)):
+            return float(v)
+        if annotation.startswith("int") and isinstance(v, str):
+            return int(v)
+    except ValueError as e:
+        raise ValueError(f"config key {key}: {v!r} is not a {annotation.split(' ')[0]}") from e
+    return v
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b=value`` items (YAML values) set into a nested dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected key=value (e.g. optim.lr=3e-4)")
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw else None
+    return d
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (local or s3://) plus overrides -> a validated :class:`TrainConfig`."""
+    d: dict[str, Any] = {}
+    if path:
+        try:
+            d = yaml.safe_load(storage.read_bytes(path)) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: the config must be a mapping")
+    cfg = TrainConfig.from_dict(apply_overrides(d, overrides or []))
+    cfg.validate()
+    return cfg

@@ -1,0 +1,36 @@
+"""Training curves: loss (train and val) and validation mIoU per epoch, as one PNG."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (train: as optimised; val: cross-entropy)")
+    ax_loss.legend()
+    ax_miou.plot(epochs, [100 * h["val_miou"] for h in history], "o-", color="tab:green")
+    ax_miou.set_xlabel("epoch")
+    ax_miou.set_ylabel("val mIoU (%)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,67 @@
+"""The best checkpoint -> a model artifact in exactly the format ``jobs/label_frames.py`` loads."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from segray.labels import LabelMap
+from segray.training import checkpoint as ckpt_io
+from segray.training.config import TrainConfig
+
+
+def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
+    """Build the model, load the checkpoint's weights, save an artifact with label map and metrics."""
+    from segray.models import build_model
+    from segray.models.artifact import ModelArtifact
+    from segray.models.preprocessing import Preprocessing
+
+    state = ckpt_io.load_state(ckpt_dir)
+    model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **_model_kwargs(cfg))
+    model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir), strict=True)
+    model.eval()
+    m = state["metrics"]
+    metrics = {
+        "source": "segray train",
+        "run": cfg.run_uri,
+        "epoch": m["epoch"],
+        "epochs": cfg.run.epochs,
+        "val_miou": m["val_miou"],
+        "val_pixel_accuracy": m["val_pixel_accuracy"],
+        "val_mean_dice": m["val_mean_dice"],
+        "val_iou": {n: m[f"val_iou_{n}"] for n in label_map.names},
+        **extra,
+    }
+    art = ModelArtifact(
+        model,
+        label_map,
+        Preprocessing(height=cfg.model.height, width=cfg.model.width),
+        cfg.model.name or cfg.name,
+        cfg.model.arch,
+        metrics=metrics,
+    )
+    art.save(cfg.export_uri)
+    return art
+
+
+def export_best(checkpoint: Any, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
+    """``checkpoint``: a ``ray.train.Checkpoint`` (local or S3); downloaded to a temporary folder first."""
+    with tempfile.TemporaryDirectory(prefix="segray-export-") as tmp:
+        checkpoint.to_directory(tmp)
+        return export_checkpoint(tmp, cfg, label_map, extra)
+
+
+def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The architecture options the run trained with (an init artifact's own, then the recipe's)."""
+    if not cfg.model.init_artifact:
+        return dict(cfg.model.kwargs)
+    import json
+
+    from segray import storage
+    from segray.models.artifact import CONFIG
+
+    config = json.loads(storage.read_bytes(storage.join(cfg.model.init_artifact, CONFIG)))
+    keep = {k: v for k, v in config.items() if not k.startswith("_")}
+    for key in ("encoder_name", "classes", "encoder_weights"):
+        keep.pop(key, None)
+    return {**keep, **cfg.model.kwargs}

@@ -1,0 +1,86 @@
+"""Where a run's weights start: from scratch, from encoder weights in a file, or from an artifact.
+
+Fine-tuning from an artifact keeps everything whose name and shape fit; when the label map's
+classes differ (names or count) the segmentation head is re-initialised, and :func:`describe_init`
+says so before the run starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from segray.labels import LabelMap
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from segray.training.config import ModelConfig
+
+HEAD_PREFIX = "segmentation_head."
+
+
+def describe_init(cfg: ModelConfig, label_map: LabelMap) -> str:
+    """One line for the log and the exported artifact's metrics (reads only the artifact's JSON)."""
+    if cfg.init_artifact:
+        from segray.models.artifact import read_info
+
+        info = read_info(cfg.init_artifact)
+        if info.label_map.names != label_map.names:
+            return (
+                f"fine-tuning from artifact {cfg.init_artifact} ({info.model_id}); its classes "
+                f"({info.label_map.num_classes}: {info.label_map.name}) differ from the data's "
+                f"({label_map.num_classes}: {label_map.name}): the segmentation head is re-initialised"
+            )
+        return f"fine-tuning from artifact {cfg.init_artifact} ({info.model_id}), same classes, head kept"
+    if cfg.encoder_weights:
+        return f"encoder weights from {cfg.encoder_weights}, decoder and head from scratch"
+    return "from scratch (random initialisation)"
+
+
+def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Module:
+    import torch
+
+    from segray.models.artifact import init_artifact
+
+    if not cfg.init_artifact:
+        return init_artifact(
+            cfg.arch,
+            cfg.encoder,
+            label_map,
+            height=cfg.height,
+            width=cfg.width,
+            encoder_weights=cfg.encoder_weights,
+            model_kwargs=cfg.kwargs,
+            seed=seed,
+        ).model.train()
+    from segray.models import build_model
+    from segray.models.artifact import ModelArtifact
+
+    src = ModelArtifact.load(cfg.init_artifact)
+    if src.arch != cfg.arch:
+        raise ValueError(
+            f"model.init_artifact {cfg.init_artifact} is a {src.arch} but model.arch is {cfg.arch!r}; set model.arch"
+        )
+    torch.manual_seed(seed)
+    config = dict(getattr(src.model, "_hub_mixin_config", None) or {})
+    encoder_name = config.pop("encoder_name", cfg.encoder)
+    if encoder_name != cfg.encoder:
+        raise ValueError(
+            f"model.init_artifact {cfg.init_artifact} has encoder {encoder_name!r} but model.encoder is "
+            f"{cfg.encoder!r}; set model.encoder"
+        )
+    for key in ("classes", "encoder_weights"):
+        config.pop(key, None)
+    # The artifact's own architecture options (decoder channels, depth, ...), then the recipe's.
+    model = build_model(cfg.arch, cfg.encoder, label_map.num_classes, **{**config, **cfg.kwargs})
+    state = src.model.state_dict()
+    if src.label_map.names != label_map.names:
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    own = model.state_dict()
+    misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if misfit:
+        raise ValueError(
+            f"model.init_artifact {cfg.init_artifact}: weights do not fit {cfg.arch}/{cfg.encoder}: {misfit[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return model.train()

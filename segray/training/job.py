@@ -1,0 +1,178 @@
+"""The training driver: check everything, run ``TorchTrainer``, export the best checkpoint.
+
+Everything that can be wrong with the inputs (recipe keys, data layout, unmatched frames, masks,
+label map, init weights, a storage path that cannot be written) fails here, before any worker
+starts. Rerunning the same recipe (same ``name`` and ``run.storage``) continues from the latest
+checkpoint: Ray Train V2 restores its checkpoint manager from ``<storage>/<name>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from segray import storage
+from segray.datasets.pairs import Pair, dataset_label_map, list_pairs
+from segray.labels import LabelMap
+from segray.training.config import TrainConfig
+
+log = logging.getLogger("segray.train")
+
+
+@dataclass
+class TrainSummary:
+    run_uri: str
+    epochs_done: int
+    epochs: int
+    completed: bool
+    best_epoch: int | None = None
+    best_val_miou: float | None = None
+    artifact: str | None = None
+    model_id: str | None = None
+    init: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """What the driver resolved before starting: label map, pairs, how the weights start."""
+
+    label_map: LabelMap
+    train_pairs: list[Pair]
+    val_pairs: list[Pair]
+    init: str
+
+
+def plan(cfg: TrainConfig) -> Plan:
+    from segray.training.data import read_pair
+    from segray.training.init import describe_init
+
+    cfg.validate()
+    absolutise(cfg)
+    label_map = dataset_label_map(cfg.data.root, cfg.data.labels)
+    train_pairs = list_pairs(cfg.data.source("train"))
+    val_pairs = list_pairs(cfg.data.source("val"))
+    # One pair of each split decoded here: a colour mask or a foreign label map fails in seconds.
+    read_pair(train_pairs[0], label_map)
+    read_pair(val_pairs[0], label_map)
+    if cfg.model.encoder_weights:
+        storage.check_readable(cfg.model.encoder_weights)
+    init = describe_init(cfg.model, label_map)
+    storage.check_writable(cfg.run.storage)
+    return Plan(label_map, train_pairs, val_pairs, init)
+
+
+def absolutise(cfg: TrainConfig) -> None:
+    """Local paths made absolute on the driver: Ray workers may run in another working directory."""
+
+    def fix(uri: str | None) -> str | None:
+        if uri is None or "://" in uri:
+            return uri
+        return storage.resolve(uri)[1]
+
+    cfg.run.storage = fix(cfg.run.storage) or cfg.run.storage
+    cfg.run.export_to = fix(cfg.run.export_to)
+    cfg.model.encoder_weights = fix(cfg.model.encoder_weights)
+    cfg.model.init_artifact = fix(cfg.model.init_artifact)
+
+
+def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from segray.training.loop import train_loop
+
+    fs, path = storage.resolve(cfg.run.storage)
+    resources = {"CPU": cfg.run.cpus_per_worker}
+    if cfg.run.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "label_map": p.label_map.to_dict(),
+            "train_pairs": [(x.image, x.mask) for x in p.train_pairs],
+            "val_pairs": [(x.image, x.mask) for x in p.val_pairs],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.run.keep_checkpoints,
+                checkpoint_score_attribute="val_miou",
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+    )
+
+
+def run_training(cfg: TrainConfig) -> TrainSummary:
+    """Train (or continue training), then export the best checkpoint when all epochs are done."""
+    from segray.training import checkpoint as ckpt_io
+    from segray.training.export import export_best
+
+    p = plan(cfg)
+    log.info(
+        "%s: %d train pairs (%s), %d val pairs (%s), %d classes (%s); %s; run folder %s",
+        cfg.name,
+        len(p.train_pairs),
+        cfg.data.source("train").describe(),
+        len(p.val_pairs),
+        cfg.data.source("val").describe(),
+        p.label_map.num_classes,
+        p.label_map.name,
+        p.init,
+        cfg.run_uri,
+    )
+    print(f"weights: {p.init}", flush=True)
+    result = make_trainer(cfg, p).fit()
+    latest = result.checkpoint
+    if latest is None:
+        raise RuntimeError(f"{cfg.run_uri}: training reported no checkpoint")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="segray-latest-") as tmp:
+        latest.to_directory(tmp)
+        state = ckpt_io.load_state(tmp)
+    done = int(state["epoch"])
+    history = list(state.get("history", []))
+    summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, init=p.init, history=history)
+    best = result.get_best_checkpoint("val_miou", "max") or latest
+    best_metrics = max(history, key=lambda h: h["val_miou"]) if history else None
+    if best_metrics:
+        summary.best_epoch, summary.best_val_miou = int(best_metrics["epoch"]), float(best_metrics["val_miou"])
+    if not summary.completed:
+        log.info("stopped after epoch %d of %d; rerun the same command to continue", done, cfg.run.epochs)
+        return summary
+    art = export_best(
+        best,
+        cfg,
+        p.label_map,
+        {
+            "init": p.init,
+            "train_data": cfg.data.source("train").describe(),
+            "train_pairs": len(p.train_pairs),
+            "val_data": cfg.data.source("val").describe(),
+            "val_pairs": len(p.val_pairs),
+        },
+    )
+    summary.artifact, summary.model_id = cfg.export_uri, art.model_id
+    summary.best_epoch = int(art.metrics["epoch"])
+    summary.best_val_miou = float(art.metrics["val_miou"])
+    log.info(
+        "exported %s (epoch %d, val mIoU %.4f) to %s",
+        art.model_id,
+        summary.best_epoch,
+        summary.best_val_miou,
+        cfg.export_uri,
+    )
+    return summary

@@ -1,0 +1,361 @@
+"""The per-worker training function that Ray Train's ``TorchTrainer`` runs on every worker.
+
+Each epoch: train on this worker's shard, validate on this worker's share of the val split (one
+confusion matrix, summed over workers), report metrics through ``ray.train.report`` with a
+checkpoint from rank 0 (Ray keeps the best by val mIoU plus the latest), redraw the curves. A
+restarted worker group (``FailureConfig``) or a rerun of the same command finds the latest
+checkpoint through ``ray.train.get_checkpoint()`` and continues at the next epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segray import storage
+from segray.datasets.pairs import Pair
+from segray.labels import LabelMap
+from segray.training import checkpoint as ckpt_io
+from segray.training.config import TrainConfig
+from segray.training.metrics import scores
+
+log = logging.getLogger("segray.train")
+
+CURVES = "curves.png"
+
+
+def freeze_unused(model: nn.Module, height: int, width: int, device: torch.device) -> list[str]:
+    """Freeze parameters that one forward/backward pass does not reach, and name them.
+
+    smp's PSPNet builds all encoder stages but uses only the first ``encoder_depth``; DDP then
+    waits forever for their gradients ("Expected to have finished reduction"). Freezing them is
+    cheaper than ``find_unused_parameters=True`` (no graph walk each step) and works for any
+    architecture the registry gains. The pass runs in eval mode, so BatchNorm statistics are untouched.
+    """
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(2, 3, height, width, device=device))
+    out.float().mean().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in model.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    enc, rest = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (enc if n.startswith("encoder.") else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.optim.lr}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.optim.lr * cfg.optim.encoder_lr_factor})
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """Linear warm-up, then poly or cosine decay, stepped per iteration (torch's own schedulers)."""
+    from torch.optim import lr_scheduler as sch
+
+    total = max(1, cfg.run.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(cfg.optim.warmup_epochs * steps_per_epoch))
+    rest = total - warmup
+    if cfg.optim.schedule == "cosine":
+        base = min(g["lr"] for g in opt.param_groups)
+        main = sch.CosineAnnealingLR(opt, T_max=rest, eta_min=base * cfg.optim.min_lr_factor)
+    else:
+        main = sch.PolynomialLR(opt, total_iters=rest, power=cfg.optim.poly_power)
+    if warmup <= 0:
+        return main
+    warm = sch.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return sch.SequentialLR(opt, [warm, main], milestones=[warmup])
+
+
+class SegLoss(nn.Module):
+    """Cross-entropy with the ignore id (optionally class-weighted), plus an optional Dice term."""
+
+    def __init__(self, cfg: TrainConfig, label_map: LabelMap) -> None:
+        super().__init__()
+        self.ignore = label_map.ignore_id if label_map.ignore_id is not None else -100
+        weights = cfg.loss.class_weights
+        if weights is not None and len(weights) != label_map.num_classes:
+            raise ValueError(f"loss.class_weights has {len(weights)} values for {label_map.num_classes} classes")
+        self.register_buffer("weight", torch.tensor(weights, dtype=torch.float32) if weights else None)
+        self.dice_weight = cfg.loss.dice_weight
+        self.dice = None
+        if self.dice_weight > 0:
+            from segmentation_models_pytorch.losses import DiceLoss
+
+            self.dice = DiceLoss("multiclass", ignore_index=self.ignore)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
+        if self.dice is not None:
+            loss = loss + self.dice_weight * self.dice(logits.float(), target)
+        return loss
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return images.float().sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``config`` holds the recipe, label map and pair lists as plain data."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from segray.training.augment import train_transform
+    from segray.training.data import PairDataset, collate_val
+    from segray.training.init import initial_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = TrainConfig.from_dict(config["cfg"])
+    label_map = LabelMap.from_dict(config["label_map"])
+    train_pairs = [Pair(*p) for p in config["train_pairs"]]
+    val_pairs = [Pair(*p) for p in config["val_pairs"]]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = cfg.run.torch_threads or max(1, int(cfg.run.cpus_per_worker))
+    torch.set_num_threads(threads)
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.run.seed)
+    h, w = cfg.model.height, cfg.model.width
+    ignore = label_map.ignore_id if label_map.ignore_id is not None else 255
+    crop = (cfg.augment.crop_height or h, cfg.augment.crop_width or w)
+
+    model = initial_model(cfg.model, label_map, seed=cfg.run.seed)
+    checkpoint = ray.train.get_checkpoint()
+    state: dict[str, Any] = {}
+    ckpt_dir = None
+    if checkpoint is not None:
+        ckpt_dir = tempfile.mkdtemp(prefix="segray-resume-")
+        checkpoint.to_directory(ckpt_dir)
+        state = ckpt_io.load_state(ckpt_dir)
+        model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir))
+    model.to(device)
+    unused = freeze_unused(model, *crop, device)
+    if rank == 0 and unused:
+        log.info("froze %d parameters no forward pass reaches (e.g. %s)", len(unused), unused[0])
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    ddp_model = ray.train.torch.prepare_model(model)
+
+    train_ds = PairDataset(
+        train_pairs,
+        label_map,
+        h,
+        w,
+        train=True,
+        transform=train_transform(cfg.augment, h, w, ignore),
+        cache=cfg.data.cache,
+    )
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed)
+    per_worker = math.ceil(len(train_ds) / world)
+    drop_last = per_worker > cfg.run.batch_size  # BatchNorm refuses a final batch of one
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.run.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.loader_workers,
+        persistent_workers=cfg.data.loader_workers > 0,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+    )
+    # Validation: a plain slice per worker (no padding, unlike DistributedSampler), so every val
+    # frame enters the summed confusion matrix exactly once.
+    val_ds = Subset(
+        PairDataset(val_pairs, label_map, h, w, train=False, cache=cfg.data.cache), range(rank, len(val_pairs), world)
+    )
+    val_loader = DataLoader(val_ds, batch_size=cfg.run.val_batch_size, collate_fn=collate_val, num_workers=0)
+
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = max(1, len(loader))
+    scheduler = make_scheduler(opt, cfg, steps_per_epoch)
+    cuda = device.type == "cuda"
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg.run.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if state:
+        ckpt_io.restore_optimizer(ckpt_dir, opt, state)  # type: ignore[arg-type]
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    loss_fn = SegLoss(cfg, label_map).to(device)
+    mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1) * 255
+
+    start = int(state.get("epoch", 0))
+    history: list[dict[str, Any]] = list(state.get("history", []))
+    step = int(state.get("step", 0))
+    stop = cfg.run.epochs
+    if cfg.run.max_epochs_this_run is not None:
+        stop = min(stop, start + cfg.run.max_epochs_this_run)
+    if rank == 0 and start >= stop:
+        log.info("all %d epochs are done already (checkpoint at epoch %d): nothing to train", cfg.run.epochs, start)
+    elif rank == 0:
+        log.info(
+            "rank 0 of %d: %s at epoch %d, this run to epoch %d of %d; %d train / %d val pairs, %d steps/epoch, "
+            "device %s, threads %d, amp %s",
+            world,
+            f"resuming from epoch {start}'s checkpoint," if state else "starting",
+            start + 1,
+            stop,
+            cfg.run.epochs,
+            len(train_pairs),
+            len(val_pairs),
+            steps_per_epoch,
+            device,
+            threads,
+            amp_dtype,
+        )
+
+    for epoch in range(start, stop):
+        t0 = time.monotonic()
+        _maybe_inject_failure(cfg, epoch + 1, rank)
+        sampler.set_epoch(epoch)
+        ddp_model.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        for images, masks in loader:
+            x = _normalise(images.to(device, non_blocking=True), mean, std)
+            y = masks.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = ddp_model(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            loss_sum += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64, device=device)
+            if rank == 0 and cfg.run.log_every and step % cfg.run.log_every == 0:
+                log.info("epoch %d step %d loss %.4f lr %.2e", epoch + 1, step, loss.item(), opt.param_groups[0]["lr"])
+        train_seconds = time.monotonic() - t0
+        _all_reduce(loss_sum)
+        # The bare module: val shards may differ by a batch, and DDP forward must not wait on a collective.
+        cm, val_loss = validate(model, val_loader, label_map, mean, std, device, amp_dtype)
+        s = scores(cm.cpu().numpy(), label_map.names)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
+            "val_loss": val_loss,
+            "val_miou": s["miou"],
+            "val_pixel_accuracy": s["pixel_accuracy"],
+            "val_mean_dice": s["mean_dice"],
+            "lr": opt.param_groups[0]["lr"],
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.monotonic() - t0,
+            **{f"val_iou_{n}": v for n, v in s["iou"].items()},
+        }
+        history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_miou", "epoch_seconds")})
+        if rank == 0:
+            log.info(
+                "epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, pixel acc %.4f (%.0f s)",
+                epoch + 1,
+                cfg.run.epochs,
+                metrics["train_loss"],
+                val_loss,
+                s["miou"],
+                s["pixel_accuracy"],
+                metrics["epoch_seconds"],
+            )
+        with tempfile.TemporaryDirectory(prefix="segray-ckpt-") as tmp:
+            out = None
+            if rank == 0:
+                ckpt_io.save_checkpoint(
+                    tmp,
+                    model,
+                    opt,
+                    {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                        "history": history,
+                        "metrics": metrics,
+                        "val_confusion": cm.cpu().tolist(),
+                        "arch": cfg.model.arch,
+                        "encoder": cfg.model.encoder,
+                        "label_map": label_map.to_dict(),
+                    },
+                )
+                out = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=out, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+        if rank == 0:
+            _write_curves(cfg, history)
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module,
+    loader: Any,
+    label_map: LabelMap,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, float]:
+    """Confusion matrix and mean cross-entropy over non-ignored pixels, at each mask's own size,
+    summed over all workers."""
+    from segray.training.metrics import confusion_matrix
+
+    c = label_map.num_classes
+    ignore = label_map.ignore_id if label_map.ignore_id is not None else -100
+    model.eval()
+    cm = torch.zeros(c, c, dtype=torch.int64, device=device)
+    loss = torch.zeros(2, dtype=torch.float64, device=device)
+    for images, masks in loader:
+        x = _normalise(images.to(device), mean, std)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x)
+        for i, m in enumerate(masks):
+            m = m.to(device)
+            up = F.interpolate(logits[i : i + 1].float(), size=m.shape, mode="bilinear", align_corners=False)
+            cm += confusion_matrix(up.argmax(dim=1)[0], m, c)
+            valid = int(((m >= 0) & (m < c)).sum())
+            if valid:
+                loss[0] += F.cross_entropy(up, m[None], ignore_index=ignore, reduction="sum").double()
+                loss[1] += valid
+    _all_reduce(cm)
+    _all_reduce(loss)
+    model.train()
+    return cm, float(loss[0] / loss[1]) if loss[1] > 0 else float("nan")
+
+
+def _write_curves(cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
+    from segray.training.curves import curves_png
+
+    try:
+        storage.write_bytes(storage.join(cfg.run_uri, CURVES), curves_png(history, cfg.name))
+    except Exception as e:  # noqa: BLE001 - a missing picture must not fail a training run
+        log.warning("could not write %s: %s", CURVES, e)
+
+
+def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
+    """Testing aid for ``FailureConfig``: fail rank 0 once at the start of ``run.inject_failure_at_epoch``."""
+    if cfg.run.inject_failure_at_epoch != epoch or rank != 0:
+        return
+    marker = storage.join(cfg.run_uri, f"_injected_failure_epoch_{epoch}")
+    if storage.exists(marker):
+        return
+    storage.write_bytes(marker, b"")
+    raise RuntimeError(f"injected failure at the start of epoch {epoch} (run.inject_failure_at_epoch)")

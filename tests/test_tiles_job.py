@@ -1,0 +1,119 @@
+"""Large tiles through the whole labelling job (real Ray, real S3): windows, world files, areas."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import TINY_ENCODER
+from PIL import Image
+from test_label_job import read_table
+
+from segray import storage
+from segray.labelling.job import LabelOptions, run_label_job
+from segray.labels import CAMVID
+from segray.models.artifact import init_artifact
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+#: The class the constant model always predicts.
+CONSTANT_CLASS = 3
+
+
+def constant_artifact(uri: str) -> str:
+    """A real artifact built for the test: a tiny UNet whose head ignores its features (weights 0) and
+    whose bias makes one class win everywhere. Any seam between windows would show as another class."""
+    art = init_artifact("unet", TINY_ENCODER, CAMVID, name="constant-unet", height=64, width=64)
+    head = art.model.segmentation_head[0]  # type: ignore[index]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-5.0)
+        head.bias[CONSTANT_CLASS] = 5.0
+    art.save(uri)
+    return uri
+
+
+def png(h: int, w: int, seed: int) -> bytes:
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".png", rgb)[1].tobytes()
+
+
+def test_large_tiles_on_s3_with_world_files_and_manifest(tmp_path: Path, s3_prefix: str) -> None:
+    model = constant_artifact(str(tmp_path / "constant"))
+    tiles = storage.join(s3_prefix, "tiles")
+    # big.png: 700 x 900 > 2 x the 64 x 64 input, so windows; its world file says 0.5 m pixels.
+    storage.write_bytes(storage.join(tiles, "big.png"), png(700, 900, 0))
+    storage.write_bytes(storage.join(tiles, "big.pgw"), b"0.5\n0\n0\n-0.5\n300000.25\n5000000.25\n")
+    storage.write_bytes(storage.join(tiles, "small.png"), png(60, 80, 1))  # resized path; manifest pixel size
+    storage.write_bytes(storage.join(tiles, "bare.png"), png(200, 150, 2))  # windows; no pixel size at all
+    storage.write_bytes(storage.join(tiles, "badwf.png"), png(50, 50, 3))
+    storage.write_bytes(storage.join(tiles, "badwf.pgw"), b"0.5\n0\n")
+    storage.write_bytes(storage.join(tiles, "broken.png"), b"\x89PNG\r\n\x1a\n garbage")
+    manifest = pa.table(
+        {
+            "uri": ["tiles/big.png", "tiles/small.png", "tiles/bare.png", "tiles/badwf.png", "tiles/broken.png"],
+            "region": ["north", "north", "south", "south", "south"],
+            "date": ["2026-06-01", "2026-06-01", "2026-06-02", "2026-06-02", "2026-06-02"],
+            "pixel_size_m": [None, 2.0, None, None, None],
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(manifest, buf)
+    storage.write_bytes(storage.join(s3_prefix, "manifest.parquet"), buf.getvalue())
+    out = storage.join(s3_prefix, "out")
+
+    s = run_label_job(
+        LabelOptions(model=model, input=storage.join(s3_prefix, "manifest.parquet"), output=out, batch_size=4)
+    )
+    assert (s.labelled, s.failed) == (3, 2)
+    rows = {r["relative_path"].rsplit("/", 1)[-1]: r for r in read_table(out, "stats").to_pylist()}
+    assert set(rows) == {"big.png", "small.png", "bare.png"}
+    for name, (h, w) in {"big.png": (700, 900), "bare.png": (200, 150), "small.png": (60, 80)}.items():
+        r = rows[name]
+        assert (r["height"], r["width"]) == (h, w)
+        with Image.open(io.BytesIO(storage.read_bytes(storage.join(out, r["mask_path"])))) as im:
+            mask = np.asarray(im)
+        assert mask.shape == (h, w) and (mask == CONSTANT_CLASS).all(), f"{name}: seams or wrong class"
+        assert r[f"px_{CAMVID.names[CONSTANT_CLASS]}"] == h * w
+    big, small, bare = rows["big.png"], rows["small.png"], rows["bare.png"]
+    road = CAMVID.names[CONSTANT_CLASS]
+    assert big["pixel_area_m2"] == 0.25 and big[f"area_m2_{road}"] == 700 * 900 * 0.25
+    assert big["pixel_size_source"] == f"world_file:{storage.join(tiles, 'big.pgw')}"
+    assert small["pixel_area_m2"] == 4.0 and small["pixel_size_source"] == "manifest"
+    assert small[f"area_m2_{road}"] == 60 * 80 * 4.0 and small[f"area_m2_{CAMVID.names[0]}"] == 0.0
+    # No pixel size anywhere: every area column is null, never a guess.
+    assert bare["pixel_area_m2"] is None and bare["pixel_size_source"] is None
+    assert all(bare[f"area_m2_{n}"] is None for n in CAMVID.names)
+    assert (big["region"], big["date"], bare["region"]) == ("north", "2026-06-01", "south")
+
+    errors = {e["relative_path"].rsplit("/", 1)[-1]: e for e in read_table(out, "errors").to_pylist()}
+    assert set(errors) == {"badwf.png", "broken.png"}
+    assert "badwf.pgw" in errors["badwf.png"]["error"] and "6 numbers" in errors["badwf.png"]["error"]
+    assert errors["broken.png"]["stage"] == "decode"
+    # Failed frames keep their manifest columns, so the land-cover export can count them per region/date.
+    assert {(e["region"], e["date"]) for e in errors.values()} == {("south", "2026-06-02")}
+
+
+def test_job_option_pixel_size_and_tiling_threshold(tmp_path: Path) -> None:
+    model = constant_artifact(str(tmp_path / "constant"))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png(300, 200, 4))
+    out = tmp_path / "out"
+    # tile_above=10: 300 px is below 10 x 64, so the frame is resized, not windowed; same answer here.
+    s = run_label_job(
+        LabelOptions(model=model, input=str(tmp_path / "in"), output=str(out), pixel_size=0.1, tile_above=10)
+    )
+    assert s.labelled == 1
+    (row,) = read_table(str(out), "stats").to_pylist()
+    assert row["pixel_area_m2"] == pytest.approx(0.01) and row["pixel_size_source"] == "option"
+    assert row[f"area_m2_{CAMVID.names[CONSTANT_CLASS]}"] == pytest.approx(300 * 200 * 0.01)
+    with pytest.raises(ValueError, match="pixel_size must be a positive"):
+        LabelOptions(model=model, input="x", output="y", pixel_size=0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        run_label_job(LabelOptions(model=model, input=str(tmp_path / "in"), output=str(out), tile_window=(100, 64)))

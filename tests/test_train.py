@@ -1,0 +1,153 @@
+"""Training on Ray Train: real 2-worker TorchTrainer runs on the session's Ray and SeaweedFS S3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY_ENCODER
+from train_data import SHAPES, write_shapes_dataset
+
+from segray import storage
+from segray.labelling.job import LabelOptions, run_label_job
+from segray.models.artifact import ModelArtifact
+from segray.training import checkpoint as ckpt_io
+from segray.training.config import load_config
+from segray.training.job import run_training
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SIZE = 64  # PSPNet's default depth-3 encoder works at 64x64 with the tiny encoder (8x8 features)
+
+
+@pytest.fixture(scope="module")
+def shapes_s3(s3) -> str:  # noqa: ANN001 - the session's SeaweedFS fixture
+    import uuid
+
+    from conftest import BUCKET
+
+    return write_shapes_dataset(f"s3://{BUCKET}/shapes-{uuid.uuid4().hex[:8]}", {"train": 16, "val": 5})
+
+
+def recipe(data: str, storage_uri: str, arch: str, *extra: str) -> list[str]:
+    """A tiny 2-worker CPU recipe that shares the test Ray's 2 CPUs (0.5 CPU, 1 thread per worker)."""
+    return [
+        f"name=tiny-{arch}",
+        f"data.root={data}",
+        f"model.arch={arch}",
+        f"model.encoder={TINY_ENCODER}",
+        f"model.height={SIZE}",
+        f"model.width={SIZE}",
+        f"run.storage={storage_uri}",
+        "run.epochs=2",
+        "run.batch_size=4",
+        "run.val_batch_size=2",  # 5 val frames: 3 + 2 per worker, 2 batches vs 1 (uneven shards)
+        "run.num_workers=2",
+        "run.cpus_per_worker=0.5",
+        "run.torch_threads=1",
+        "run.max_failures=0",
+        "optim.warmup_epochs=0.5",
+        "augment.scale_min=0.75",
+        "augment.scale_max=1.25",
+        *extra,
+    ]
+
+
+def checkpoint_dirs(run_uri: str) -> list[str]:
+    fs, path = storage.resolve(run_uri)
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(i.base_name for i in infos if i.base_name.startswith("epoch-"))
+
+
+def test_unet_trains_on_s3_exports_and_labels(shapes_s3: str, s3_prefix: str, tmp_path) -> None:  # noqa: ANN001
+    cfg = load_config(None, recipe(shapes_s3, s3_prefix, "unet"))
+    s = run_training(cfg)
+    assert s.completed and s.epochs_done == 2 and [h["epoch"] for h in s.history] == [1, 2]
+    run = cfg.run_uri
+    assert run.startswith("s3://")
+    # Checkpoints on S3: safetensors + JSON only, never a pickle.
+    dirs = checkpoint_dirs(run)
+    assert dirs == ["epoch-0001", "epoch-0002"]
+    for d in dirs:
+        files = sorted(p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(run, d)))
+        assert files == sorted([ckpt_io.MODEL, ckpt_io.OPTIMIZER, ckpt_io.STATE]), files
+    state = json.loads(storage.read_bytes(storage.join(run, "epoch-0002", ckpt_io.STATE)))
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert np.asarray(state["val_confusion"]).sum() > 0
+    assert storage.read_bytes(storage.join(run, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+    # The export is a real artifact with the data's own label map (from labels.json) and metrics.
+    art = ModelArtifact.load(s.artifact)
+    assert s.artifact == storage.join(run, "model")
+    assert art.label_map == SHAPES and art.arch == "unet"
+    assert art.metrics["epoch"] == s.best_epoch and 0 <= art.metrics["val_miou"] <= 1
+    assert set(art.metrics["val_iou"]) == {"background", "box", "disc"}
+    assert (art.preprocessing.height, art.preprocessing.width) == (SIZE, SIZE)
+    # ... which the labelling job labels with.
+    out = str(tmp_path / "labels")
+    job = run_label_job(LabelOptions(model=s.artifact, input=storage.join(shapes_s3, "val"), output=out))
+    assert (job.labelled, job.failed) == (5, 0) and job.model_id == art.model_id
+    import pyarrow.dataset as pads
+
+    stats = pads.dataset(f"{out}/stats", format="parquet").to_table()
+    assert set(stats.column_names) >= {"px_background", "px_box", "px_disc"}
+
+
+def test_pspnet_stopped_after_epoch_1_continues_at_epoch_2(shapes_s3: str, s3_prefix: str, tmp_path) -> None:  # noqa: ANN001
+    overrides = recipe(shapes_s3, s3_prefix, "pspnet")
+    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]))
+    assert (first.completed, first.epochs_done, first.artifact) == (False, 1, None)
+    assert [h["epoch"] for h in first.history] == [1]
+    run = load_config(None, overrides).run_uri
+    assert checkpoint_dirs(run) == ["epoch-0001"]
+    assert not storage.exists(storage.join(run, "model", "segray.json"))
+
+    second = run_training(load_config(None, overrides))
+    assert second.completed and second.epochs_done == 2
+    # Continued, not restarted: epoch 1's record is the first run's, and only epoch 2 was added.
+    assert second.history[0] == first.history[0]
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    state = json.loads(storage.read_bytes(storage.join(run, "epoch-0002", ckpt_io.STATE)))
+    s1 = json.loads(storage.read_bytes(storage.join(run, "epoch-0001", ckpt_io.STATE)))
+    assert state["step"] == 2 * s1["step"]  # the LR schedule and step count carried on
+    assert ModelArtifact.load(second.artifact).arch == "pspnet"
+
+    # The exported PSPNet labels frames through the real job entry point.
+    out = tmp_path / "labels"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "label_frames.py"),
+            "--model",
+            second.artifact,
+            "--input",
+            storage.join(shapes_s3, "val"),
+            "--output",
+            str(out),
+            "--cpus-per-actor",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "5 labelled, 0 failed" in proc.stdout
+    assert len(list((out / "masks").rglob("*.png"))) == 5
+
+
+@pytest.mark.slow
+def test_lost_worker_resumes_from_last_checkpoint(shapes_s3: str, tmp_path) -> None:  # noqa: ANN001
+    """FailureConfig: rank 0 dies at the start of epoch 2; the worker group restarts from epoch 1's checkpoint."""
+    cfg = load_config(
+        None,
+        recipe(shapes_s3, str(tmp_path / "runs"), "unet", "run.max_failures=1", "run.inject_failure_at_epoch=2"),
+    )
+    s = run_training(cfg)
+    assert storage.exists(storage.join(cfg.run_uri, "_injected_failure_epoch_2"))
+    assert s.completed and [h["epoch"] for h in s.history] == [1, 2]
+    assert s.artifact and ModelArtifact.load(s.artifact).metrics["epochs"] == 2

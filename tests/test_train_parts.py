@@ -1,0 +1,202 @@
+"""Training's parts without Ray: recipes, pair listing, masks, augmentation, weight init, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_ENCODER
+from safetensors.torch import save_file
+from train_data import SHAPES, png, write_shapes_dataset
+
+from segray import storage
+from segray.datasets.pairs import PairSource, dataset_label_map, list_pairs
+from segray.labels import CAMVID
+from segray.training import checkpoint as ckpt_io
+from segray.training.augment import train_transform
+from segray.training.config import AugmentConfig, ModelConfig, load_config
+from segray.training.data import PairDataset, read_pair
+from segray.training.init import describe_init, initial_model
+from segray.training.loop import SegLoss, freeze_unused, make_optimizer, make_scheduler
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return write_shapes_dataset(str(tmp_path_factory.mktemp("shapes")), {"train": 6, "val": 2})
+
+
+def test_recipes_load_and_bad_keys_are_named() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted(root.glob("camvid-*.yaml"))
+    assert {p.stem for p in recipes} == {"camvid-unet-cpu", "camvid-unet-gpu", "camvid-pspnet-cpu", "camvid-pspnet-gpu"}
+    for p in recipes:
+        cfg = load_config(str(p))
+        assert cfg.model.arch in p.stem and cfg.model.height % 32 == 0
+        assert len(cfg.loss.class_weights or []) in (0, CAMVID.num_classes)
+    cfg = load_config(str(recipes[0]), ["optim.lr=3e-4", "run.epochs=2", "data.train={split: train, limit: 4}"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.run.epochs == 2 and cfg.data.source("train").limit == 4
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['optim.lrr'\]"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ValueError, match=r"data.train: unknown key\(s\) \['splt'\]"):
+        load_config(None, ["data.train={splt: train}"])
+    with pytest.raises(ValueError, match="config key run.epochs: 'many' is not a int"):
+        load_config(None, ["run.epochs=many"])
+    with pytest.raises(ValueError, match="multiples of 32"):
+        load_config(None, ["model.height=100"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        load_config(None, ["run.epochs"])
+
+
+def test_canonical_folder_and_manifest_pairs_agree(shapes: str, tmp_path: Path) -> None:
+    canonical = list_pairs(PairSource(root=shapes, split="train"))
+    assert [p.name for p in canonical] == sorted(f"seq{i % 2}_{i:04d}.png" for i in range(6))
+    assert all(p.mask == p.image.replace("/train/", "/trainannot/") for p in canonical)
+    folders = list_pairs(PairSource(images=f"{shapes}/train", masks=f"{shapes}/trainannot"))
+    assert folders == canonical
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = tmp_path / "m.parquet"
+    rel = [(str(Path(p.image).relative_to(shapes)), str(Path(p.mask).relative_to(shapes))) for p in canonical]
+    pq.write_table(pa.table({"frame": [r[0] for r in rel], "label": [r[1] for r in rel]}), manifest)
+    (tmp_path / "train").symlink_to(Path(shapes, "train"))
+    (tmp_path / "trainannot").symlink_to(Path(shapes, "trainannot"))
+    via_manifest = list_pairs(PairSource(manifest=str(manifest), image_column="frame", mask_column="label"))
+    assert [p.name for p in via_manifest] == [p.name for p in canonical]
+    with pytest.raises(ValueError, match="no 'image' column"):
+        list_pairs(PairSource(manifest=str(manifest)))
+    held_out = list_pairs(PairSource(root=shapes, split="train", exclude_prefixes=["seq1"]))
+    assert [p.name for p in held_out] == ["seq0_0000.png", "seq0_0002.png", "seq0_0004.png"]
+    assert dataset_label_map(shapes) == SHAPES
+    assert dataset_label_map(str(tmp_path)) == CAMVID  # no labels.json: CamVid's built-in map
+
+
+def test_unmatched_frame_and_bad_masks_are_named(tmp_path: Path, s3_prefix: str) -> None:
+    root = write_shapes_dataset(s3_prefix, {"train": 2}, labels=False)
+    storage.write_bytes(storage.join(root, "train", "lonely.png"), png(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(
+        ValueError, match=r"s3://.*/train/lonely.png: no mask for this frame \(expected .*trainannot/lonely.png\)"
+    ):
+        list_pairs(PairSource(root=root, split="train"))
+    with pytest.raises(ValueError, match="give exactly one of"):
+        list_pairs(PairSource(root=root, split="train", images="x"))
+    local = write_shapes_dataset(str(tmp_path / "d"), {"train": 1})
+    pair = list_pairs(PairSource(root=local, split="train"))[0]
+    Path(pair.mask).write_bytes(png(np.zeros((64, 64, 3), np.uint8)))
+    with pytest.raises(ValueError, match=f"{pair.mask}: mask must be single-channel"):
+        read_pair(pair, SHAPES)
+    Path(pair.mask).write_bytes(png(np.full((64, 64), 7, np.uint8)))
+    with pytest.raises(ValueError, match=rf"{pair.mask}: mask holds class ids \[7\]"):
+        read_pair(pair, SHAPES)
+    Path(pair.mask).write_bytes(png(np.zeros((32, 64), np.uint8)))
+    with pytest.raises(ValueError, match=f"{pair.mask}: mask is .* but its frame"):
+        read_pair(pair, SHAPES)
+
+
+def test_joint_augmentation_keeps_masks_valid(shapes: str) -> None:
+    pairs = list_pairs(PairSource(root=shapes, split="train"))
+    aug = AugmentConfig(scale_min=0.5, scale_max=1.0, crop_height=64, crop_width=96)
+    ds = PairDataset(pairs, SHAPES, 64, 64, train=True, transform=train_transform(aug, 64, 64, 255))
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        img, mask = ds[i]
+        assert img.shape == (3, 64, 96) and img.dtype == torch.uint8 and mask.shape == (64, 96)
+        assert set(mask.unique().tolist()) <= {0, 1, 2, 255}
+        # Scale <= 1 into a wider crop: >= 32 padded columns, ignore in the mask and black in the frame.
+        padded = (mask == 255).all(dim=0)
+        assert padded.sum() >= 32 and (img[:, :, padded] == 0).all()
+    # Hue-free geometric check: without colour jitter, the box's red pixels stay labelled box.
+    plain = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, scale_min=0.5, scale_max=2.0)
+    ds = PairDataset(pairs, SHAPES, 64, 64, train=True, transform=train_transform(plain, 64, 64, 255))
+    img, mask = ds[0]
+    red = (img[0] > 150) & (img[2] < 100)
+    assert (mask[red] == 1).float().mean() > 0.9
+    val = PairDataset(pairs, SHAPES, 32, 32, train=False)
+    img, mask = val[0]
+    assert img.shape == (3, 32, 32) and mask.shape == (64, 64)  # frame at model size, mask at its own
+
+
+def test_init_from_encoder_file_and_from_artifact_with_new_classes(tmp_path: Path, tiny_model: str) -> None:
+    # Encoder weights in a safetensors file (as a user would convert ImageNet weights).
+    src = initial_model(ModelConfig(arch="unet", encoder=TINY_ENCODER, height=64, width=64), SHAPES, seed=5)
+    enc_file = tmp_path / "enc.safetensors"
+    save_file({k: v.contiguous() for k, v in src.encoder.state_dict().items()}, str(enc_file))
+    cfg = ModelConfig(arch="unet", encoder=TINY_ENCODER, height=64, width=64, encoder_weights=str(enc_file))
+    m = initial_model(cfg, SHAPES, seed=6)
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(m.encoder.state_dict()[k], v)
+    assert "encoder weights from" in describe_init(cfg, SHAPES)
+    # Fine-tuning the CamVid tiny UNet on 3-class data: encoder and decoder kept, head re-initialised.
+    from segray.models.artifact import ModelArtifact
+
+    cfg = ModelConfig(arch="unet", encoder=TINY_ENCODER, height=64, width=64, init_artifact=tiny_model)
+    assert "differ" in describe_init(cfg, SHAPES) and "re-initialised" in describe_init(cfg, SHAPES)
+    assert "head kept" in describe_init(cfg, CAMVID)
+    art = ModelArtifact.load(tiny_model)
+    tuned = initial_model(cfg, SHAPES)
+    old, new = art.model.state_dict(), tuned.state_dict()
+    assert new["segmentation_head.0.weight"].shape[0] == 3
+    assert all(torch.equal(new[k], v) for k, v in old.items() if not k.startswith("segmentation_head."))
+    same = initial_model(cfg, CAMVID).state_dict()
+    assert all(torch.equal(same[k], v) for k, v in old.items())
+    with pytest.raises(ValueError, match="is a unet but model.arch is 'pspnet'"):
+        initial_model(ModelConfig(arch="pspnet", encoder=TINY_ENCODER, init_artifact=tiny_model), SHAPES)
+
+
+def test_checkpoint_round_trip_is_exact_and_pickle_free(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"model.encoder={TINY_ENCODER}", "model.arch=pspnet", "run.epochs=3"])
+    model = initial_model(cfg.model, SHAPES)
+    unused = freeze_unused(model, 64, 64, torch.device("cpu"))
+    assert unused and all(n.startswith("encoder.") for n in unused)  # PSPNet's unused encoder stages
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=4)
+    loss_fn = SegLoss(cfg, SHAPES)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    y[:, :4] = 255
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        sched.step()
+    ckpt_io.save_checkpoint(tmp_path, model, opt, {"epoch": 1, "scheduler": sched.state_dict()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    model2 = initial_model(cfg.model, SHAPES, seed=9)
+    freeze_unused(model2, 64, 64, torch.device("cpu"))
+    model2.load_state_dict(ckpt_io.load_model_weights(tmp_path))
+    # The order train_loop uses: building a scheduler rewrites the groups' lr, so the optimizer's
+    # saved param groups (lr included) are restored after it.
+    opt2 = make_optimizer(model2, cfg)
+    sched2 = make_scheduler(opt2, cfg, steps_per_epoch=4)
+    state = ckpt_io.load_state(tmp_path)
+    ckpt_io.restore_optimizer(tmp_path, opt2, state)
+    sched2.load_state_dict(state["scheduler"])
+    assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+    assert sched2.get_last_lr() == pytest.approx(sched.get_last_lr())
+    restored = opt2.state_dict()["state"]
+    assert sorted(restored) == sorted(opt.state_dict()["state"])
+    for i, slots in opt.state_dict()["state"].items():
+        for k, v in slots.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(restored[i][k])), (i, k)
+    # One more identical step on both keeps them identical: the resumed run continues exactly.
+    for m, o in ((model, opt), (model2, opt2)):
+        m.eval()
+        o.zero_grad()
+        loss_fn(m(x), y).backward()
+        o.step()
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="loss.class_weights has 2 values for 3 classes"):
+        SegLoss(load_config(None, ["loss.class_weights=[1, 2]"]), SHAPES)
+
+
+def test_train_cli_refuses_a_bad_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from segray.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "camvid-unet-cpu.yaml"
+    assert main(["train", "--config", str(recipe), "optim.lrr=1"]) == 2
+    assert "unknown config key(s) ['optim.lrr']" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
