@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="model artifacts")
     msub = model.add_subparsers(dest="model_command", required=True)
     init = msub.add_parser("init", help="write an untrained model artifact")
-    init.add_argument("--arch", default="unet", help="unet or pspnet")
+    init.add_argument("--arch", default="unet", help="unet, pspnet, fpn, deeplabv3plus, ... or fcn (see README)")
     init.add_argument("--encoder", default="resnet34", help="any segmentation-models-pytorch encoder")
     init.add_argument("--labels", default="camvid", help="built-in label map name or label-map JSON path/URI")
     init.add_argument("--name", default=None, help="model name (default <arch>-<encoder>)")

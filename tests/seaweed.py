@@ -43,12 +43,16 @@ class SeaweedS3:
     workdir: Path
     args: list[str]
     log_path: Path
+    #: A second identity allowed only the buckets in LIMITED_BUCKETS (for permission-denied tests).
+    limited_key: str = "segraylimited"
+    limited_secret: str = "segray-limited-secret-9876543210"
 
-    def env(self, secret: str | None = None) -> dict[str, str]:
+    def env(self, secret: str | None = None, limited: bool = False) -> dict[str, str]:
+        key, real_secret = (self.limited_key, self.limited_secret) if limited else (self.access_key, self.secret_key)
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key if secret is None else secret,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": real_secret if secret is None else secret,
             "AWS_REGION": "us-east-1",
         }
 
@@ -88,6 +92,10 @@ def _wait_ready(s3: SeaweedS3, timeout: float) -> None:
     raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s ({last}); log: {s3.log_path.read_text()[-2000:]}")
 
 
+#: Buckets the limited identity may read, write and list; any other bucket refuses it.
+LIMITED_BUCKETS = ("segray-test",)
+
+
 def start_seaweed(
     workdir: Path, access_key: str = "segraytest", secret_key: str = "segray-test-secret-0123456789"
 ) -> SeaweedS3:
@@ -106,7 +114,14 @@ def start_seaweed(
                         "name": "segray",
                         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
+                    },
+                    {
+                        "name": "limited",
+                        "credentials": [
+                            {"accessKey": SeaweedS3.limited_key, "secretKey": SeaweedS3.limited_secret}
+                        ],
+                        "actions": [f"{a}:{b}" for b in LIMITED_BUCKETS for a in ("Read", "Write", "List")],
+                    },
                 ]
             }
         )

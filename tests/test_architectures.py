@@ -186,3 +186,22 @@ def test_trains_a_step_and_labels_with_the_job(arch: str, encoder: str, tmp_path
         with Image.open(out / rel) as im:  # palette PNG: PIL gives the class indices
             mask = np.asarray(im)
         assert mask.shape == (40, 100) and set(np.unique(mask)) <= {0, 1}
+
+
+def test_fcn_fine_tunes_onto_other_classes(tmp_path: Path) -> None:
+    """Fine-tuning an FCN artifact onto a different label map re-initialises only its class layer."""
+    import torch
+
+    from segray.labels import KITTI_ROAD
+    from segray.training.config import ModelConfig
+    from segray.training.init import describe_init, initial_model
+
+    src = init_artifact("fcn", "resnet50", CAMVID, name="fcn-src", height=64, width=64)
+    src.save(str(tmp_path / "fcn"))
+    cfg = ModelConfig(arch="fcn", encoder="resnet50", init_artifact=str(tmp_path / "fcn"), height=64, width=64)
+    assert "re-initialised" in describe_init(cfg, KITTI_ROAD)
+    model = initial_model(cfg, KITTI_ROAD)
+    new, old = model.state_dict(), src.model.state_dict()
+    assert new["classifier.4.weight"].shape[0] == KITTI_ROAD.num_classes
+    assert torch.equal(new["classifier.0.weight"], old["classifier.0.weight"])  # kept
+    assert torch.equal(new["backbone.conv1.weight"], old["backbone.conv1.weight"])

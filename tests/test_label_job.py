@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DATA_DIR, ROOT, TINY_ENCODER, write_frames
 from PIL import Image
+from test_decode import png_declaring
 
 from segray import storage
 from segray.labelling.job import LabelOptions, run_label_job
@@ -104,6 +105,7 @@ def test_odd_frames_are_labelled_or_recorded(tmp_path: Path, tiny_model: str) ->
     cv2.imwrite(str(src / "rgba.png"), cv2.cvtColor(rgb, cv2.COLOR_BGR2BGRA))
     cv2.imwrite(str(src / "deep16.png"), rgb.astype(np.uint16) * 257)
     cv2.imwrite(str(src / "tiny1x1.png"), rgb[:1, :1])
+    (src / "bomb.png").write_bytes(png_declaring(100_000, 100_000))  # 10 Gpx declared, 100 bytes on disk
     (src / "notes.txt").write_text("not a frame: not listed")
     out = tmp_path / "out"
     s = run_label_job(LabelOptions(model=tiny_model, input=str(src), output=str(out)))
@@ -111,15 +113,16 @@ def test_odd_frames_are_labelled_or_recorded(tmp_path: Path, tiny_model: str) ->
     errors = read_table(str(out), "errors").to_pylist()
     failed = {e["relative_path"]: e for e in errors}
     assert labelled == {"seq0/f0000.png", "gray.png", "rgba.png", "deep16.png", "tiny1x1.png"}
-    assert set(failed) == {"zero.png", "truncated.png", "truncated.jpg", "noise.jpg"}
+    assert set(failed) == {"zero.png", "truncated.png", "truncated.jpg", "noise.jpg", "bomb.png"}
+    assert "100000x100000 = 10,000,000,000 pixels" in failed["bomb.png"]["error"]
     assert "empty" in failed["zero.png"]["error"]
     assert "truncated PNG" in failed["truncated.png"]["error"]
     assert "truncated JPEG" in failed["truncated.jpg"]["error"]
     assert all(e["stage"] == "decode" and e["source_uri"].endswith(e["relative_path"]) for e in errors)
-    assert (s.frames_in, s.labelled, s.failed) == (9, 5, 4)
+    assert (s.frames_in, s.labelled, s.failed) == (10, 5, 5)
     # Rerun: failed frames are retried and recorded once, labelled ones are not duplicated.
     run_label_job(LabelOptions(model=tiny_model, input=str(src), output=str(out)))
-    assert read_table(str(out), "errors").num_rows == 4
+    assert read_table(str(out), "errors").num_rows == 5
     assert read_table(str(out), "stats").num_rows == 5
 
 

@@ -130,7 +130,7 @@ def test_export_by_region_only_and_refusals(s3_prefix: str) -> None:
     labels = storage.join(s3_prefix, "labels")
     write_labelled(labels, "m@1", seed=1)
     out = storage.join(s3_prefix, "by-region")
-    s = run_export([storage.join(labels, "stats")], out, by=["region"])  # the stats/ folder works too
+    s = run_export([s3_prefix], out, by=["region"])  # a prefix holding labelling outputs works too
     totals = pd.read_parquet(f"{out}/totals/part-0.parquet")
     assert s.groups == 3 and sorted(totals.region) == ["east", "north", "south"]
     assert totals.frames.sum() == len(pd.read_parquet(f"{labels}/stats/"))
@@ -140,9 +140,9 @@ def test_export_by_region_only_and_refusals(s3_prefix: str) -> None:
     write_labelled(labels, "m@2", seed=2)  # a second model's rows in the same output
     with pytest.raises(ValueError, match=r"2 model ids \['m@1', 'm@2'\].*--model-id"):
         run_export([labels], out)
-    picked = run_export([labels], storage.join(s3_prefix, "m2"), model_id="m@2")
+    picked = run_export([storage.join(labels, "stats")], storage.join(s3_prefix, "m2"), model_id="m@2")
     assert picked.model_id == "m@2" and picked.frames == s.frames
-    with pytest.raises(ValueError, match="no stats Parquet parts"):
+    with pytest.raises(ValueError, match=r"no stats/\*\.parquet parts"):
         run_export([storage.join(s3_prefix, "nothing")], out)
 
 

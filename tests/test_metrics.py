@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from segray.training.metrics import confusion_matrix, scores
 
@@ -51,3 +53,18 @@ def test_absent_class_is_left_out_of_the_mean() -> None:
 def test_all_ignored_gives_nan_not_an_error() -> None:
     s = scores(confusion_matrix(np.zeros(4), np.full(4, IGNORE), 2))
     assert s["pixels"] == 0 and math.isnan(s["miou"]) and math.isnan(s["pixel_accuracy"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_matrix_counts_every_labelled_pixel_once(c: int, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, c + 1, n)
+    gt[gt == c] = IGNORE
+    pred = rng.integers(0, c, n)
+    cm = confusion_matrix(pred, gt, c)
+    assert cm.sum() == (gt != IGNORE).sum()
+    assert cm.sum(axis=1).tolist() == [(gt == k).sum() for k in range(c)]
+    perfect = scores(confusion_matrix(np.where(gt == IGNORE, 0, gt), gt, c))
+    if (gt != IGNORE).any():
+        assert perfect["miou"] == 1.0 and perfect["pixel_accuracy"] == 1.0

@@ -178,3 +178,18 @@ def test_large_tile_areas_match_the_truth(tiny_model: str) -> None:
     assert (err[true_px > 0] < 0.005).all(), dict(zip(CAMVID.names, err.round(5), strict=True))
     assert 0 < out["mean_confidence"][0] <= 1
     assert out["error_stage"][1] == "decode" and out["error"][1]  # a bad large frame is recorded, not raised
+
+
+def test_label_cli_tile_options() -> None:
+    from segray.cli import build_parser, label_options
+
+    base = ["label", "--model", "m", "--input", "i", "--output", "o"]
+    opts = label_options(
+        build_parser().parse_args(
+            [*base, "--window", "512x256", "--overlap", "64", "--tile-above", "3", "--pixel-size", "0.3"]
+        )
+    )
+    assert (opts.tile_window, opts.tile_overlap, opts.tile_above, opts.pixel_size) == ((512, 256), 64, 3.0, 0.3)
+    assert opts.world_files and not label_options(build_parser().parse_args([*base, "--no-world-files"])).world_files
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--window", "big"])

@@ -142,7 +142,7 @@ def test_pspnet_stopped_after_epoch_1_continues_at_epoch_2(shapes_s3: str, s3_pr
 
 @pytest.mark.slow
 def test_lost_worker_resumes_from_last_checkpoint(shapes_s3: str, tmp_path) -> None:  # noqa: ANN001
-    """FailureConfig: rank 0 dies at the start of epoch 2; the worker group restarts from epoch 1's checkpoint."""
+    """FailureConfig: rank 0 is SIGKILLed mid-epoch 2; the worker group restarts from epoch 1's checkpoint."""
     cfg = load_config(
         None,
         recipe(shapes_s3, str(tmp_path / "runs"), "unet", "run.max_failures=1", "run.inject_failure_at_epoch=2"),

@@ -200,3 +200,15 @@ def test_train_cli_refuses_a_bad_recipe(tmp_path: Path, capsys: pytest.CaptureFi
     assert "unknown config key(s) ['optim.lrr']" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_a_rerun_with_another_model_is_refused(shapes: str, tmp_path: Path) -> None:
+    from segray.training.job import plan
+
+    base = [f"data.root={shapes}", f"run.storage={tmp_path}", f"model.encoder={TINY_ENCODER}", "name=r"]
+    plan(load_config(None, base))
+    plan(load_config(None, [*base, "run.epochs=20"]))  # more epochs: the same run, continued
+    with pytest.raises(ValueError, match=r"holds a run of another model \(arch: 'unet' -> 'pspnet'\)"):
+        plan(load_config(None, [*base, "model.arch=pspnet"]))
+    with pytest.raises(ValueError, match=r"input_size: \[352, 480\] -> \[64, 64\]"):
+        plan(load_config(None, [*base, "model.height=64", "model.width=64"]))

@@ -85,7 +85,7 @@ def to_markdown(rows: list[dict[str, Any]], data: str, frames: int, device: str)
     for r in rows:
         lines.append(
             f"| `{r['model_id']}` | {r['input']} | **{_pct(r['miou'])}** | {_pct(r['pixel_accuracy'])} | "
-            f"{r['params'] / 1e6:.2f} | {r['gflops_per_frame']:.1f} | {r['frames_per_s']:.2f} |"
+            f"{r['params'] / 1e6:.2f} | {r['gflops_per_frame']:.2f} | {r['frames_per_s']:.2f} |"
         )
     lines += ["", "Per-class IoU (%):", ""]
     lines.append("| class | " + " | ".join(f"`{r['model_id']}`" for r in rows) + " |")

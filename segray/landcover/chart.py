@@ -34,14 +34,11 @@ def share_chart_png(rows: pa.Table, classes: list[str], title: str, label_map: L
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
         ax.stackplot(x, shares, labels=classes, colors=colours, alpha=0.9)
-        if len(x) == 1:  # a single date has no extent: show it as a bar
-            ax.bar(
-                x,
-                [s[0] for s in shares],
-                bottom=[sum(s[0] for s in shares[:i]) for i in range(len(shares))],
-                color=colours,
-                width=0.8,
-            )
+        if len(x) == 1:  # a single date has no extent: show it as a stacked bar
+            bottom = 0.0
+            for k, sh in enumerate(shares):
+                ax.bar(x, [sh[0]], bottom=bottom, color=None if colours is None else colours[k], width=20, label=None)
+                bottom += sh[0]
         if x and isinstance(x[0], int):
             ax.set_xticks(x, dates, rotation=30)
         ax.set_ylim(0, 1)

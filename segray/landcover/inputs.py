@@ -25,16 +25,22 @@ class StatsInputs:
         return [n.removeprefix("px_") for n in self.schema.names if n.startswith("px_")]
 
 
-def _roots(uri: str) -> tuple[str, str]:
-    """A labelling output root, or its stats/ folder -> (stats uri, errors uri)."""
+def _parts(uri: str) -> tuple[list[str], list[str]]:
+    """Stats and errors parts under ``uri``: a labelling output, a prefix holding several (one per
+    date or block: every ``stats/`` and ``errors/`` folder beneath counts), or a ``stats/`` folder."""
     base = uri.rstrip("/")
     if base.rsplit("/", 1)[-1] == "stats":
-        return base, base[: -len("stats")] + "errors"
-    return storage.join(base, "stats"), storage.join(base, "errors")
+        errors = base[: -len("stats")] + "errors"
+        return storage.list_files(base, (".parquet",)), storage.list_files(errors, (".parquet",))
+    files = storage.list_files(base, (".parquet",))
+    folder = [f.rsplit("/", 2)[-2] if f.count("/") >= 1 else "" for f in files]
+    return [f for f, d in zip(files, folder, strict=True) if d == "stats"], [
+        f for f, d in zip(files, folder, strict=True) if d == "errors"
+    ]
 
 
 def find_inputs(uris: list[str]) -> StatsInputs:
-    """List stats and errors parts under each labelling output; refuse inputs with no stats at all."""
+    """List stats and errors parts under each input; refuse an input with no stats at all."""
     if not uris:
         raise ValueError("no --stats input given")
     kinds = {storage.is_s3(u) for u in uris}
@@ -43,12 +49,11 @@ def find_inputs(uris: list[str]) -> StatsInputs:
     stats: list[str] = []
     errors: list[str] = []
     for uri in uris:
-        s_uri, e_uri = _roots(uri)
-        found = storage.list_files(s_uri, (".parquet",))
-        if not found:
-            raise ValueError(f"{uri}: no stats Parquet parts under {s_uri} (is this a labelling job's output?)")
-        stats += found
-        errors += storage.list_files(e_uri, (".parquet",))
+        s_found, e_found = _parts(uri)
+        if not s_found:
+            raise ValueError(f"{uri}: no stats/*.parquet parts under it (is this a labelling job's output?)")
+        stats += s_found
+        errors += e_found
     fs = storage.resolve(uris[0])[0]
     with fs.open_input_file(stats[0]) as f:
         schema = pq.read_schema(io.BytesIO(f.read()))

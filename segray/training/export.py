@@ -8,6 +8,7 @@ from typing import Any
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
+from segray.training.init import model_kwargs
 
 
 def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
@@ -17,7 +18,7 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
     from segray.models.preprocessing import Preprocessing
 
     state = ckpt_io.load_state(ckpt_dir)
-    model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **_model_kwargs(cfg))
+    model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
     model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir), strict=True)
     model.eval()
     m = state["metrics"]
@@ -49,19 +50,3 @@ def export_best(checkpoint: Any, cfg: TrainConfig, label_map: LabelMap, extra: d
     with tempfile.TemporaryDirectory(prefix="segray-export-") as tmp:
         checkpoint.to_directory(tmp)
         return export_checkpoint(tmp, cfg, label_map, extra)
-
-
-def _model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """The architecture options the run trained with (an init artifact's own, then the recipe's)."""
-    if not cfg.model.init_artifact:
-        return dict(cfg.model.kwargs)
-    import json
-
-    from segray import storage
-    from segray.models.artifact import CONFIG
-
-    config = json.loads(storage.read_bytes(storage.join(cfg.model.init_artifact, CONFIG)))
-    keep = {k: v for k, v in config.items() if not k.startswith("_")}
-    for key in ("encoder_name", "classes", "encoder_weights"):
-        keep.pop(key, None)
-    return {**keep, **cfg.model.kwargs}

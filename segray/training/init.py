@@ -7,7 +7,7 @@ says so before the run starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segray.labels import LabelMap
 
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
     from segray.training.config import ModelConfig
 
+#: Parameter-name prefix of the class-dependent head, per architecture (smp's default otherwise):
+#: what is re-initialised when the classes change. torchvision FCN's last classifier layer is [4].
+HEAD_PREFIXES: dict[str, str] = {"fcn": "classifier.4."}
 HEAD_PREFIX = "segmentation_head."
 
 
@@ -69,13 +72,11 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
             f"model.init_artifact {cfg.init_artifact} has encoder {encoder_name!r} but model.encoder is "
             f"{cfg.encoder!r}; set model.encoder"
         )
-    for key in ("classes", "encoder_weights"):
-        config.pop(key, None)
-    # The artifact's own architecture options (decoder channels, depth, ...), then the recipe's.
-    model = build_model(cfg.arch, cfg.encoder, label_map.num_classes, **{**config, **cfg.kwargs})
+    model = build_model(cfg.arch, cfg.encoder, label_map.num_classes, **model_kwargs(cfg))
     state = src.model.state_dict()
     if src.label_map.names != label_map.names:
-        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+        head = HEAD_PREFIXES.get(cfg.arch, HEAD_PREFIX)
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
     own = model.state_dict()
     misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if misfit:
@@ -84,3 +85,20 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
         )
     model.load_state_dict(state, strict=False)
     return model.train()
+
+
+def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """The architecture options a run trains with: an init artifact's own (decoder channels, depth,
+    ...), then the recipe's ``model.kwargs``."""
+    if not cfg.init_artifact:
+        return dict(cfg.kwargs)
+    import json
+
+    from segray import storage
+    from segray.models.artifact import CONFIG
+
+    config = json.loads(storage.read_bytes(storage.join(cfg.init_artifact, CONFIG)))
+    keep = {k: v for k, v in config.items() if not k.startswith("_")}
+    for key in ("encoder_name", "classes", "encoder_weights"):
+        keep.pop(key, None)
+    return {**keep, **cfg.kwargs}

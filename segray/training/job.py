@@ -60,7 +60,40 @@ def plan(cfg: TrainConfig) -> Plan:
         storage.check_readable(cfg.model.encoder_weights)
     init = describe_init(cfg.model, label_map)
     storage.check_writable(cfg.run.storage)
+    check_run_identity(cfg, label_map)
     return Plan(label_map, train_pairs, val_pairs, init)
+
+
+RUN_FILE = "segray-run.json"
+
+
+def check_run_identity(cfg: TrainConfig, label_map: LabelMap) -> None:
+    """A rerun continues the run in ``<storage>/<name>``: refuse one whose model no longer matches it.
+
+    Loading an epoch's checkpoint into a different architecture, encoder, class list or input size
+    would fail deep inside every worker (or, for the input size, silently change the recipe).
+    """
+    import json
+
+    identity = {
+        "arch": cfg.model.arch,
+        "encoder": cfg.model.encoder,
+        "classes": label_map.names,
+        "input_size": [cfg.model.height, cfg.model.width],
+        "model_kwargs": cfg.model.kwargs,
+    }
+    uri = storage.join(cfg.run_uri, RUN_FILE)
+    if storage.exists(uri):
+        before = json.loads(storage.read_bytes(uri))
+        changed = {k: (before.get(k), v) for k, v in identity.items() if before.get(k) != v}
+        if changed:
+            detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{cfg.run_uri} holds a run of another model ({detail}); rerunning continues a run, so give "
+                "this recipe a new name= or run.storage="
+            )
+        return
+    storage.write_bytes(uri, json.dumps(identity, indent=1).encode())
 
 
 def absolutise(cfg: TrainConfig) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import signal
 import tempfile
 import time
 from typing import Any
@@ -126,7 +129,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     from segray.training.augment import train_transform
     from segray.training.data import PairDataset, collate_val
-    from segray.training.init import initial_model
+    from segray.training.init import initial_model, model_kwargs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig.from_dict(config["cfg"])
@@ -143,14 +146,18 @@ def train_loop(config: dict[str, Any]) -> None:
     ignore = label_map.ignore_id if label_map.ignore_id is not None else 255
     crop = (cfg.augment.crop_height or h, cfg.augment.crop_width or w)
 
-    model = initial_model(cfg.model, label_map, seed=cfg.run.seed)
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] = {}
     ckpt_dir = None
-    if checkpoint is not None:
+    if checkpoint is None:
+        model = initial_model(cfg.model, label_map, seed=cfg.run.seed)
+    else:  # resuming: the checkpoint has every weight, the initial weights' source is not read again
+        from segray.models import build_model
+
         ckpt_dir = tempfile.mkdtemp(prefix="segray-resume-")
         checkpoint.to_directory(ckpt_dir)
         state = ckpt_io.load_state(ckpt_dir)
+        model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
         model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir))
     model.to(device)
     unused = freeze_unused(model, *crop, device)
@@ -198,6 +205,7 @@ def train_loop(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # type: ignore[arg-type]
     loss_fn = SegLoss(cfg, label_map).to(device)
     mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1) * 255
@@ -229,8 +237,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
     for epoch in range(start, stop):
         t0 = time.monotonic()
-        _maybe_inject_failure(cfg, epoch + 1, rank)
         sampler.set_epoch(epoch)
+        # Augmentation randomness per worker and epoch: different crops on each worker, and a resumed
+        # run draws the same ones as an uninterrupted run would.
+        torch.manual_seed(cfg.run.seed + 1009 * rank + 7919 * epoch)
         ddp_model.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
         for images, masks in loader:
@@ -245,6 +255,7 @@ def train_loop(config: dict[str, Any]) -> None:
             scaler.update()
             scheduler.step()
             step += 1
+            _maybe_inject_failure(cfg, epoch + 1, rank)  # mid-epoch: after this epoch's first step
             loss_sum += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64, device=device)
             if rank == 0 and cfg.run.log_every and step % cfg.run.log_every == 0:
                 log.info("epoch %d step %d loss %.4f lr %.2e", epoch + 1, step, loss.item(), opt.param_groups[0]["lr"])
@@ -351,11 +362,13 @@ def _write_curves(cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
 
 
 def _maybe_inject_failure(cfg: TrainConfig, epoch: int, rank: int) -> None:
-    """Testing aid for ``FailureConfig``: fail rank 0 once at the start of ``run.inject_failure_at_epoch``."""
+    """Testing aid for ``FailureConfig``: rank 0's process dies (SIGKILL, as a lost node would) once,
+    mid-epoch ``run.inject_failure_at_epoch``, after a training step of that epoch."""
     if cfg.run.inject_failure_at_epoch != epoch or rank != 0:
         return
     marker = storage.join(cfg.run_uri, f"_injected_failure_epoch_{epoch}")
     if storage.exists(marker):
         return
     storage.write_bytes(marker, b"")
-    raise RuntimeError(f"injected failure at the start of epoch {epoch} (run.inject_failure_at_epoch)")
+    log.warning("injected failure: killing rank 0 mid-epoch %d (run.inject_failure_at_epoch)", epoch)
+    os.kill(os.getpid(), signal.SIGKILL)
