@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -151,3 +152,21 @@ def test_lost_worker_resumes_from_last_checkpoint(shapes_s3: str, tmp_path) -> N
     assert storage.exists(storage.join(cfg.run_uri, "_injected_failure_epoch_2"))
     assert s.completed and [h["epoch"] for h in s.history] == [1, 2]
     assert s.artifact and ModelArtifact.load(s.artifact).metrics["epochs"] == 2
+
+
+def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epoch(tmp_path) -> None:  # noqa: ANN001
+    """``run.val_every=2`` over 3 epochs: epoch 1 is trained and checkpointed but not scored (NaN);
+    epochs 2 and 3 (the last) are scored, and the export is the better of those two."""
+    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 5})
+    cfg = load_config(None, recipe(shapes, str(tmp_path / "runs"), "unet", "run.epochs=3", "run.val_every=2"))
+    s = run_training(cfg)
+    assert s.completed and [h["epoch"] for h in s.history] == [1, 2, 3]
+    scored = [h["epoch"] for h in s.history if math.isfinite(h["val_miou"])]
+    assert scored == [2, 3]
+    # keep_checkpoints=2: the unscored epoch 1 ranked lowest and made room for the scored ones.
+    assert checkpoint_dirs(cfg.run_uri) == ["epoch-0002", "epoch-0003"]
+    best = max((h for h in s.history if h["epoch"] in scored), key=lambda h: h["val_miou"])
+    art = ModelArtifact.load(s.artifact)
+    assert art.metrics["epoch"] == best["epoch"] == s.best_epoch
+    assert art.metrics["val_miou"] == pytest.approx(best["val_miou"])
+    assert storage.read_bytes(storage.join(cfg.run_uri, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"

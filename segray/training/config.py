@@ -93,6 +93,9 @@ class RunConfigSection:
     epochs: int = 10
     batch_size: int = 8
     val_batch_size: int = 4
+    #: Validate every N epochs and always at the last epoch. Epochs in between still checkpoint
+    #: (val metrics NaN, so they never rank as best): a lost worker resumes from the latest epoch.
+    val_every: int = 1
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -142,8 +145,8 @@ class TrainConfig:
             raise ValueError(f"model.height/width {self.model.height}x{self.model.width} must be multiples of 32")
         if self.optim.schedule not in ("poly", "cosine"):
             raise ValueError(f"optim.schedule {self.optim.schedule!r}: choose poly or cosine")
-        if self.run.epochs < 1 or self.run.batch_size < 1 or self.run.num_workers < 1:
-            raise ValueError("run.epochs, run.batch_size and run.num_workers must be >= 1")
+        if min(self.run.epochs, self.run.batch_size, self.run.num_workers, self.run.val_every) < 1:
+            raise ValueError("run.epochs, run.batch_size, run.num_workers and run.val_every must be >= 1")
         if not 0 < self.augment.scale_min <= self.augment.scale_max:
             raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
         if self.model.encoder_weights and self.model.init_artifact:

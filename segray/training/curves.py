@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 
@@ -15,11 +16,12 @@ def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+    validated = [h for h in history if math.isfinite(h["val_miou"])]  # with run.val_every > 1
+    ax_loss.plot([h["epoch"] for h in validated], [h["val_loss"] for h in validated], "o-", label="val")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss (train: as optimised; val: cross-entropy)")
     ax_loss.legend()
-    ax_miou.plot(epochs, [100 * h["val_miou"] for h in history], "o-", color="tab:green")
+    ax_miou.plot([h["epoch"] for h in validated], [100 * h["val_miou"] for h in validated], "o-", color="tab:green")
     ax_miou.set_xlabel("epoch")
     ax_miou.set_ylabel("val mIoU (%)")
     from matplotlib.ticker import MaxNLocator

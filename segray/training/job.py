@@ -9,6 +9,7 @@ checkpoint: Ray Train V2 restores its checkpoint manager from ``<storage>/<name>
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,13 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
     )
 
 
+def best_checkpoint(kept: list[tuple[Any, dict[str, Any]]]) -> Any:
+    """The kept checkpoint with the highest finite val mIoU (epochs without validation report NaN,
+    which Python's ``max`` would not order), or None."""
+    scored = [(c, float(m["val_miou"])) for c, m in kept if math.isfinite(float(m.get("val_miou", math.nan)))]
+    return max(scored, key=lambda cs: cs[1])[0] if scored else None
+
+
 def run_training(cfg: TrainConfig) -> TrainSummary:
     """Train (or continue training), then export the best checkpoint when all epochs are done."""
     from segray.training import checkpoint as ckpt_io
@@ -179,8 +187,9 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     done = int(state["epoch"])
     history = list(state.get("history", []))
     summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, init=p.init, history=history)
-    best = result.get_best_checkpoint("val_miou", "max") or latest
-    best_metrics = max(history, key=lambda h: h["val_miou"]) if history else None
+    best = best_checkpoint(result.best_checkpoints or []) or latest
+    scored = [h for h in history if math.isfinite(h["val_miou"])]  # epochs between validations are NaN
+    best_metrics = max(scored, key=lambda h: h["val_miou"]) if scored else None
     if best_metrics:
         summary.best_epoch, summary.best_val_miou = int(best_metrics["epoch"]), float(best_metrics["val_miou"])
     if not summary.completed:

@@ -261,9 +261,15 @@ def train_loop(config: dict[str, Any]) -> None:
                 log.info("epoch %d step %d loss %.4f lr %.2e", epoch + 1, step, loss.item(), opt.param_groups[0]["lr"])
         train_seconds = time.monotonic() - t0
         _all_reduce(loss_sum)
-        # The bare module: val shards may differ by a batch, and DDP forward must not wait on a collective.
-        cm, val_loss = validate(model, val_loader, label_map, mean, std, device, amp_dtype)
-        s = scores(cm.cpu().numpy(), label_map.names)
+        validated = is_validation_epoch(epoch + 1, cfg.run.epochs, cfg.run.val_every)
+        if validated:
+            # The bare module: val shards may differ by a batch, and DDP forward must not wait on a collective.
+            cm, val_loss = validate(model, val_loader, label_map, mean, std, device, amp_dtype)
+            s = scores(cm.cpu().numpy(), label_map.names)
+        else:  # NaN ranks below every score in Ray's checkpoint manager: never kept as the best
+            nan = float("nan")
+            cm, val_loss = torch.zeros(0), nan
+            s = {"miou": nan, "pixel_accuracy": nan, "mean_dice": nan, "iou": dict.fromkeys(label_map.names, nan)}
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
@@ -278,7 +284,16 @@ def train_loop(config: dict[str, Any]) -> None:
             **{f"val_iou_{n}": v for n, v in s["iou"].items()},
         }
         history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_miou", "epoch_seconds")})
-        if rank == 0:
+        if rank == 0 and not validated:
+            log.info(
+                "epoch %d/%d: train loss %.4f (%.0f s; validated every %d epochs)",
+                epoch + 1,
+                cfg.run.epochs,
+                metrics["train_loss"],
+                metrics["epoch_seconds"],
+                cfg.run.val_every,
+            )
+        elif rank == 0:
             log.info(
                 "epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f, pixel acc %.4f (%.0f s)",
                 epoch + 1,
@@ -313,6 +328,11 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=out, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
         if rank == 0:
             _write_curves(cfg, history)
+
+
+def is_validation_epoch(epoch: int, epochs: int, every: int) -> bool:
+    """1-based ``epoch``: every ``every``-th epoch and always the last, so the export has a score."""
+    return epoch % every == 0 or epoch == epochs
 
 
 @torch.inference_mode()
