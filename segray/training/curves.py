@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-import math
 from typing import Any
+
+from segray.training.metrics import is_scored
 
 
 def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
@@ -16,7 +17,7 @@ def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    validated = [h for h in history if math.isfinite(h["val_miou"])]  # with run.val_every > 1
+    validated = [h for h in history if is_scored(h)]
     ax_loss.plot([h["epoch"] for h in validated], [h["val_loss"] for h in validated], "o-", label="val")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss (train: as optimised; val: cross-entropy)")

@@ -9,7 +9,6 @@ checkpoint: Ray Train V2 restores its checkpoint manager from ``<storage>/<name>
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ from segray import storage
 from segray.datasets.pairs import Pair, dataset_label_map, list_pairs
 from segray.labels import LabelMap
 from segray.training.config import TrainConfig
+from segray.training.metrics import is_scored
 
 log = logging.getLogger("segray.train")
 
@@ -150,9 +150,8 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
 
 
 def best_checkpoint(kept: list[tuple[Any, dict[str, Any]]]) -> Any:
-    """The kept checkpoint with the highest finite val mIoU (epochs without validation report NaN,
-    which Python's ``max`` would not order), or None."""
-    scored = [(c, float(m["val_miou"])) for c, m in kept if math.isfinite(float(m.get("val_miou", math.nan)))]
+    """The kept checkpoint with the highest val mIoU among validated epochs, or None."""
+    scored = [(c, m["val_miou"]) for c, m in kept if is_scored(m)]
     return max(scored, key=lambda cs: cs[1])[0] if scored else None
 
 
@@ -188,7 +187,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     history = list(state.get("history", []))
     summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, init=p.init, history=history)
     best = best_checkpoint(result.best_checkpoints or []) or latest
-    scored = [h for h in history if math.isfinite(h["val_miou"])]  # epochs between validations are NaN
+    scored = [h for h in history if is_scored(h)]
     best_metrics = max(scored, key=lambda h: h["val_miou"]) if scored else None
     if best_metrics:
         summary.best_epoch, summary.best_val_miou = int(best_metrics["epoch"]), float(best_metrics["val_miou"])

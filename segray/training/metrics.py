@@ -54,3 +54,9 @@ def scores(cm: np.ndarray, names: list[str] | None = None) -> dict[str, Any]:
         "dice": {n: float(v) for n, v in zip(names, dice, strict=True)},
         "gt_pixels": {n: int(v) for n, v in zip(names, gt, strict=True)},
     }
+
+
+def is_scored(metrics: dict[str, Any]) -> bool:
+    """A report or history entry of a validated epoch (with ``run.val_every > 1`` the epochs between
+    validations carry NaN, which Python's ``max`` cannot order)."""
+    return bool(np.isfinite(metrics.get("val_miou", np.nan)))
