@@ -12,7 +12,7 @@ during (b). Frames are listed ``--repeat`` times (through a manifest) so that st
 over a realistic run length; the first-batch latency is printed separately.
 
     python bench/label_throughput.py --frames ../shared/data/camvid/val --repeat 3
-    python bench/label_throughput.py --repeat 5 --actors 2 --cpus-per-actor 0.5   # 2 actors x 1 thread
+    python bench/label_throughput.py --repeat 5 --actors 1 --cpus-per-actor 1   # 1 actor x 2 threads
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu import CpuShare  # noqa: E402
 from memory import PeakRSS, mib  # noqa: E402
 
 from segray.labelling.job import LabelOptions, run_label_job  # noqa: E402
 from segray.labelling.predict import Predictor  # noqa: E402
+from segray.labelling.resources import cluster_capacity, pool_layout  # noqa: E402
 from segray.labels import CAMVID  # noqa: E402
 from segray.models.artifact import ModelArtifact, init_artifact  # noqa: E402
 from segray.models.preprocessing import Preprocessing  # noqa: E402
@@ -127,14 +129,19 @@ def main() -> None:
     )
     ap.add_argument("--write-batch", type=int, default=128, help="the job's --write-batch-size")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for (a) and (c)")
-    ap.add_argument("--actors", type=int, default=1, help="the job's inference actors (min = max)")
-    ap.add_argument("--cpus-per-actor", type=float, default=1.0, help="the job's Ray CPU reservation per actor")
+    ap.add_argument("--actors", type=int, default=None, help="the job's inference actors (default: the job's)")
+    ap.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        help="the job's Ray CPU reservation per actor (default: the job's)",
+    )
     ap.add_argument(
         "--actor-threads", type=int, default=0, help="torch threads per actor (0: the job's default, cores / actors)"
     )
     a = ap.parse_args()
 
-    frames = sorted(p for p in Path(a.frames).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    frames = sorted(p for p in Path(a.frames).resolve().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not frames:
         sys.exit(f"no frames in {a.frames}")
     n = len(frames) * a.repeat
@@ -162,13 +169,40 @@ def main() -> None:
     pre = Preprocessing(height=a.height, width=a.width)
     images = np.stack([pre.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in frames])
 
+    # The pool the job will run (its defaults, or the options above), so that (a') copies it.
+    pool = pool_layout(
+        a.actors, a.actors, a.cpus_per_actor, a.actor_threads, 0.0, cluster_capacity(), os.cpu_count() or 1
+    )
+    procs = pool.max_actors > 1
+
+    def bare() -> tuple[float, float | None]:
+        fa = bare_model(predictor, images, len(images), a.batch_size)
+        fp = (
+            bare_model_procs(model, images, len(images), a.batch_size, pool.max_actors, pool.torch_threads)
+            if procs
+            else None
+        )
+        return fa, fp
+
+    def show(fa: float, fp: float | None, when: str) -> None:
+        print(f"(a) bare model on preprocessed tensors : {fa:6.2f} frames/s (1 process x {a.threads} threads, {when})")
+        if fp is not None:
+            print(
+                f"(a') the same in the pool's layout      : {fp:6.2f} frames/s "
+                f"({pool.max_actors} processes x {pool.torch_threads} threads, {when})"
+            )
+
     predictor = Predictor(model, torch_threads=a.threads)
-    fa1 = bare_model(predictor, images, len(images), a.batch_size)
-    print(f"(a) bare model on preprocessed tensors : {fa1:6.2f} frames/s (before b and c)")
+    fa1, fp1 = bare()
+    show(fa1, fp1, "before b and c")
     nc = len(frames) * a.naive_repeat
     fc1 = naive_loop(model, frames, nc, work / "naive1", a.threads)
     print(f"(c) naive single-process loop           : {fc1:6.2f} frames/s ({nc} frames, before b)")
-    with PeakRSS() as mem:
+    print(
+        f"(b) runs {pool.max_actors} actor(s) x {pool.torch_threads} torch threads, "
+        f"{pool.cpus_per_actor:g} Ray CPU each"
+    )
+    with PeakRSS() as mem, CpuShare() as cpu:
         t = time.perf_counter()
         s = run_label_job(
             LabelOptions(
@@ -189,25 +223,23 @@ def main() -> None:
     fc2 = naive_loop(model, frames, nc, work / "naive2", a.threads)
     fc = (fc1 + fc2) / 2
     print(f"(c) naive single-process loop           : {fc2:6.2f} frames/s ({nc} frames, after b); mean {fc:.2f}")
-    fa2 = bare_model(predictor, images, len(images), a.batch_size)
+    fa2, fp2 = bare()
+    show(fa2, fp2, "after b and c")
     fa = (fa1 + fa2) / 2
-    print(f"(a) bare model on preprocessed tensors : {fa2:6.2f} frames/s (after b and c); mean {fa:.2f}")
     print(f"(b) full job, frames on disk -> Parquet+PNG: {fb:6.2f} frames/s ({wall:.1f} s wall, start-up included)")
     print(f"    first output (a written batch of {a.write_batch}) after {s.first_output_s:.1f} s")
+    print(f"(a) mean {fa:.2f}, (c) mean {fc:.2f}")
     print(f"b/a = {fb / fa:.3f}   b/c = {fb / fc:.3f}   (start-up included; one run of {n} frames)")
-    if a.actors > 1:
+    if fp1 is not None and fp2 is not None:
         # The pool's layout may beat one process on all cores: then the honest ceiling is the same
         # layout without Ray (the larger of the two (a) figures is what b is held against).
-        threads = a.actor_threads or max(1, (os.cpu_count() or 1) // a.actors)
-        fa_pool = bare_model_procs(model, images, len(images), a.batch_size, a.actors, threads)
-        print(
-            f"(a') bare model, {a.actors} processes x {threads} threads (the pool's layout): {fa_pool:6.2f} frames/s; "
-            f"b/a' = {fb / fa_pool:.3f}   b/max(a, a') = {fb / max(fa, fa_pool):.3f}"
-        )
+        fp = (fp1 + fp2) / 2
+        print(f"(a') mean {fp:.2f}: b/a' = {fb / fp:.3f}   b/max(a, a') = {fb / max(fa, fp):.3f}")
     print(
         f"peak RSS during (b): driver {mib(mem.driver_peak)}, Ray workers {mib(mem.workers_peak)} in all "
         f"(largest single worker {mib(mem.largest_worker_peak)})"
     )
+    print(cpu.report())
     ray.shutdown()
 
 

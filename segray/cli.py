@@ -31,21 +31,32 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="folder/S3 prefix of PNG/JPEG frames, or a manifest (.parquet/.csv)")
     p.add_argument("--output", required=True, help="output folder or s3:// prefix")
     p.add_argument("--batch-size", type=int, default=8, help="frames per model call (default 8)")
-    p.add_argument("--min-actors", type=int, default=1, help="inference actor pool minimum (default 1)")
+    p.add_argument(
+        "--min-actors",
+        type=int,
+        default=None,
+        help="inference actor pool minimum (default: 1 with GPUs; without, one actor per core, at most 4)",
+    )
     p.add_argument(
         "--max-actors",
         type=int,
-        default=1,
-        help="inference actor pool maximum; > min autoscales; 0 = as many as the cluster can hold (default 1)",
+        default=None,
+        help="inference actor pool maximum; > min autoscales; 0 = as many as the cluster can hold (default: = min)",
     )
     p.add_argument(
-        "--cpus-per-actor", type=float, default=1.0, help="Ray CPUs reserved per inference actor (default 1)"
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        help="Ray CPUs reserved per inference actor (default: 1 with GPUs, 0.5 without)",
     )
     p.add_argument(
         "--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)"
     )
     p.add_argument(
-        "--torch-threads", type=int, default=0, help="torch CPU threads per actor (default: node cores / max actors)"
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per actor (default: node cores / max actors, at least 1)",
     )
     p.add_argument("--read-cpus", type=float, default=0.5, help="Ray CPUs per read/decode task (default 0.5)")
     p.add_argument("--write-cpus", type=float, default=0.5, help="Ray CPUs per write task (default 0.5)")

@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from segray.labelling.nightly import expand, parse_date
-from segray.labelling.resources import ClusterCapacity, _limits_from_launcher_config, gpus_per_actor, pool_size
+from segray.labelling.resources import (
+    CPU_ACTOR_CPUS,
+    ClusterCapacity,
+    PoolLayout,
+    _limits_from_launcher_config,
+    gpus_per_actor,
+    pool_layout,
+    pool_size,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAPTOP = ClusterCapacity(gpus_now=0, cpus_now=2, gpus_max=None, cpus_max=None)
@@ -30,6 +38,26 @@ def test_pool_size_auto_and_explicit() -> None:
     assert pool_size(2, 0, 0.5, 1.0, AUTOSCALING_FROM_ZERO) == (2, 32)
     assert pool_size(1, 0, 0.0, 1.0, LAPTOP) == (1, 1)  # 2 CPUs: one stays free for reads and writes
     assert pool_size(3, 0, 0.0, 1.0, LAPTOP) == (3, 3)
+    cpu_farm = ClusterCapacity(gpus_now=0, cpus_now=48, gpus_max=None, cpus_max=None)
+    assert pool_size(1, 0, 0.0, 0.5, cpu_farm) == (1, 47)  # at most one actor per core, whatever its reservation
+
+
+def test_default_layout_cpu_only_is_one_single_threaded_actor_per_core() -> None:
+    # 2 cores: 2 actors x 1 thread, 0.5 Ray CPU each, so reads and writes keep a CPU between them.
+    assert pool_layout(None, None, None, 0, 0.0, LAPTOP, 2) == PoolLayout(2, 2, CPU_ACTOR_CPUS, 1)
+    assert LAPTOP.cpus >= 2 * CPU_ACTOR_CPUS + 0.5 + 0.5  # + one read task and one write task
+    assert pool_layout(None, None, None, 0, 0.0, LAPTOP, 1) == PoolLayout(1, 1, CPU_ACTOR_CPUS, 1)
+    big = ClusterCapacity(gpus_now=0, cpus_now=16, gpus_max=None, cpus_max=None)
+    assert pool_layout(None, None, None, 0, 0.0, big, 16) == PoolLayout(4, 4, CPU_ACTOR_CPUS, 4)  # 4 x 4 threads
+
+
+def test_default_layout_with_gpus_and_explicit_options() -> None:
+    gpu_node = ClusterCapacity(gpus_now=1, cpus_now=8, gpus_max=None, cpus_max=None)
+    assert pool_layout(None, None, None, 0, 1.0, gpu_node, 8) == PoolLayout(1, 1, 1.0, 8)
+    assert pool_layout(1, 0, None, 0, 1.0, AUTOSCALING_FROM_ZERO, 8) == PoolLayout(1, 16, 1.0, 1)
+    # Options win: the previous CPU default (one actor, all cores) is still one flag away.
+    assert pool_layout(1, 1, 1.0, 0, 0.0, LAPTOP, 2) == PoolLayout(1, 1, 1.0, 2)
+    assert pool_layout(None, 3, None, 2, 0.0, LAPTOP, 2) == PoolLayout(1, 3, CPU_ACTOR_CPUS, 2)
 
 
 def test_launcher_config_gives_the_autoscaling_maximum(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

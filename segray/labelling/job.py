@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -37,7 +36,7 @@ from segray.frames.listing import (
     resolve_manifest_uri,
 )
 from segray.labelling.read import DEFAULT_TILE_ABOVE
-from segray.labelling.resources import cluster_capacity, gpus_per_actor, pool_size
+from segray.labelling.resources import cluster_capacity, gpus_per_actor, pool_layout
 from segray.models.artifact import ArtifactInfo, read_info
 from segray.tiles.windows import TileSpec
 
@@ -53,9 +52,11 @@ class LabelOptions:
     input: str
     output: str
     batch_size: int = 8
-    min_actors: int = 1
-    max_actors: int = 1
-    cpus_per_actor: float = 1.0
+    #: None: one actor with a GPU, else one single-threaded actor per core (resources.pool_layout)
+    min_actors: int | None = None
+    max_actors: int | None = None
+    #: None: 1 with a GPU, else resources.CPU_ACTOR_CPUS
+    cpus_per_actor: float | None = None
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     torch_threads: int = 0  # 0: the actor's share of the node's cores
     read_cpus: float = 0.5
@@ -84,17 +85,16 @@ class LabelOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.read_batch_size < 1 or self.write_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
-        if self.min_actors < 1 or (self.max_actors != 0 and self.max_actors < self.min_actors):
-            raise ValueError(
-                f"need 1 <= min_actors ({self.min_actors}) <= max_actors ({self.max_actors}); max_actors 0 = auto"
-            )
+        lo, hi = self.min_actors, self.max_actors
+        if (lo is not None and lo < 1) or (hi is not None and hi < 0) or (lo and hi and hi < lo):
+            raise ValueError(f"need 1 <= min_actors ({lo}) <= max_actors ({hi}); max_actors 0 = auto")
         if self.max_failed_fraction is not None and not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ValueError(f"max_failed_fraction must be within [0, 1], got {self.max_failed_fraction}")
         reserved = {"uri", "relative_path"}
         for key in self.tags:
             if not key.isidentifier() or key in reserved:
                 raise ValueError(f"tag {key!r}: a tag name must be an identifier other than {sorted(reserved)}")
-        if self.cpus_per_actor <= 0:
+        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise ValueError("cpus_per_actor must be > 0")
         if self.tile_above < 0:
             raise ValueError(f"tile_above must be >= 0, got {self.tile_above}")
@@ -194,14 +194,6 @@ def _frames_dataset(opts: LabelOptions, done: set[str]) -> tuple[Any, int, int]:
     return ray.data.from_arrow(blocks), total, skipped
 
 
-def _torch_threads(opts: LabelOptions, max_actors: int) -> int:
-    if opts.torch_threads > 0:
-        return opts.torch_threads
-    # Share the node's cores among the actors that may run on it; the Ray CPU reservation stays
-    # small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
-    return max(1, math.ceil(opts.cpus_per_actor), (os.cpu_count() or 1) // max_actors)
-
-
 def preflight(opts: LabelOptions) -> ArtifactInfo:
     """Everything that can fail before any frame is read: model, input, output, credentials."""
     info = read_info(opts.model)
@@ -244,14 +236,20 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
     if ds is not None:
         cap = cluster_capacity()
         gpus = gpus_per_actor(opts.gpus_per_actor, cap)
-        min_actors, max_actors = pool_size(opts.min_actors, opts.max_actors, gpus, opts.cpus_per_actor, cap)
+        # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
+        # stays small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
+        pool = pool_layout(
+            opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, os.cpu_count() or 1
+        )
         log.info(
-            "run %s: inference pool %d-%d actors, %g GPU and %g CPU each (cluster: %g GPUs now, %s at most)",
+            "run %s: inference pool %d-%d actors, %g GPU, %g CPU and %d torch threads each "
+            "(cluster: %g GPUs now, %s at most)",
             run_id,
-            min_actors,
-            max_actors,
+            pool.min_actors,
+            pool.max_actors,
             gpus,
-            opts.cpus_per_actor,
+            pool.cpus_per_actor,
+            pool.torch_threads,
             cap.gpus_now,
             "unknown" if cap.gpus_max is None else f"{cap.gpus_max:g}",
         )
@@ -270,12 +268,12 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         ds = ds.map_batches(
             Predictor,
             batch_size=opts.batch_size,
-            compute=ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-            num_cpus=opts.cpus_per_actor,
+            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+            num_cpus=pool.cpus_per_actor,
             num_gpus=gpus,
             fn_constructor_kwargs={
                 "model_uri": opts.model,
-                "torch_threads": _torch_threads(opts, max_actors),
+                "torch_threads": pool.torch_threads,
                 "device": opts.device,
                 "tile_window": opts.tile_window,
                 "tile_overlap": opts.tile_overlap,
