@@ -86,3 +86,25 @@ def test_nightly_date_templates() -> None:
     assert parse_date(None) < date.today()
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         parse_date("21/11/2026")
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_small_jobs_get_one_block_per_actor_and_no_idle_actors() -> None:
+    import pyarrow as pa
+
+    from segray.labelling.job import LISTING_BLOCK_ROWS, _spread
+
+    def frames(n: int) -> pa.Table:
+        return pa.table({"uri": [f"f{i}.png" for i in range(n)], "relative_path": [f"f{i}.png" for i in range(n)]})
+
+    two = PoolLayout(2, 2, CPU_ACTOR_CPUS, 1)
+    ds, pool = _spread(frames(5), two, threads_given=False, cores=2)  # 3 + 2 rows: both actors get work
+    assert pool == two and ds.count() == 5 and ds.num_blocks() == 2
+    ds, pool = _spread(frames(1), two, threads_given=False, cores=2)  # one frame: one actor, both cores
+    assert pool == PoolLayout(1, 1, CPU_ACTOR_CPUS, 2) and ds.count() == 1
+    _, pool = _spread(frames(1), two, threads_given=True, cores=2)  # --torch-threads given: kept
+    assert pool == PoolLayout(1, 1, CPU_ACTOR_CPUS, 1)
+    ds, pool = _spread(frames(10 * LISTING_BLOCK_ROWS), two, threads_given=False, cores=2)  # large: as before
+    assert pool == two and ds.num_blocks() == 10
+    _, pool = _spread(frames(40), PoolLayout(1, 16, 1.0, 1), threads_given=False, cores=8)  # autoscaling pool
+    assert pool.min_actors == 1 and pool.max_actors == 14  # 40 frames in blocks of 3: 14 blocks at most

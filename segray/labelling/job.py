@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,7 +37,7 @@ from segray.frames.listing import (
     resolve_manifest_uri,
 )
 from segray.labelling.read import DEFAULT_TILE_ABOVE
-from segray.labelling.resources import cluster_capacity, gpus_per_actor, pool_layout
+from segray.labelling.resources import PoolLayout, cluster_capacity, gpus_per_actor, pool_layout
 from segray.models.artifact import ArtifactInfo, read_info
 from segray.tiles.windows import TileSpec
 
@@ -155,10 +156,8 @@ def done_frames(output: str, model_id: str) -> set[str]:
     return done
 
 
-def _frames_dataset(opts: LabelOptions, done: set[str]) -> tuple[Any, int, int]:
-    """The input as a Ray dataset of (uri, relative_path, extra manifest columns...)."""
-    import ray.data
-
+def _frames_table(opts: LabelOptions, done: set[str]) -> tuple[pa.Table | None, int, int]:
+    """The frames still to label as a table of (uri, relative_path, extra manifest columns...)."""
     if is_manifest(opts.input):
         fs, path = storage.resolve(opts.input)
         fmt = "csv" if opts.input.lower().endswith(".csv") else "parquet"
@@ -190,8 +189,22 @@ def _frames_dataset(opts: LabelOptions, done: set[str]) -> tuple[Any, int, int]:
     skipped = total - table.num_rows
     if table.num_rows == 0:
         return None, total, skipped
-    blocks = [table.slice(i, LISTING_BLOCK_ROWS) for i in range(0, table.num_rows, LISTING_BLOCK_ROWS)]
-    return ray.data.from_arrow(blocks), total, skipped
+    return table, total, skipped
+
+
+def _spread(table: pa.Table, pool: PoolLayout, threads_given: bool, cores: int) -> tuple[Any, PoolLayout]:
+    """The table as a Ray dataset in blocks that every actor can get one of, and the pool trimmed
+    to the number of blocks (an actor task takes whole blocks: more actors would only start idle,
+    as they would in a small job), with the cores shared among the actors left."""
+    import ray.data
+
+    rows = max(1, min(LISTING_BLOCK_ROWS, math.ceil(table.num_rows / pool.max_actors)))
+    blocks = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+    lo = min(pool.min_actors, len(blocks))
+    hi = max(lo, min(pool.max_actors, len(blocks)))
+    if hi < pool.max_actors and not threads_given:
+        pool = replace(pool, torch_threads=max(1, math.ceil(pool.cpus_per_actor), cores // hi))
+    return ray.data.from_arrow(blocks), replace(pool, min_actors=lo, max_actors=hi)
 
 
 def preflight(opts: LabelOptions) -> ArtifactInfo:
@@ -221,7 +234,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
     if info is None:
         info = preflight(opts)
     done = done_frames(opts.output, info.model_id)
-    ds, total, skipped = _frames_dataset(opts, done)
+    table, total, skipped = _frames_table(opts, done)
     log.info(
         "run %s: %d frames under %s, %d already labelled by %s, %d to do",
         run_id,
@@ -233,7 +246,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
     )
     labelled = failed = 0
     first_output: float | None = None
-    if ds is not None:
+    if table is not None:
         cap = cluster_capacity()
         gpus = gpus_per_actor(opts.gpus_per_actor, cap)
         # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
@@ -241,6 +254,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         pool = pool_layout(
             opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, os.cpu_count() or 1
         )
+        ds, pool = _spread(table, pool, opts.torch_threads > 0, os.cpu_count() or 1)
         log.info(
             "run %s: inference pool %d-%d actors, %g GPU, %g CPU and %d torch threads each "
             "(cluster: %g GPUs now, %s at most)",
