@@ -37,7 +37,7 @@ from segray.frames.listing import (
     resolve_manifest_uri,
 )
 from segray.labelling.read import DEFAULT_TILE_ABOVE
-from segray.labelling.resources import PoolLayout, cluster_capacity, gpus_per_actor, pool_layout
+from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
 from segray.models.artifact import ArtifactInfo, read_info
 from segray.tiles.windows import TileSpec
 
@@ -203,7 +203,7 @@ def _spread(table: pa.Table, pool: PoolLayout, threads_given: bool, cores: int) 
     lo = min(pool.min_actors, len(blocks))
     hi = max(lo, min(pool.max_actors, len(blocks)))
     if hi < pool.max_actors and not threads_given:
-        pool = replace(pool, torch_threads=max(1, math.ceil(pool.cpus_per_actor), cores // hi))
+        pool = replace(pool, torch_threads=cores_per_actor(pool.cpus_per_actor, cores, hi))
     return ray.data.from_arrow(blocks), replace(pool, min_actors=lo, max_actors=hi)
 
 
@@ -251,10 +251,9 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         gpus = gpus_per_actor(opts.gpus_per_actor, cap)
         # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
         # stays small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
-        pool = pool_layout(
-            opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, os.cpu_count() or 1
-        )
-        ds, pool = _spread(table, pool, opts.torch_threads > 0, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        pool = pool_layout(opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, cores)
+        ds, pool = _spread(table, pool, opts.torch_threads > 0, cores)
         log.info(
             "run %s: inference pool %d-%d actors, %g GPU, %g CPU and %d torch threads each "
             "(cluster: %g GPUs now, %s at most)",

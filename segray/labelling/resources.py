@@ -144,5 +144,10 @@ def pool_layout(
     else:
         lo = min_actors if min_actors is not None else 1
         lo, hi = pool_size(lo, max_actors if max_actors is not None else lo, gpus, cpus, cap)
-    threads = torch_threads if torch_threads > 0 else max(1, math.ceil(cpus), node_cores // hi)
+    threads = torch_threads if torch_threads > 0 else cores_per_actor(cpus, node_cores, hi)
     return PoolLayout(lo, hi, cpus, threads)
+
+
+def cores_per_actor(cpus_per_actor: float, node_cores: int, actors: int) -> int:
+    """Torch threads for each of ``actors`` actors sharing a node's cores (at least its reservation)."""
+    return max(1, math.ceil(cpus_per_actor), node_cores // actors)
