@@ -104,7 +104,21 @@ def test_small_jobs_get_one_block_per_actor_and_no_idle_actors() -> None:
     assert pool == PoolLayout(1, 1, CPU_ACTOR_CPUS, 2) and ds.count() == 1
     _, pool = _spread(frames(1), two, threads_given=True, cores=2)  # --torch-threads given: kept
     assert pool == PoolLayout(1, 1, CPU_ACTOR_CPUS, 1)
-    ds, pool = _spread(frames(10 * LISTING_BLOCK_ROWS), two, threads_given=False, cores=2)  # large: as before
-    assert pool == two and ds.num_blocks() == 10
+    ds, pool = _spread(frames(10 * LISTING_BLOCK_ROWS), two, threads_given=False, cores=2)  # large: full blocks first
+    assert pool == two and ds.count() == 10 * LISTING_BLOCK_ROWS and ds.num_blocks() == 15
     _, pool = _spread(frames(40), PoolLayout(1, 16, 1.0, 1), threads_given=False, cores=8)  # autoscaling pool
     assert pool.min_actors == 1 and pool.max_actors == 14  # 40 frames in blocks of 3: 14 blocks at most
+
+
+def test_blocks_shrink_towards_the_end_so_no_actor_waits_long_for_another() -> None:
+    from segray.labelling.job import LISTING_BLOCK_ROWS, TAIL_BLOCK_ROWS, block_sizes
+
+    sizes = block_sizes(1010, 2)
+    assert sum(sizes) == 1010 and max(sizes) == LISTING_BLOCK_ROWS
+    assert sizes == sorted(sizes, reverse=True)  # never a big block after a small one
+    assert sizes[-4:-1] == [TAIL_BLOCK_ROWS] * 3 and sizes[-1] <= TAIL_BLOCK_ROWS  # a short tail
+    # No block is more than an actor's share, however small the job; nothing lost or duplicated.
+    for n, actors in [(1, 2), (5, 2), (17, 4), (40, 16), (303, 2), (100_000, 8)]:
+        sizes = block_sizes(n, actors)
+        assert sum(sizes) == n and max(sizes) <= -(-n // actors) and min(sizes) >= 1
+    assert block_sizes(0, 2) == []

@@ -45,6 +45,9 @@ log = logging.getLogger("segray.label")
 
 #: Rows per block when a folder listing becomes a dataset: small enough to spread reads.
 LISTING_BLOCK_ROWS = 64
+#: The smallest block the end of a job is cut into (the read step's batch: a smaller block would
+#: be bundled with the next one anyway).
+TAIL_BLOCK_ROWS = 16
 
 
 @dataclass
@@ -192,14 +195,38 @@ def _frames_table(opts: LabelOptions, done: set[str]) -> tuple[pa.Table | None, 
     return table, total, skipped
 
 
+def block_sizes(n: int, actors: int, largest: int = LISTING_BLOCK_ROWS, smallest: int = TAIL_BLOCK_ROWS) -> list[int]:
+    """Rows per block, shrinking towards the end of the job (guided self-scheduling).
+
+    An actor takes whole blocks, so the job ends when the last actor finishes its last block. With
+    equal 64-row blocks the others sat idle meanwhile (measured: one of two cores idle for the last
+    28 s of a 141 s CPU run). Each block here is about a 2 x actors-th of what is left, so the last
+    blocks are short, and never more than a 1/actors-th of the job, so every actor gets one.
+    """
+    if n <= 0:
+        return []
+    per_actor = math.ceil(n / max(1, actors))
+    hi = max(1, min(largest, per_actor))
+    lo = max(1, min(smallest, hi))
+    sizes: list[int] = []
+    left = n
+    while left > 0:
+        rows = min(left, max(lo, min(hi, math.ceil(left / (2 * max(1, actors))))))
+        sizes.append(rows)
+        left -= rows
+    return sizes
+
+
 def _spread(table: pa.Table, pool: PoolLayout, threads_given: bool, cores: int) -> tuple[Any, PoolLayout]:
-    """The table as a Ray dataset in blocks that every actor can get one of, and the pool trimmed
-    to the number of blocks (an actor task takes whole blocks: more actors would only start idle,
-    as they would in a small job), with the cores shared among the actors left."""
+    """The table as a Ray dataset in blocks that every actor can get one of (:func:`block_sizes`),
+    and the pool trimmed to the number of blocks (an actor task takes whole blocks: more actors
+    would only start idle, as they would in a small job), with the cores shared among the actors left."""
     import ray.data
 
-    rows = max(1, min(LISTING_BLOCK_ROWS, math.ceil(table.num_rows / pool.max_actors)))
-    blocks = [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+    blocks, start = [], 0
+    for rows in block_sizes(table.num_rows, pool.max_actors):
+        blocks.append(table.slice(start, rows))
+        start += rows
     lo = min(pool.min_actors, len(blocks))
     hi = max(lo, min(pool.max_actors, len(blocks)))
     if hi < pool.max_actors and not threads_given:
