@@ -45,8 +45,8 @@ log = logging.getLogger("segray.label")
 
 #: Rows per block when a folder listing becomes a dataset: small enough to spread reads.
 LISTING_BLOCK_ROWS = 64
-#: The smallest block the end of a job is cut into (the read step's batch: a smaller block would
-#: be bundled with the next one anyway).
+#: The smallest block the end of a job is cut into, unless the read step's batch is set otherwise
+#: (a block smaller than that batch would be bundled with the next one anyway).
 TAIL_BLOCK_ROWS = 16
 
 
@@ -65,7 +65,7 @@ class LabelOptions:
     torch_threads: int = 0  # 0: the actor's share of the node's cores
     read_cpus: float = 0.5
     write_cpus: float = 0.5
-    read_batch_size: int = 16
+    read_batch_size: int = TAIL_BLOCK_ROWS
     write_batch_size: int = 128
     max_pixels: int = DEFAULT_MAX_PIXELS
     uri_column: str = "uri"
@@ -205,26 +205,28 @@ def block_sizes(n: int, actors: int, largest: int = LISTING_BLOCK_ROWS, smallest
     """
     if n <= 0:
         return []
-    per_actor = math.ceil(n / max(1, actors))
-    hi = max(1, min(largest, per_actor))
-    lo = max(1, min(smallest, hi))
+    actors = max(1, actors)
+    hi = min(largest, math.ceil(n / actors))
+    lo = min(smallest, hi)
     sizes: list[int] = []
     left = n
     while left > 0:
-        rows = min(left, max(lo, min(hi, math.ceil(left / (2 * max(1, actors))))))
+        rows = min(left, max(lo, min(hi, math.ceil(left / (2 * actors)))))
         sizes.append(rows)
         left -= rows
     return sizes
 
 
-def _spread(table: pa.Table, pool: PoolLayout, threads_given: bool, cores: int) -> tuple[Any, PoolLayout]:
+def _spread(
+    table: pa.Table, pool: PoolLayout, threads_given: bool, cores: int, smallest: int = TAIL_BLOCK_ROWS
+) -> tuple[Any, PoolLayout]:
     """The table as a Ray dataset in blocks that every actor can get one of (:func:`block_sizes`),
     and the pool trimmed to the number of blocks (an actor task takes whole blocks: more actors
     would only start idle, as they would in a small job), with the cores shared among the actors left."""
     import ray.data
 
     blocks, start = [], 0
-    for rows in block_sizes(table.num_rows, pool.max_actors):
+    for rows in block_sizes(table.num_rows, pool.max_actors, smallest=smallest):
         blocks.append(table.slice(start, rows))
         start += rows
     lo = min(pool.min_actors, len(blocks))
@@ -280,7 +282,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         # stays small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
         cores = os.cpu_count() or 1
         pool = pool_layout(opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, cores)
-        ds, pool = _spread(table, pool, opts.torch_threads > 0, cores)
+        ds, pool = _spread(table, pool, opts.torch_threads > 0, cores, opts.read_batch_size)
         log.info(
             "run %s: inference pool %d-%d actors, %g GPU, %g CPU and %d torch threads each "
             "(cluster: %g GPUs now, %s at most)",
