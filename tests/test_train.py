@@ -66,9 +66,11 @@ def checkpoint_dirs(run_uri: str) -> list[str]:
 
 
 def test_unet_trains_on_s3_exports_and_labels(shapes_s3: str, s3_prefix: str, tmp_path) -> None:  # noqa: ANN001
-    cfg = load_config(None, recipe(shapes_s3, s3_prefix, "unet"))
+    # Progressive resizing: epoch 1 on half-size frames and crops, epoch 2 at the model size.
+    cfg = load_config(None, recipe(shapes_s3, s3_prefix, "unet", "augment.small_epochs=1", "augment.small_scale=0.5"))
     s = run_training(cfg)
     assert s.completed and s.epochs_done == 2 and [h["epoch"] for h in s.history] == [1, 2]
+    assert [(h["train_height"], h["train_width"]) for h in s.history] == [(SIZE // 2, SIZE // 2), (SIZE, SIZE)]
     run = cfg.run_uri
     assert run.startswith("s3://")
     # Checkpoints on S3: safetensors + JSON only, never a pickle.

@@ -118,6 +118,31 @@ def test_joint_augmentation_keeps_masks_valid(shapes: str) -> None:
     assert img.shape == (3, 32, 32) and mask.shape == (64, 64)  # frame at model size, mask at its own
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progressive_resizing_shrinks_scene_and_crop_together(shapes: str, enabled: bool) -> None:
+    pairs = list_pairs(PairSource(root=shapes, split="train"))
+    plain = AugmentConfig(enabled=enabled, brightness=0, contrast=0, saturation=0, hue=0, scale_min=1.0, scale_max=1.0)
+    full = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255))
+    small = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255, 0.5))
+    torch.manual_seed(0)
+    img, mask = small[0]
+    # 128 x 0.5 = 64: a multiple of 32, so the whole scene fits the crop (no padding), at a quarter
+    # of the pixels: each class, and the frame's own void, keeps its share of the scene.
+    assert img.shape == (3, 64, 64) and mask.shape == (64, 64)
+    big = full[0][1]
+    for c in (0, 1, 2, 255):
+        assert abs(float((mask == c).float().mean()) - float((big == c).float().mean())) < 0.05
+    # Crops are rounded down to multiples of 32, whatever the factor.
+    odd = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255, 0.67))
+    img, mask = odd[0]
+    assert img.shape[1:] == (64, 64) and mask.shape == (64, 64)
+
+
+def test_recipe_refuses_a_bad_progressive_resizing() -> None:
+    with pytest.raises(ValueError, match="augment.small_scale"):
+        load_config(None, ["augment.small_epochs=2", "augment.small_scale=1.5"])
+
+
 def test_init_from_encoder_file_and_from_artifact_with_new_classes(tmp_path: Path, tiny_model: str) -> None:
     # Encoder weights in a safetensors file (as a user would convert ImageNet weights).
     src = initial_model(ModelConfig(arch="unet", encoder=TINY_ENCODER, height=64, width=64), SHAPES, seed=5)

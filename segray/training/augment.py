@@ -11,20 +11,34 @@ if TYPE_CHECKING:
     from segray.training.config import AugmentConfig
 
 
-def train_transform(cfg: AugmentConfig, height: int, width: int, ignore_id: int) -> v2.Transform:
-    """Colour jitter, random scale of the model-size frame, random crop (padded with ignore), flip."""
+def scaled_crop(crop: tuple[int, int], factor: float) -> tuple[int, int]:
+    """``crop`` times ``factor``, rounded down to multiples of 32 (what every encoder accepts)."""
+    if factor == 1.0:
+        return crop
+    return (max(32, int(crop[0] * factor) // 32 * 32), max(32, int(crop[1] * factor) // 32 * 32))
+
+
+def train_transform(cfg: AugmentConfig, height: int, width: int, ignore_id: int, factor: float = 1.0) -> v2.Transform:
+    """Colour jitter, random scale of the model-size frame, random crop (padded with ignore), flip.
+
+    ``factor`` < 1 shrinks the whole scene and the crop together (progressive resizing's cheap
+    early epochs): the crop keeps the same share of the scene, only with fewer pixels.
+    """
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    crop = (cfg.crop_height or height, cfg.crop_width or width)
+    crop = scaled_crop((cfg.crop_height or height, cfg.crop_width or width), factor)
     if not cfg.enabled:
+        if factor != 1.0:
+            short = round(min(height, width) * factor)
+            return v2.Compose([v2.Resize(short), v2.CenterCrop(crop)])
         return v2.Compose([v2.CenterCrop(crop)]) if crop != (height, width) else v2.Identity()
-    short = min(height, width)
+    short = min(height, width) * factor
     steps: list[v2.Transform] = []
     if any((cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)):
         # First, so that the padding below stays black (contrast jitter would shift it).
         steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
-    if (cfg.scale_min, cfg.scale_max) != (1.0, 1.0):
+    if (cfg.scale_min, cfg.scale_max) != (1.0, 1.0) or factor != 1.0:
         # RandomResize draws the shorter side from [min, max) and keeps the aspect ratio.
         steps.append(v2.RandomResize(max(8, round(short * cfg.scale_min)), max(9, round(short * cfg.scale_max) + 1)))
     steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_id}))

@@ -65,6 +65,11 @@ class AugmentConfig:
     contrast: float = 0.3
     saturation: float = 0.3
     hue: float = 0.02
+    #: Progressive resizing: the first ``small_epochs`` epochs train on frames and crops scaled by
+    #: ``small_scale`` (crops rounded down to multiples of 32). From scratch on a CPU budget, the
+    #: cheaper early epochs learn the large classes; the full-size epochs after them learn the detail.
+    small_epochs: int = 0
+    small_scale: float = 0.67
 
 
 @dataclass
@@ -149,6 +154,8 @@ class TrainConfig:
             raise ValueError("run.epochs, run.batch_size, run.num_workers and run.val_every must be >= 1")
         if not 0 < self.augment.scale_min <= self.augment.scale_max:
             raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
+        if self.augment.small_epochs < 0 or not 0 < self.augment.small_scale <= 1:
+            raise ValueError("augment.small_epochs must be >= 0 and augment.small_scale in (0, 1]")
         if self.model.encoder_weights and self.model.init_artifact:
             raise ValueError("give model.encoder_weights or model.init_artifact, not both")
         for which in ("train", "val"):

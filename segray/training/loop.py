@@ -32,6 +32,8 @@ from segray.training.metrics import scores
 log = logging.getLogger("segray.train")
 
 CURVES = "curves.png"
+#: What each epoch leaves in the checkpoint's history (curves, summaries, a resumed run's record).
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_miou", "epoch_seconds", "train_height", "train_width")
 
 
 def freeze_unused(model: nn.Module, height: int, width: int, device: torch.device) -> list[str]:
@@ -166,27 +168,28 @@ def train_loop(config: dict[str, Any]) -> None:
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     ddp_model = ray.train.torch.prepare_model(model)
 
-    train_ds = PairDataset(
-        train_pairs,
-        label_map,
-        h,
-        w,
-        train=True,
-        transform=train_transform(cfg.augment, h, w, ignore),
-        cache=cfg.data.cache,
-    )
+    full_transform = train_transform(cfg.augment, h, w, ignore)
+    small_transform = None
+    if cfg.augment.small_epochs:
+        small_transform = train_transform(cfg.augment, h, w, ignore, factor=cfg.augment.small_scale)
+    train_ds = PairDataset(train_pairs, label_map, h, w, train=True, transform=full_transform, cache=cfg.data.cache)
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed)
     per_worker = math.ceil(len(train_ds) / world)
     drop_last = per_worker > cfg.run.batch_size  # BatchNorm refuses a final batch of one
-    loader = DataLoader(
-        train_ds,
-        batch_size=cfg.run.batch_size,
-        sampler=sampler,
-        num_workers=cfg.data.loader_workers,
-        persistent_workers=cfg.data.loader_workers > 0,
-        drop_last=drop_last,
-        pin_memory=device.type == "cuda",
-    )
+
+    def make_loader() -> DataLoader:
+        # Built again when the transform changes (progressive resizing): loader processes hold a copy.
+        return DataLoader(
+            train_ds,
+            batch_size=cfg.run.batch_size,
+            sampler=sampler,
+            num_workers=cfg.data.loader_workers,
+            persistent_workers=cfg.data.loader_workers > 0,
+            drop_last=drop_last,
+            pin_memory=device.type == "cuda",
+        )
+
+    loader = make_loader()
     # Validation: a plain slice per worker (no padding, unlike DistributedSampler), so every val
     # frame enters the summed confusion matrix exactly once.
     val_ds = Subset(
@@ -238,12 +241,24 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start, stop):
         t0 = time.monotonic()
         sampler.set_epoch(epoch)
+        transform = small_transform if epoch < cfg.augment.small_epochs else full_transform
+        if train_ds.transform is not transform:
+            train_ds.transform = transform
+            loader = make_loader()
+            if rank == 0 and transform is small_transform:
+                log.info(
+                    "epochs 1-%d train at %s of the model size (augment.small_epochs)",
+                    cfg.augment.small_epochs,
+                    cfg.augment.small_scale,
+                )
         # Augmentation randomness per worker and epoch: different crops on each worker, and a resumed
         # run draws the same ones as an uninterrupted run would.
         torch.manual_seed(cfg.run.seed + 1009 * rank + 7919 * epoch)
         ddp_model.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        train_hw = (0, 0)
         for images, masks in loader:
+            train_hw = (int(images.shape[-2]), int(images.shape[-1]))
             x = _normalise(images.to(device, non_blocking=True), mean, std)
             y = masks.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -280,10 +295,12 @@ def train_loop(config: dict[str, Any]) -> None:
             "val_mean_dice": s["mean_dice"],
             "lr": opt.param_groups[0]["lr"],
             "train_seconds": train_seconds,
+            "train_height": train_hw[0],  # the crops' size: smaller in progressive resizing's early epochs
+            "train_width": train_hw[1],
             "epoch_seconds": time.monotonic() - t0,
             **{f"val_iou_{n}": v for n, v in s["iou"].items()},
         }
-        history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_loss", "val_miou", "epoch_seconds")})
+        history.append({k: metrics[k] for k in HISTORY_KEYS})
         if rank == 0 and not validated:
             log.info(
                 "epoch %d/%d: train loss %.4f (%.0f s; validated every %d epochs)",
