@@ -169,10 +169,17 @@ def train_loop(config: dict[str, Any]) -> None:
     ddp_model = ray.train.torch.prepare_model(model)
 
     full_transform = train_transform(cfg.augment, h, w, ignore)
-    small_transform = None
+    small_transform = full_transform
     if cfg.augment.small_epochs:
         small_transform = train_transform(cfg.augment, h, w, ignore, factor=cfg.augment.small_scale)
-    train_ds = PairDataset(train_pairs, label_map, h, w, train=True, transform=full_transform, cache=cfg.data.cache)
+
+    def transform_for(epoch: int) -> Any:
+        return small_transform if epoch < cfg.augment.small_epochs else full_transform
+
+    start = int(state.get("epoch", 0))
+    train_ds = PairDataset(
+        train_pairs, label_map, h, w, train=True, transform=transform_for(start), cache=cfg.data.cache
+    )
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed)
     per_worker = math.ceil(len(train_ds) / world)
     drop_last = per_worker > cfg.run.batch_size  # BatchNorm refuses a final batch of one
@@ -213,7 +220,6 @@ def train_loop(config: dict[str, Any]) -> None:
     mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1) * 255
 
-    start = int(state.get("epoch", 0))
     history: list[dict[str, Any]] = list(state.get("history", []))
     step = int(state.get("step", 0))
     stop = cfg.run.epochs
@@ -238,19 +244,20 @@ def train_loop(config: dict[str, Any]) -> None:
             amp_dtype,
         )
 
+    if rank == 0 and start < min(stop, cfg.augment.small_epochs):
+        log.info(
+            "epochs 1-%d train at %s of the model size (augment.small_epochs)",
+            cfg.augment.small_epochs,
+            cfg.augment.small_scale,
+        )
+
     for epoch in range(start, stop):
         t0 = time.monotonic()
         sampler.set_epoch(epoch)
-        transform = small_transform if epoch < cfg.augment.small_epochs else full_transform
+        transform = transform_for(epoch)
         if train_ds.transform is not transform:
             train_ds.transform = transform
             loader = make_loader()
-            if rank == 0 and transform is small_transform:
-                log.info(
-                    "epochs 1-%d train at %s of the model size (augment.small_epochs)",
-                    cfg.augment.small_epochs,
-                    cfg.augment.small_scale,
-                )
         # Augmentation randomness per worker and epoch: different crops on each worker, and a resumed
         # run draws the same ones as an uninterrupted run would.
         torch.manual_seed(cfg.run.seed + 1009 * rank + 7919 * epoch)
