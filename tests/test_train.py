@@ -158,9 +158,16 @@ def test_lost_worker_resumes_from_last_checkpoint(shapes_s3: str, tmp_path) -> N
 
 def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epoch(tmp_path) -> None:  # noqa: ANN001
     """``run.val_every=2`` over 3 epochs: epoch 1 is trained and checkpointed but not scored (NaN);
-    epochs 2 and 3 (the last) are scored, and the export is the better of those two."""
+    epochs 2 and 3 (the last) are scored, and the export is the better of those two. The run also
+    trains with OHEM and class weights, and validates with a logit adjustment that the export folds
+    into the model: evaluating the artifact gives exactly the validation's figures."""
+    from segray.datasets.pairs import PairSource
+    from segray.evaluation.evaluate import EvalOptions, evaluate
+    from segray.training.logit_adjust import head_conv
+
     shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 5})
-    cfg = load_config(None, recipe(shapes, str(tmp_path / "runs"), "unet", "run.epochs=3", "run.val_every=2"))
+    extra = ["loss.class_weights=[0.2, 3.0, 3.0]", "loss.logit_adjustment=1.0", "loss.ohem_thresh=0.7"]
+    cfg = load_config(None, recipe(shapes, str(tmp_path / "runs"), "unet", "run.epochs=3", "run.val_every=2", *extra))
     s = run_training(cfg)
     assert s.completed and [h["epoch"] for h in s.history] == [1, 2, 3]
     scored = [h["epoch"] for h in s.history if math.isfinite(h["val_miou"])]
@@ -172,3 +179,12 @@ def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epo
     assert art.metrics["epoch"] == best["epoch"] == s.best_epoch
     assert art.metrics["val_miou"] == pytest.approx(best["val_miou"])
     assert storage.read_bytes(storage.join(cfg.run_uri, "curves.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+    # The artifact's head bias is the checkpoint's minus log(weights); evaluation reproduces validation.
+    trained = ckpt_io.load_model_weights(str(tmp_path / "runs" / "tiny-unet" / f"epoch-{best['epoch']:04d}"))
+    conv = head_conv(art.model, 3)
+    name = next(n for n, m in art.model.named_modules() if m is conv)
+    offsets = (conv.bias.detach() - trained[f"{name}.bias"]).tolist()
+    assert offsets == pytest.approx([-math.log(0.2), -math.log(3.0), -math.log(3.0)], abs=1e-5)
+    r = evaluate(EvalOptions(model=s.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
+    assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
+    assert art.metrics["logit_adjustment"] == 1.0

@@ -237,3 +237,63 @@ def test_a_rerun_with_another_model_is_refused(shapes: str, tmp_path: Path) -> N
         plan(load_config(None, [*base, "model.arch=pspnet"]))
     with pytest.raises(ValueError, match=r"input_size: \[352, 480\] -> \[64, 64\]"):
         plan(load_config(None, [*base, "model.height=64", "model.width=64"]))
+
+
+def test_ohem_keeps_only_the_hard_pixels() -> None:
+    """Hand-built: 4 labelled pixels, true-class probabilities 0.9, 0.6, 0.3 and 0.1, one ignored."""
+    p_true = torch.tensor([0.9, 0.6, 0.3, 0.1, 0.5])
+    target = torch.tensor([0, 1, 2, 0, 255]).view(1, 1, 5)
+    # Logits = log-probabilities: p on the true class (class 0 for the ignored pixel), the rest split evenly.
+    probs = ((1 - p_true) / 2).repeat(3, 1)
+    probs[target.view(-1)[:4], torch.arange(4)] = p_true[:4]
+    probs[0, 4] = p_true[4]
+    logits = probs.log().view(1, 3, 1, 5)
+    logits.requires_grad_(True)
+    weights = "loss.class_weights=[1.0, 2.0, 4.0]"
+    hard = SegLoss(load_config(None, [weights, "loss.ohem_thresh=0.7", "loss.ohem_min_kept=0.25"]), SHAPES)(
+        logits, target
+    )
+    ce = -p_true[:4].log()
+    w = torch.tensor([1.0, 2.0, 4.0, 1.0])
+    # Kept: 0.6, 0.3 and 0.1 (below 0.7); normalised by their class weights as F.cross_entropy does.
+    assert hard.item() == pytest.approx(float((w[1:] * ce[1:]).sum() / w[1:].sum()), rel=1e-5)
+    hard.backward()
+    assert logits.grad is not None and float(logits.grad[0, :, 0, 0].abs().sum()) == 0  # the easy pixel
+    # Too few hard pixels (threshold 0.2 keeps one, min_kept 0.75 asks for 3): the 3 hardest.
+    few = SegLoss(load_config(None, [weights, "loss.ohem_thresh=0.2", "loss.ohem_min_kept=0.75"]), SHAPES)
+    assert float(few(logits, target)) == pytest.approx(float((w[1:] * ce[1:]).sum() / w[1:].sum()), rel=1e-5)
+    # A threshold of 1 keeps every labelled pixel: plain weighted cross-entropy.
+    plain = SegLoss(load_config(None, [weights]), SHAPES)(logits, target)
+    every = SegLoss(load_config(None, [weights, "loss.ohem_thresh=1.0"]), SHAPES)(logits, target)
+    assert float(every) == pytest.approx(float(plain), rel=1e-6)
+    # A batch with nothing labelled is a zero, not a NaN, and backpropagates.
+    void = SegLoss(load_config(None, ["loss.ohem_thresh=0.7"]), SHAPES)(logits, torch.full_like(target, 255))
+    assert float(void) == 0.0
+    void.backward()
+    with pytest.raises(ValueError, match="loss.ohem_thresh"):
+        load_config(None, ["loss.ohem_thresh=1.5"])
+
+
+@pytest.mark.parametrize("arch", ["unet", "pspnet"])
+def test_logit_adjustment_folds_into_the_head(arch: str) -> None:
+    """The export's folded head predicts exactly what validation scored: logits - alpha * log(w)."""
+    from segray.models import build_model
+    from segray.training.logit_adjust import fold_offsets, logit_offsets
+
+    torch.manual_seed(0)
+    model = build_model(arch, TINY_ENCODER, 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    offsets = logit_offsets([0.5, 1.0, 4.0], 0.5)
+    assert offsets is not None
+    assert offsets.tolist() == pytest.approx([-0.5 * np.log(0.5), 0.0, -0.5 * np.log(4.0)])
+    fold_offsets(model, offsets)
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before + offsets.view(1, 3, 1, 1), rtol=1e-5, atol=1e-5)
+    assert logit_offsets([0.5, 1.0, 4.0], 0.0) is None and logit_offsets(None, 0.5) is None
+    with pytest.raises(ValueError, match="needs loss.class_weights"):
+        load_config(None, ["loss.logit_adjustment=0.5"])
+    with pytest.raises(ValueError, match="no final 5-class convolution"):
+        fold_offsets(model, torch.zeros(5))

@@ -89,6 +89,14 @@ class LossConfig:
     dice_weight: float = 0.0
     #: Per-class cross-entropy weights (one per class), or null.
     class_weights: list[float] | None = None
+    #: Online hard example mining: cross-entropy only over pixels whose true class has a predicted
+    #: probability below this (null: every pixel), and at least ``ohem_min_kept`` of the batch's
+    #: labelled pixels (the hardest). Once sky and road are easy, the steps go to thin classes and edges.
+    ohem_thresh: float | None = None
+    ohem_min_kept: float = 1 / 16
+    #: Validation and the exported model subtract this times log(class weight) from the logits
+    #: (0: off): weighted cross-entropy over-predicts the up-weighted classes (see logit_adjust.py).
+    logit_adjustment: float = 0.0
 
 
 @dataclass
@@ -156,6 +164,11 @@ class TrainConfig:
             raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
         if self.augment.small_epochs < 0 or not 0 < self.augment.small_scale <= 1:
             raise ValueError("augment.small_epochs must be >= 0 and augment.small_scale in (0, 1]")
+        ohem = (self.loss.ohem_thresh, self.loss.ohem_min_kept)
+        if ohem[0] is not None and not (0 < ohem[0] <= 1 and 0 < ohem[1] <= 1):
+            raise ValueError("loss.ohem_thresh and loss.ohem_min_kept must be in (0, 1]")
+        if self.loss.logit_adjustment < 0 or (self.loss.logit_adjustment and not self.loss.class_weights):
+            raise ValueError("loss.logit_adjustment must be >= 0 and needs loss.class_weights")
         if self.model.encoder_weights and self.model.init_artifact:
             raise ValueError("give model.encoder_weights or model.init_artifact, not both")
         for which in ("train", "val"):

@@ -9,6 +9,7 @@ from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.init import model_kwargs
+from segray.training.logit_adjust import fold_offsets, logit_offsets
 
 
 def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
@@ -20,6 +21,9 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
     state = ckpt_io.load_state(ckpt_dir)
     model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
     model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir), strict=True)
+    offsets = logit_offsets(cfg.loss.class_weights, cfg.loss.logit_adjustment)
+    if offsets is not None:  # validation scored the adjusted logits: the artifact must predict them
+        fold_offsets(model, offsets)
     model.eval()
     m = state["metrics"]
     metrics = {
@@ -31,6 +35,7 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
         "val_pixel_accuracy": m["val_pixel_accuracy"],
         "val_mean_dice": m["val_mean_dice"],
         "val_iou": {n: m[f"val_iou_{n}"] for n in label_map.names},
+        "logit_adjustment": cfg.loss.logit_adjustment,
         **extra,
     }
     art = ModelArtifact(

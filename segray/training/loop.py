@@ -27,6 +27,7 @@ from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
+from segray.training.logit_adjust import head_conv, logit_offsets
 from segray.training.metrics import scores
 
 log = logging.getLogger("segray.train")
@@ -87,7 +88,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 
 class SegLoss(nn.Module):
-    """Cross-entropy with the ignore id (optionally class-weighted), plus an optional Dice term."""
+    """Cross-entropy with the ignore id (optionally class-weighted, optionally over the hard pixels
+    only), plus an optional Dice term."""
 
     def __init__(self, cfg: TrainConfig, label_map: LabelMap) -> None:
         super().__init__()
@@ -96,6 +98,8 @@ class SegLoss(nn.Module):
         if weights is not None and len(weights) != label_map.num_classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values for {label_map.num_classes} classes")
         self.register_buffer("weight", torch.tensor(weights, dtype=torch.float32) if weights else None)
+        self.ohem_thresh = cfg.loss.ohem_thresh
+        self.ohem_min_kept = cfg.loss.ohem_min_kept
         self.dice_weight = cfg.loss.dice_weight
         self.dice = None
         if self.dice_weight > 0:
@@ -104,10 +108,32 @@ class SegLoss(nn.Module):
             self.dice = DiceLoss("multiclass", ignore_index=self.ignore)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
+        if self.ohem_thresh is None:
+            loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
+        else:
+            loss = self._ohem(logits.float(), target)
         if self.dice is not None:
             loss = loss + self.dice_weight * self.dice(logits.float(), target)
         return loss
+
+    def _ohem(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the hard pixels only, normalised as ``F.cross_entropy`` normalises
+        (by the kept pixels' class weights)."""
+        per_pixel = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore, reduction="none")
+        with torch.no_grad():
+            valid = (target >= 0) & (target < logits.shape[1])
+            safe = torch.where(valid, target, torch.zeros_like(target))
+            p_true = logits.softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
+            p_true = torch.where(valid, p_true, torch.full_like(p_true, 2.0))  # ignored: never kept
+            n_valid = int(valid.sum())
+            kept = p_true < self.ohem_thresh
+            n_min = min(n_valid, max(1, int(self.ohem_min_kept * n_valid)))
+            if n_valid and int(kept.sum()) < n_min:  # too few hard pixels: keep the n_min hardest
+                kept = p_true <= p_true.flatten().kthvalue(n_min).values
+            denom = (self.weight[safe] if self.weight is not None else torch.ones_like(p_true))[kept].sum()
+        if denom <= 0:  # no labelled pixel in the batch: a zero that keeps the graph
+            return per_pixel.sum() * 0.0
+        return per_pixel[kept].sum() / denom
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -217,6 +243,10 @@ def train_loop(config: dict[str, Any]) -> None:
             scaler.load_state_dict(state["scaler"])
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # type: ignore[arg-type]
     loss_fn = SegLoss(cfg, label_map).to(device)
+    offsets = logit_offsets(cfg.loss.class_weights, cfg.loss.logit_adjustment)
+    if offsets is not None:
+        head_conv(model, label_map.num_classes)  # the export will fold the offsets there: fail now, not then
+        offsets = offsets.to(device)
     mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1) * 255
 
@@ -286,7 +316,7 @@ def train_loop(config: dict[str, Any]) -> None:
         validated = is_validation_epoch(epoch + 1, cfg.run.epochs, cfg.run.val_every)
         if validated:
             # The bare module: val shards may differ by a batch, and DDP forward must not wait on a collective.
-            cm, val_loss = validate(model, val_loader, label_map, mean, std, device, amp_dtype)
+            cm, val_loss = validate(model, val_loader, label_map, mean, std, device, amp_dtype, offsets)
             s = scores(cm.cpu().numpy(), label_map.names)
         else:  # NaN ranks below every score in Ray's checkpoint manager: never kept as the best
             nan = float("nan")
@@ -368,9 +398,10 @@ def validate(
     std: torch.Tensor,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    offsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Confusion matrix and mean cross-entropy over non-ignored pixels, at each mask's own size,
-    summed over all workers."""
+    summed over all workers. ``offsets``: per-class logit adjustment, as the export folds it in."""
     from segray.training.metrics import confusion_matrix
 
     c = label_map.num_classes
@@ -382,6 +413,8 @@ def validate(
         x = _normalise(images.to(device), mean, std)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x)
+        if offsets is not None:
+            logits = logits.float() + offsets.view(1, -1, 1, 1)
         for i, m in enumerate(masks):
             m = m.to(device)
             up = F.interpolate(logits[i : i + 1].float(), size=m.shape, mode="bilinear", align_corners=False)

@@ -1,0 +1,41 @@
+"""Post-hoc logit adjustment for class-weighted training.
+
+Cross-entropy with class weights ``w`` trains the logits toward ``log p(c|x) + log w_c``: the
+up-weighted thin classes (sign, pedestrian) are then over-predicted, and their IoU pays for the
+false positives. Subtracting ``alpha * log w_c`` afterwards undoes part of that bias (Menon et al.
+2021, "Long-tail learning via logit adjustment"); ``alpha`` = 1 is the exact correction for a
+calibrated model, smaller values keep some of the recall the weights bought. Validation applies the
+offsets to the logits, and the export folds them into the segmentation head's bias, so the artifact
+format is unchanged and labelling pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def logit_offsets(class_weights: list[float] | None, alpha: float) -> torch.Tensor | None:
+    """``-alpha * log(w)`` per class, or None when there is nothing to adjust."""
+    if not alpha or not class_weights:
+        return None
+    w = torch.tensor(class_weights, dtype=torch.float32)
+    if (w <= 0).any():
+        raise ValueError("loss.logit_adjustment needs positive loss.class_weights")
+    return -alpha * w.log()
+
+
+def head_conv(model: nn.Module, num_classes: int) -> nn.Conv2d:
+    """The model's last convolution with one output per class and a bias (smp's segmentation head,
+    torchvision FCN's classifier). Only resizing follows it, which commutes with a per-class offset."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
+    if not convs or convs[-1].bias is None:
+        raise ValueError(f"{type(model).__name__}: no final {num_classes}-class convolution with a bias to adjust")
+    return convs[-1]
+
+
+@torch.no_grad()
+def fold_offsets(model: nn.Module, offsets: torch.Tensor) -> None:
+    """Add per-class ``offsets`` to the head's bias: the model then outputs ``logits + offsets``."""
+    conv = head_conv(model, offsets.numel())
+    conv.bias.add_(offsets.to(conv.bias))
