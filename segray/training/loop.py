@@ -117,23 +117,21 @@ class SegLoss(nn.Module):
         return loss
 
     def _ohem(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the hard pixels only, normalised as ``F.cross_entropy`` normalises
-        (by the kept pixels' class weights)."""
-        per_pixel = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore, reduction="none")
+        """Cross-entropy over the hard pixels only: the easy ones become ignored, so
+        ``F.cross_entropy`` normalises by the kept pixels' class weights as usual."""
+        valid = (target >= 0) & (target < logits.shape[1])
+        n_valid = int(valid.sum())
+        if not n_valid:  # no labelled pixel in the batch: a zero that keeps the graph
+            return logits.sum() * 0.0
         with torch.no_grad():
-            valid = (target >= 0) & (target < logits.shape[1])
-            safe = torch.where(valid, target, torch.zeros_like(target))
-            p_true = logits.softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
-            p_true = torch.where(valid, p_true, torch.full_like(p_true, 2.0))  # ignored: never kept
-            n_valid = int(valid.sum())
+            p_true = logits.softmax(1).gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+            p_true = torch.where(valid, p_true, 2.0)  # ignored pixels are never kept
             kept = p_true < self.ohem_thresh
-            n_min = min(n_valid, max(1, int(self.ohem_min_kept * n_valid)))
-            if n_valid and int(kept.sum()) < n_min:  # too few hard pixels: keep the n_min hardest
+            n_min = max(1, int(self.ohem_min_kept * n_valid))
+            if int(kept.sum()) < n_min:  # too few hard pixels: keep the n_min hardest
                 kept = p_true <= p_true.flatten().kthvalue(n_min).values
-            denom = (self.weight[safe] if self.weight is not None else torch.ones_like(p_true))[kept].sum()
-        if denom <= 0:  # no labelled pixel in the batch: a zero that keeps the graph
-            return per_pixel.sum() * 0.0
-        return per_pixel[kept].sum() / denom
+            hard = torch.where(kept, target, self.ignore)
+        return F.cross_entropy(logits, hard, weight=self.weight, ignore_index=self.ignore)
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
