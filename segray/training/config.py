@@ -31,6 +31,9 @@ class ModelConfig:
     width: int = 480
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    #: From scratch only: start each residual block's last BatchNorm scale at 0, so every block
+    #: begins as the identity and the early steps train a shallow network (Goyal et al. 2017).
+    zero_init_residual: bool = False
 
 
 @dataclass
@@ -70,6 +73,24 @@ class AugmentConfig:
     #: cheaper early epochs learn the large classes; the full-size epochs after them learn the detail.
     small_epochs: int = 0
     small_scale: float = 0.67
+    #: The general form: ``[[epochs, scale], ...]`` stages in order before the full-size epochs,
+    #: e.g. ``[[8, 0.5], [6, 0.67]]``. ``small_epochs``/``small_scale`` is the one-stage shorthand.
+    progressive: list[list[float]] = field(default_factory=list)
+
+    def stages(self) -> list[tuple[int, float]]:
+        """The progressive-resizing stages as (epochs, scale), in training order."""
+        if self.progressive:
+            return [(int(e), float(s)) for e, s in self.progressive]
+        return [(self.small_epochs, self.small_scale)] if self.small_epochs else []
+
+    def scale_at(self, epoch: int) -> float:
+        """The scale of 0-based ``epoch``: its stage's, 1.0 once the stages are over."""
+        end = 0
+        for epochs, scale in self.stages():
+            end += epochs
+            if epoch < end:
+                return scale
+        return 1.0
 
 
 @dataclass
@@ -164,6 +185,28 @@ class TrainConfig:
             raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
         if self.augment.small_epochs < 0 or not 0 < self.augment.small_scale <= 1:
             raise ValueError("augment.small_epochs must be >= 0 and augment.small_scale in (0, 1]")
+        if self.augment.progressive:
+            if self.augment.small_epochs:
+                raise ValueError("give augment.progressive or augment.small_epochs, not both")
+            for stage in self.augment.progressive:
+                if (
+                    not isinstance(stage, (list, tuple))
+                    or len(stage) != 2
+                    or isinstance(stage[0], bool)
+                    or not isinstance(stage[0], int)
+                    or stage[0] < 1
+                    or not isinstance(stage[1], (int, float))
+                    or not 0 < stage[1] <= 1
+                ):
+                    raise ValueError(
+                        f"augment.progressive: stage {stage!r} must be [epochs >= 1, scale in (0, 1]], "
+                        "e.g. [[8, 0.5], [6, 0.67]]"
+                    )
+        if self.model.zero_init_residual and (self.model.encoder_weights or self.model.init_artifact):
+            raise ValueError(
+                "model.zero_init_residual is for training from scratch: it would erase the residual "
+                "branches of model.encoder_weights / model.init_artifact"
+            )
         ohem = (self.loss.ohem_thresh, self.loss.ohem_min_kept)
         if ohem[0] is not None and not (0 < ohem[0] <= 1 and 0 < ohem[1] <= 1):
             raise ValueError("loss.ohem_thresh and loss.ohem_min_kept must be in (0, 1]")

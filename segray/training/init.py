@@ -37,6 +37,8 @@ def describe_init(cfg: ModelConfig, label_map: LabelMap) -> str:
         return f"fine-tuning from artifact {cfg.init_artifact} ({info.model_id}), same classes, head kept"
     if cfg.encoder_weights:
         return f"encoder weights from {cfg.encoder_weights}, decoder and head from scratch"
+    if cfg.zero_init_residual:
+        return "from scratch (random initialisation, residual blocks start as the identity)"
     return "from scratch (random initialisation)"
 
 
@@ -46,7 +48,7 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
     from segray.models.artifact import init_artifact
 
     if not cfg.init_artifact:
-        return init_artifact(
+        model = init_artifact(
             cfg.arch,
             cfg.encoder,
             label_map,
@@ -56,6 +58,9 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
             model_kwargs=cfg.kwargs,
             seed=seed,
         ).model.train()
+        if cfg.zero_init_residual:
+            zero_init_residual(model, cfg.encoder)
+        return model
     from segray.models import build_model
     from segray.models.artifact import ModelArtifact
 
@@ -85,6 +90,20 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
         )
     model.load_state_dict(state, strict=False)
     return model.train()
+
+
+def zero_init_residual(model: nn.Module, encoder: str) -> int:
+    """Zero the last BatchNorm scale of every ResNet block (torchvision's ``zero_init_residual``,
+    which smp's ResNet encoders cannot be asked for); returns how many blocks there were."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    if not blocks:
+        raise ValueError(f"model.zero_init_residual needs a ResNet encoder; {encoder!r} has no residual blocks")
+    for block in blocks:
+        nn.init.zeros_(block.bn3.weight if isinstance(block, Bottleneck) else block.bn2.weight)
+    return len(blocks)
 
 
 def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:

@@ -192,13 +192,13 @@ def train_loop(config: dict[str, Any]) -> None:
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     ddp_model = ray.train.torch.prepare_model(model)
 
-    full_transform = train_transform(cfg.augment, h, w, ignore)
-    small_transform = full_transform
-    if cfg.augment.small_epochs:
-        small_transform = train_transform(cfg.augment, h, w, ignore, factor=cfg.augment.small_scale)
+    transforms = {
+        scale: train_transform(cfg.augment, h, w, ignore, factor=scale)
+        for scale in {1.0, *(scale for _, scale in cfg.augment.stages())}
+    }
 
     def transform_for(epoch: int) -> Any:
-        return small_transform if epoch < cfg.augment.small_epochs else full_transform
+        return transforms[cfg.augment.scale_at(epoch)]
 
     start = int(state.get("epoch", 0))
     train_ds = PairDataset(
@@ -272,12 +272,12 @@ def train_loop(config: dict[str, Any]) -> None:
             amp_dtype,
         )
 
-    if rank == 0 and start < min(stop, cfg.augment.small_epochs):
-        log.info(
-            "epochs 1-%d train at %s of the model size (augment.small_epochs)",
-            cfg.augment.small_epochs,
-            cfg.augment.small_scale,
-        )
+    if rank == 0:
+        first = 1
+        for epochs, scale in cfg.augment.stages():
+            last = first + epochs - 1
+            log.info("epochs %d-%d train at %s of the model size (progressive resizing)", first, last, scale)
+            first += epochs
 
     for epoch in range(start, stop):
         t0 = time.monotonic()
