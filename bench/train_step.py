@@ -7,8 +7,10 @@ ratios on the same noisy machine rather than absolute numbers from different hou
     python bench/train_step.py --arch unet --encoder resnet18 --height 192 --width 256 --batch 4 \
         --threads 1 --decoder-channels 128 64 32 16 16 --variants channels_last contiguous
 
-A variant is ``channels_last`` (what the trainer does), ``contiguous`` (NCHW) or ``compile``
-(``torch.compile`` of the channels-last model; its compile time is reported apart).
+A variant is ``channels_last`` (channels-last model, AdamW's default per-parameter loop),
+``contiguous`` (NCHW), ``compile`` (``torch.compile`` of the channels-last model; its compile time
+is reported apart), or ``foreach`` / ``fused`` (channels-last with AdamW's multi-tensor or fused
+step; the trainer keeps the default: on 2 CPU cores the three are within 1%).
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ def main() -> None:
     for v in a.variants:
         model = build_model(a.arch, a.encoder, a.classes, **kwargs).train()
         x = x0
-        if v in ("channels_last", "compile"):
+        if v in ("channels_last", "compile", "foreach", "fused"):
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             x = x0.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        step_impl = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(v, {"foreach": False})
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **step_impl)
         t0 = time.perf_counter()
         if v == "compile":
             model = torch.compile(model)  # type: ignore[assignment]

@@ -138,9 +138,53 @@ def test_progressive_resizing_shrinks_scene_and_crop_together(shapes: str, enabl
     assert img.shape[1:] == (64, 64) and mask.shape == (64, 64)
 
 
-def test_recipe_refuses_a_bad_progressive_resizing() -> None:
-    with pytest.raises(ValueError, match="augment.small_scale"):
-        load_config(None, ["augment.small_epochs=2", "augment.small_scale=1.5"])
+def test_progressive_stages_run_in_order_then_full_size() -> None:
+    cfg = load_config(None, ["augment.progressive=[[2, 0.5], [1, 0.67]]", "run.epochs=5"])
+    assert cfg.augment.stages() == [(2, 0.5), (1, 0.67)]
+    assert [cfg.augment.scale_at(e) for e in range(5)] == [0.5, 0.5, 0.67, 1.0, 1.0]
+    short = load_config(None, ["augment.small_epochs=2", "augment.small_scale=0.5"])  # the one-stage shorthand
+    assert short.augment.stages() == [(2, 0.5)] and [short.augment.scale_at(e) for e in range(3)] == [0.5, 0.5, 1.0]
+    assert load_config(None).augment.stages() == [] and load_config(None).augment.scale_at(0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["augment.small_epochs=2", "augment.small_scale=1.5"], "augment.small_scale"),
+        (["augment.progressive=[[2, 0.5]]", "augment.small_epochs=1"], "not both"),
+        (["augment.progressive=[[0, 0.5]]"], r"stage \[0, 0.5\] must be"),
+        (["augment.progressive=[[2, 1.5]]"], r"stage \[2, 1.5\] must be"),
+        (["augment.progressive=[2, 0.5]"], "stage 2 must be"),
+        (["augment.progressive=[[2.5, 0.5]]"], r"stage \[2.5, 0.5\] must be"),
+    ],
+)
+def test_recipe_refuses_a_bad_progressive_resizing(overrides: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+def test_zero_init_residual_starts_each_block_as_the_identity() -> None:
+    from torchvision.models.resnet import BasicBlock
+
+    cfg = ModelConfig(arch="unet", encoder="resnet18", height=64, width=64, zero_init_residual=True)
+    model = initial_model(cfg, SHAPES, seed=3).eval()
+    blocks = [m for m in model.encoder.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all(float(b.bn2.weight.abs().sum()) == 0 for b in blocks)
+    assert all(float(b.bn1.weight.min()) == 1 for b in blocks)  # only the last BatchNorm of each block
+    x = torch.rand(1, 64, 16, 16)
+    block = model.encoder.layer1[0]  # no downsample: the block is relu(x + 0) = relu(x)
+    assert torch.equal(block(x), torch.relu(x))
+    # Without the option the same seed gives the same weights, but with the scales at 1.
+    plain = initial_model(ModelConfig(arch="unet", encoder="resnet18", height=64, width=64), SHAPES, seed=3)
+    assert float(plain.encoder.layer1[0].bn2.weight.min()) == 1
+    assert torch.equal(plain.encoder.conv1.weight, model.encoder.conv1.weight)
+    assert "start as the identity" in describe_init(cfg, SHAPES)
+    with pytest.raises(ValueError, match="needs a ResNet encoder"):
+        initial_model(
+            ModelConfig(arch="unet", encoder=TINY_ENCODER, height=64, width=64, zero_init_residual=True), SHAPES
+        )
+    with pytest.raises(ValueError, match="model.zero_init_residual is for training from scratch"):
+        load_config(None, ["model.zero_init_residual=true", "model.encoder_weights=enc.safetensors"])
 
 
 def test_init_from_encoder_file_and_from_artifact_with_new_classes(tmp_path: Path, tiny_model: str) -> None:
