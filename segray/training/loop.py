@@ -276,7 +276,8 @@ def train_loop(config: dict[str, Any]) -> None:
         first = 1
         for epochs, scale in cfg.augment.stages():
             last = first + epochs - 1
-            log.info("epochs %d-%d train at %s of the model size (progressive resizing)", first, last, scale)
+            if last > start:  # a resumed run names only the stages still ahead
+                log.info("epochs %d-%d train at %s of the model size (progressive resizing)", first, last, scale)
             first += epochs
 
     for epoch in range(start, stop):
