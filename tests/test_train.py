@@ -188,3 +188,46 @@ def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epo
     r = evaluate(EvalOptions(model=s.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
     assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
     assert art.metrics["logit_adjustment"] == 1.0
+
+
+def test_deep_supervision_resumes_on_two_workers_and_fitted_offsets_export(tmp_path) -> None:  # noqa: ANN001
+    """``loss.deep_supervision`` on 2 DDP workers: the heads are checkpointed in their own file, a
+    run stopped after epoch 1 continues with them, and the exported model is the bare UNet.
+    Resuming the run without the option is refused with a message naming it. With
+    ``loss.fit_offsets`` the export folds offsets fitted on the train frames into the head, and its
+    val figures are those of the exported model: evaluating it gives them exactly."""
+    from safetensors.torch import load_file
+
+    from segray.datasets.pairs import PairSource
+    from segray.evaluation.evaluate import EvalOptions, evaluate
+    from segray.training.deep_supervision import AUX_FILE
+    from segray.training.logit_adjust import head_conv
+
+    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
+    extra = ["loss.deep_supervision=[0.4, 0.2]", "loss.fit_offsets=true"]
+    overrides = recipe(shapes, str(tmp_path / "runs"), "unet", *extra)
+    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]))
+    assert (first.completed, first.epochs_done) == (False, 1)
+    run = tmp_path / "runs" / "tiny-unet"
+    heads1 = load_file(str(run / "epoch-0001" / AUX_FILE))
+    assert sorted(heads1) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    with pytest.raises(Exception, match="trained with loss.deep_supervision: resume with it set"):
+        run_training(load_config(None, [o for o in overrides if o != extra[0]]))
+    second = run_training(load_config(None, overrides))
+    assert second.completed and [h["epoch"] for h in second.history] == [1, 2]
+    assert second.history[0] == first.history[0]
+    heads2 = load_file(str(run / "epoch-0002" / AUX_FILE))
+    assert not all(bool((heads1[k] == heads2[k]).all()) for k in heads1)  # they trained on in epoch 2
+    art = ModelArtifact.load(second.artifact)
+    trained = ckpt_io.load_model_weights(str(run / f"epoch-{second.best_epoch:04d}"))
+    assert set(art.model.state_dict()) == set(trained)  # the bare model: no head came along
+    conv = head_conv(art.model, 3)
+    name = next(n for n, m in art.model.named_modules() if m is conv)
+    folded = (conv.bias.detach() - trained[f"{name}.bias"]).tolist()
+    fitted = art.metrics["fitted_offsets"]
+    assert list(fitted) == ["background", "box", "disc"] and folded == pytest.approx(list(fitted.values()), abs=1e-4)
+    before, after = art.metrics["fit_train_miou"]
+    assert after >= before and art.metrics["fit_train_frames"] == 8
+    assert art.metrics["checkpoint_val_miou"] == pytest.approx(second.history[-1]["val_miou"])
+    r = evaluate(EvalOptions(model=second.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
+    assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)

@@ -341,3 +341,74 @@ def test_logit_adjustment_folds_into_the_head(arch: str) -> None:
         load_config(None, ["loss.logit_adjustment=0.5"])
     with pytest.raises(ValueError, match="no final 5-class convolution"):
         fold_offsets(model, torch.zeros(5))
+
+
+def test_deep_supervision_heads_train_beside_the_model_and_stay_out_of_it() -> None:
+    import copy
+
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    from segray.models import build_model
+    from segray.training.deep_supervision import DeepSupervision
+
+    torch.manual_seed(0)
+    model = build_model("unet", TINY_ENCODER, 3, decoder_channels=[32, 24, 16, 12, 8]).eval()
+    bare = copy.deepcopy(model)
+    ds = DeepSupervision(model, 3, [0.4, 0.1], (64, 64))
+    x, y = torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    logits, aux = ds(x)
+    assert torch.equal(logits, bare(x))  # the model's own output, untouched
+    # The two stages before the output, deepest first: 12 channels at stride 2, 16 at stride 4.
+    assert [tuple(a.shape) for a in aux] == [(2, 3, 16, 16), (2, 3, 32, 32)]
+    assert [h.in_channels for h in ds.heads] == [16, 12] and ds.weights == [0.1, 0.4]
+    assert set(model.state_dict()) == set(bare.state_dict())  # no head inside the model: the export never sees them
+    loss_fn = DiceLoss("multiclass")  # any loss; each stage against the mask shrunk to its size
+    expect = 0.1 * loss_fn(aux[0], y[:, ::4, ::4]) + 0.4 * loss_fn(aux[1], y[:, ::2, ::2])
+    assert torch.allclose(ds.loss(aux, y, loss_fn), expect)
+    ds.loss(aux, y, loss_fn).backward()  # the aux loss alone reaches the heads and the stages below them
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ds.heads.parameters())
+    assert model.decoder.blocks[2].conv1[0].weight.grad is not None
+    assert model.decoder.blocks[4].conv1[0].weight.grad is None  # the last stage is after both heads
+    # The optimizer takes the heads with the decoder, after the model's own parameters.
+    cfg = load_config(None, ["optim.encoder_lr_factor=0.5"])
+    opt = make_optimizer(model, cfg, extra=list(ds.heads.parameters()))
+    assert opt.param_groups[0]["params"][-2:] == list(ds.heads.parameters())[-2:]
+    with pytest.raises(ValueError, match="4 stages before its output"):
+        DeepSupervision(bare, 3, [0.1] * 5, (64, 64))
+    with pytest.raises(ValueError, match="needs a UNet decoder"):
+        DeepSupervision(build_model("pspnet", TINY_ENCODER, 3), 3, [0.4], (64, 64))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["model.arch=pspnet", "loss.deep_supervision=[0.4]"], "needs model.arch unet, not 'pspnet'"),
+        (["model.arch=unet", "loss.deep_supervision=[]"], "give positive weights"),
+        (["model.arch=unet", "loss.deep_supervision=[0.4, -1]"], "give positive weights"),
+        (["model.arch=unet", "loss.deep_supervision=0.4"], "give positive weights"),
+    ],
+)
+def test_recipe_refuses_a_bad_deep_supervision(overrides: list[str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+def test_fit_offsets_undoes_a_bias_and_never_lowers_the_miou() -> None:
+    from segray.training.logit_adjust import fit_offsets
+    from segray.training.metrics import confusion_matrix, scores
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (20000,), generator=g)
+    logits = 2.0 * torch.nn.functional.one_hot(target, 4).float() + torch.randn(20000, 4, generator=g)
+    biased = logits.clone()
+    biased[:, 2] -= 1.5  # class 2 under-predicted, as a thin class is
+    offsets, before, after = fit_offsets(biased, target)
+    assert 1.0 <= float(offsets[2] - offsets[[0, 1, 3]].mean()) <= 2.0  # most of the 1.5 given back
+    assert before < after
+    # The returned figures are validation's own: one confusion matrix, scores() over it.
+    for off, figure in ((torch.zeros(4), before), (offsets, after)):
+        cm = confusion_matrix((biased + off).argmax(1), target, 4)
+        assert scores(cm.numpy())["miou"] == pytest.approx(figure, abs=1e-12)
+    # Unbiased logits: nothing to gain, so nothing is moved far and the mIoU never falls.
+    offsets, before, after = fit_offsets(logits, target)
+    assert after >= before and float(offsets.abs().max()) <= 0.2 + 1e-6

@@ -2,6 +2,7 @@
 
 model.safetensors      the bare model's state dict (DDP wrapper removed)
 optimizer.safetensors  optimizer tensors, keyed ``<param index>.<name>`` (AdamW: step, exp_avg, exp_avg_sq)
+aux_heads.safetensors  training-only heads (``loss.deep_supervision``), when on
 state.json             epochs done, global step, optimizer param groups, LR scheduler and AMP
                        scaler state, per-epoch history (for curves), the run's identity
 """
@@ -25,7 +26,9 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
+    """``extra``: more safetensors files beside the model's, ``{file name: tensors}`` (e.g. training-only heads)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / MODEL))
@@ -36,6 +39,8 @@ def save_checkpoint(
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"{idx}.{name}"] = t.detach().cpu().contiguous()
     save_file(tensors, str(folder / OPTIMIZER))
+    for name, weights in (extra or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(folder / name))
     (folder / STATE).write_text(json.dumps({**state, "param_groups": opt["param_groups"]}, indent=1))
 
 

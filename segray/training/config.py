@@ -118,6 +118,13 @@ class LossConfig:
     #: Validation and the exported model subtract this times log(class weight) from the logits
     #: (0: off): weighted cross-entropy over-predicts the up-weighted classes (see logit_adjust.py).
     logit_adjustment: float = 0.0
+    #: At export, fit per-class logit offsets on the training frames (on top of the adjustment),
+    #: fold them into the exported model and score val with them (see calibrate.py).
+    fit_offsets: bool = False
+    #: Deep supervision (UNet only): loss weights of training-only 1x1 heads on the decoder stages
+    #: before the output, the nearest to the output first, e.g. ``[0.4, 0.4]``; null: off. Each
+    #: head is scored by the same loss against the mask shrunk to its size (see deep_supervision.py).
+    deep_supervision: list[float] | None = None
 
 
 @dataclass
@@ -212,6 +219,16 @@ class TrainConfig:
             raise ValueError("loss.ohem_thresh and loss.ohem_min_kept must be in (0, 1]")
         if self.loss.logit_adjustment < 0 or (self.loss.logit_adjustment and not self.loss.class_weights):
             raise ValueError("loss.logit_adjustment must be >= 0 and needs loss.class_weights")
+        ds = self.loss.deep_supervision
+        if ds is not None:
+            if self.model.arch != "unet":
+                raise ValueError(f"loss.deep_supervision needs model.arch unet, not {self.model.arch!r}")
+            if (
+                not isinstance(ds, list)
+                or not ds
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for w in ds)
+            ):
+                raise ValueError(f"loss.deep_supervision {ds!r}: give positive weights, e.g. [0.4, 0.4], or null")
         if self.model.encoder_weights and self.model.init_artifact:
             raise ValueError("give model.encoder_weights or model.init_artifact, not both")
         for which in ("train", "val"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
@@ -12,8 +13,18 @@ from segray.training.init import model_kwargs
 from segray.training.logit_adjust import fold_offsets, logit_offsets
 
 
-def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
-    """Build the model, load the checkpoint's weights, save an artifact with label map and metrics."""
+def export_checkpoint(
+    ckpt_dir: str,
+    cfg: TrainConfig,
+    label_map: LabelMap,
+    extra: dict[str, Any],
+    pairs: tuple[list[Pair], list[Pair]] | None = None,
+) -> Any:
+    """Build the model, load the checkpoint's weights, save an artifact with label map and metrics.
+
+    ``pairs`` (train, val): needed with ``loss.fit_offsets``, which fits offsets on the first and
+    re-scores the second (the artifact's val figures are then those, the checkpoint's are kept apart).
+    """
     from segray.models import build_model
     from segray.models.artifact import ModelArtifact
     from segray.models.preprocessing import Preprocessing
@@ -26,16 +37,42 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
         fold_offsets(model, offsets)
     model.eval()
     m = state["metrics"]
+    val = {
+        "val_miou": m["val_miou"],
+        "val_pixel_accuracy": m["val_pixel_accuracy"],
+        "val_mean_dice": m["val_mean_dice"],
+        "val_iou": {n: m[f"val_iou_{n}"] for n in label_map.names},
+    }
+    fitted: dict[str, Any] = {}
+    if cfg.loss.fit_offsets:
+        from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+        from segray.training.calibrate import fit_and_fold
+
+        if pairs is None:
+            raise ValueError("loss.fit_offsets: the export needs the run's train and val pairs")
+        fit = fit_and_fold(model, label_map, (cfg.model.height, cfg.model.width), *pairs, IMAGENET_MEAN, IMAGENET_STD)
+        model.eval()
+        fitted = {
+            "fitted_offsets": fit["offsets"],
+            "fit_train_frames": fit["train_frames"],
+            "fit_train_miou": [fit["train_miou_before"], fit["train_miou_after"]],
+            "checkpoint_val_miou": m["val_miou"],  # before the fit
+        }
+        v = fit["val"]
+        val = {
+            "val_miou": v["miou"],
+            "val_pixel_accuracy": v["pixel_accuracy"],
+            "val_mean_dice": v["mean_dice"],
+            "val_iou": v["iou"],
+        }
     metrics = {
         "source": "segray train",
         "run": cfg.run_uri,
         "epoch": m["epoch"],
         "epochs": cfg.run.epochs,
-        "val_miou": m["val_miou"],
-        "val_pixel_accuracy": m["val_pixel_accuracy"],
-        "val_mean_dice": m["val_mean_dice"],
-        "val_iou": {n: m[f"val_iou_{n}"] for n in label_map.names},
+        **val,
         "logit_adjustment": cfg.loss.logit_adjustment,
+        **fitted,
         **extra,
     }
     art = ModelArtifact(
@@ -50,8 +87,14 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
     return art
 
 
-def export_best(checkpoint: Any, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
+def export_best(
+    checkpoint: Any,
+    cfg: TrainConfig,
+    label_map: LabelMap,
+    extra: dict[str, Any],
+    pairs: tuple[list[Pair], list[Pair]] | None = None,
+) -> Any:
     """``checkpoint``: a ``ray.train.Checkpoint`` (local or S3); downloaded to a temporary folder first."""
     with tempfile.TemporaryDirectory(prefix="segray-export-") as tmp:
         checkpoint.to_directory(tmp)
-        return export_checkpoint(tmp, cfg, label_map, extra)
+        return export_checkpoint(tmp, cfg, label_map, extra, pairs)

@@ -205,6 +205,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
             "val_data": cfg.data.source("val").describe(),
             "val_pairs": len(p.val_pairs),
         },
+        pairs=(p.train_pairs, p.val_pairs),
     )
     summary.artifact, summary.model_id = cfg.export_uri, art.model_id
     summary.best_epoch = int(art.metrics["epoch"])

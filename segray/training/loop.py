@@ -27,6 +27,7 @@ from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
+from segray.training.deep_supervision import AUX_FILE
 from segray.training.logit_adjust import head_conv, logit_offsets
 from segray.training.metrics import scores
 
@@ -58,11 +59,16 @@ def freeze_unused(model: nn.Module, height: int, width: int, device: torch.devic
     return unused
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW; the encoder's group runs at ``encoder_lr_factor``. ``extra`` (training-only heads)
+    join the decoder's group, after the model's parameters, so a resumed optimizer lines up."""
     enc, rest = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (enc if n.startswith("encoder.") else rest).append(p)
+    rest += list(extra or [])
     groups = [{"params": rest, "lr": cfg.optim.lr}]
     if enc:
         groups.append({"params": enc, "lr": cfg.optim.lr * cfg.optim.encoder_lr_factor})
@@ -134,6 +140,30 @@ class SegLoss(nn.Module):
         return F.cross_entropy(logits, hard, weight=self.weight, ignore_index=self.ignore)
 
 
+def _deep_supervision(
+    cfg: TrainConfig, model: nn.Module, num_classes: int, crop: tuple[int, int], resume_dir: str | None
+) -> Any:
+    """The deep-supervision wrapper (None when off), with its heads restored on a resumed run."""
+    from pathlib import Path
+
+    from segray.training.deep_supervision import DeepSupervision
+
+    saved = Path(resume_dir, AUX_FILE) if resume_dir else None
+    if not cfg.loss.deep_supervision:
+        if saved is not None and saved.exists():
+            raise ValueError("the run's checkpoints were trained with loss.deep_supervision: resume with it set")
+        return None
+    aux = DeepSupervision(model, num_classes, cfg.loss.deep_supervision, crop)
+    aux.heads.to(next(model.parameters()).device)
+    if saved is not None:
+        if not saved.exists():
+            raise ValueError("the run's checkpoints were trained without loss.deep_supervision: resume without it")
+        from safetensors.torch import load_file
+
+        aux.heads.load_state_dict(load_file(str(saved)))
+    return aux
+
+
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 
@@ -189,8 +219,13 @@ def train_loop(config: dict[str, Any]) -> None:
     unused = freeze_unused(model, *crop, device)
     if rank == 0 and unused:
         log.info("froze %d parameters no forward pass reaches (e.g. %s)", len(unused), unused[0])
-    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    ddp_model = ray.train.torch.prepare_model(model)
+    aux = _deep_supervision(cfg, model, label_map.num_classes, crop, ckpt_dir if state else None)
+    if rank == 0 and aux is not None:
+        log.info("deep supervision: %d training-only heads, loss weights %s", len(aux.heads), aux.weights)
+    # The heads train inside the same DDP module as the model, so their gradients are all-reduced too.
+    train_module = model if aux is None else aux
+    train_module = train_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    ddp_model = ray.train.torch.prepare_model(train_module)
 
     transforms = {
         scale: train_transform(cfg.augment, h, w, ignore, factor=scale)
@@ -228,7 +263,7 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     val_loader = DataLoader(val_ds, batch_size=cfg.run.val_batch_size, collate_fn=collate_val, num_workers=0)
 
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, extra=list(aux.heads.parameters()) if aux is not None else [])
     steps_per_epoch = max(1, len(loader))
     scheduler = make_scheduler(opt, cfg, steps_per_epoch)
     cuda = device.type == "cuda"
@@ -298,8 +333,11 @@ def train_loop(config: dict[str, Any]) -> None:
             x = _normalise(images.to(device, non_blocking=True), mean, std)
             y = masks.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = ddp_model(x)
+                out = ddp_model(x)
+            logits, aux_logits = out if aux is not None else (out, None)
             loss = loss_fn(logits, y)
+            if aux is not None:
+                loss = loss + aux.loss(aux_logits, y, loss_fn)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -376,6 +414,7 @@ def train_loop(config: dict[str, Any]) -> None:
                         "encoder": cfg.model.encoder,
                         "label_map": label_map.to_dict(),
                     },
+                    extra={AUX_FILE: aux.heads.state_dict()} if aux is not None else None,
                 )
                 out = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=out, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
