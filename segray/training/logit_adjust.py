@@ -46,10 +46,10 @@ FIT_GRID = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8)
 
 
 def _miou(target: torch.Tensor, pred: torch.Tensor, c: int) -> float:
-    cm = torch.bincount(target * c + pred, minlength=c * c).view(c, c).double()
-    tp = cm.diag()
-    union = cm.sum(0) + cm.sum(1) - tp
-    return float((tp[union > 0] / union[union > 0]).mean()) if bool((union > 0).any()) else float("nan")
+    """Validation's own figure: one confusion matrix, :func:`scores` over it."""
+    from segray.training.metrics import confusion_matrix, scores
+
+    return float(scores(confusion_matrix(pred, target, c).numpy())["miou"])
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def fit_offsets(
     decides between that class and the best of the others, so each try is one comparison, not an
     argmax over all classes. Returns (offsets, mIoU before, mIoU after).
     """
-    n, c = logits.shape
+    c = logits.shape[1]
     logits = logits.float()
     off = torch.zeros(c)
     before = best = _miou(target, logits.argmax(1), c)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
-from segray.training.deep_supervision import AUX_FILE
+from segray.training.deep_supervision import AUX_FILE, DeepSupervision
 from segray.training.logit_adjust import head_conv, logit_offsets
 from segray.training.metrics import scores
 
@@ -144,10 +145,6 @@ def _deep_supervision(
     cfg: TrainConfig, model: nn.Module, num_classes: int, crop: tuple[int, int], resume_dir: str | None
 ) -> Any:
     """The deep-supervision wrapper (None when off), with its heads restored on a resumed run."""
-    from pathlib import Path
-
-    from segray.training.deep_supervision import DeepSupervision
-
     saved = Path(resume_dir, AUX_FILE) if resume_dir else None
     if not cfg.loss.deep_supervision:
         if saved is not None and saved.exists():
