@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +14,8 @@ import torch.nn.functional as F
 
 from segray.labelling import predict
 from segray.labelling.predict import Predictor, mean_confidence, upsample_argmax
+from segray.models.artifact import ArtifactError, ModelArtifact, read_info
+from segray.models.preprocessing import Preprocessing
 
 
 @pytest.mark.parametrize("size", [(37, 91), (360, 480), (5, 3)])
@@ -60,3 +67,30 @@ def test_groups_larger_than_one_chunk_are_resized_in_chunks(monkeypatch: pytest.
     ref = F.interpolate(logits, size=(20, 30), mode="bilinear", align_corners=False).argmax(1).numpy()
     monkeypatch.setattr(predict, "STRIPE_BYTES", 2 * 3 * 20 * 30 * 4)  # two frames per chunk
     assert (upsample_argmax(logits, 20, 30) == ref).all()
+
+
+def test_flip_averaging_artifact_predicts_the_mean_of_both_views(tiny_model: str, tmp_path: Path) -> None:
+    plain = Predictor(tiny_model, torch_threads=1)
+    art = ModelArtifact.load(tiny_model)
+    art.preprocessing = replace(art.preprocessing, hflip_average=True)
+    art.save(str(tmp_path / "flip"))
+    p = Predictor(str(tmp_path / "flip"), torch_threads=1)
+    images = np.random.default_rng(3).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    a = plain.predict_logits(images)
+    mirrored = plain.predict_logits(np.ascontiguousarray(images[:, :, ::-1]))
+    expected = (a + mirrored.flip(3)) / 2
+    assert torch.allclose(p.predict_logits(images), expected, atol=1e-5)
+    assert not torch.allclose(a, expected, atol=1e-3)  # the untrained model is not mirror-symmetric
+    info = read_info(str(tmp_path / "flip"))
+    assert info.weights_sha256 == read_info(tiny_model).weights_sha256
+    assert info.model_id == read_info(tiny_model).model_id + "+hflip"  # rows tell the two apart
+
+
+def test_flip_averaging_flag_in_segray_json(tiny_model: str, tmp_path: Path) -> None:
+    assert Preprocessing.from_dict({"height": 64, "width": 64}).hflip_average is False  # artifacts before it
+    meta = json.loads((Path(tiny_model) / "segray.json").read_text())
+    meta["preprocessing"]["hflip_average"] = "yes"
+    shutil.copytree(tiny_model, tmp_path / "bad")
+    (tmp_path / "bad" / "segray.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="hflip_average must be true or false"):
+        ModelArtifact.load(str(tmp_path / "bad"))

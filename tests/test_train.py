@@ -231,3 +231,36 @@ def test_deep_supervision_resumes_on_two_workers_and_fitted_offsets_export(tmp_p
     assert art.metrics["checkpoint_val_miou"] == pytest.approx(second.history[-1]["val_miou"])
     r = evaluate(EvalOptions(model=second.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
     assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
+
+
+def test_flip_averaging_exports_and_evaluates_as_one(tmp_path) -> None:  # noqa: ANN001
+    """``model.hflip_average``: the artifact predicts flip-averaged logits (its id says ``+hflip``),
+    the export scores the val frames that way (validation during the run stays single-pass), and
+    evaluating it gives its val figures exactly, with fitted offsets too (fitted flip-averaged)."""
+    from segray.datasets.pairs import PairSource
+    from segray.evaluation.evaluate import EvalOptions, evaluate
+
+    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
+    val = PairSource(root=shapes, split="val")
+    overrides = recipe(shapes, str(tmp_path / "runs"), "unet", "run.epochs=1", "run.num_workers=1")
+    plain = run_training(load_config(None, overrides))
+    plain_art = ModelArtifact.load(plain.artifact)
+    assert not plain_art.preprocessing.hflip_average and "+" not in plain_art.model_id
+    assert plain_art.metrics["val_miou"] == pytest.approx(plain.history[-1]["val_miou"])
+    # The option changes no training step: rerunning the finished run with it only exports again.
+    again = run_training(load_config(None, [*overrides, "model.hflip_average=true"]))
+    art = ModelArtifact.load(again.artifact)
+    assert again.history == plain.history
+    assert art.preprocessing.hflip_average and art.metrics["hflip_average"] is True
+    assert art.weights_sha256 == plain_art.weights_sha256 and art.model_id == plain_art.model_id + "+hflip"
+    assert art.metrics["checkpoint_val_miou"] == pytest.approx(plain.history[-1]["val_miou"])
+    flipped = evaluate(EvalOptions(model=again.artifact, data=val, overlays=0))
+    assert flipped.model_id == art.model_id
+    assert flipped.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
+    assert flipped.scores["miou"] != pytest.approx(plain_art.metrics["val_miou"], abs=1e-6)  # scored again
+
+    fitted = run_training(load_config(None, [*overrides, "model.hflip_average=true", "loss.fit_offsets=true"]))
+    fit_art = ModelArtifact.load(fitted.artifact)
+    assert "fitted_offsets" in fit_art.metrics and fit_art.model_id.endswith("+hflip")
+    r = evaluate(EvalOptions(model=fitted.artifact, data=val, overlays=0))
+    assert r.scores["miou"] == pytest.approx(fit_art.metrics["val_miou"], abs=1e-9)

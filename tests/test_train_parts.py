@@ -187,6 +187,12 @@ def test_zero_init_residual_starts_each_block_as_the_identity() -> None:
         load_config(None, ["model.zero_init_residual=true", "model.encoder_weights=enc.safetensors"])
 
 
+@pytest.mark.parametrize("value", ["2", "flip", "[true]"])
+def test_recipe_refuses_a_flip_averaging_that_is_not_a_flag(value: str) -> None:
+    with pytest.raises(ValueError, match="model.hflip_average must be true or false"):
+        load_config(None, [f"model.hflip_average={value}"])
+
+
 def test_init_from_encoder_file_and_from_artifact_with_new_classes(tmp_path: Path, tiny_model: str) -> None:
     # Encoder weights in a safetensors file (as a user would convert ImageNet weights).
     src = initial_model(ModelConfig(arch="unet", encoder=TINY_ENCODER, height=64, width=64), SHAPES, seed=5)

@@ -1,9 +1,10 @@
 """Several artifacts on the same split: one Markdown table of mIoU, per-class IoU, size, cost, speed.
 
 GFLOPs are counted by torch's own ``FlopCounterMode`` for one frame at the model's input size
-(a multiply-add counts as 2 FLOPs). Frames/s is the model call alone (normalise, forward, logit
-resize, argmax) over the evaluated split, with the models evaluated one after another in one
-process, so the ratios between rows are fairer than the absolute figures on a shared machine.
+(a multiply-add counts as 2 FLOPs; both passes of a flip-averaged artifact). Frames/s is the model
+call alone (normalise, forward, logit resize, argmax) over the evaluated split, with the models
+evaluated one after another in one process, so the ratios between rows are fairer than the
+absolute figures on a shared machine.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ def model_cost(uri: str) -> ModelCost:
     from torch.utils.flop_counter import FlopCounterMode
 
     from segray.models.artifact import ModelArtifact
+    from segray.models.preprocessing import forward
 
     art = ModelArtifact.load(uri)
     params = sum(p.numel() for p in art.model.parameters())
     x = torch.zeros(1, 3, art.preprocessing.height, art.preprocessing.width)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        art.model(x)
+        forward(art.model, x, art.preprocessing.hflip_average)
     return ModelCost(params, counter.get_total_flops() / 1e9)
 
 

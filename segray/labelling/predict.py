@@ -3,6 +3,8 @@
 GPU when torch sees one (bf16/fp16 autocast, channels-last), CPU otherwise; the device is chosen
 from what torch sees, not from what Ray granted, so a fake-GPU or driverless node still works.
 BatchNorm is folded into the convolutions (segray.models.fusion): same outputs, 6-17% less time on CPU.
+An artifact whose preprocessing asks for flip averaging gets it here, so every caller (labelling,
+tiles, evaluation, comparison) predicts as the artifact's metrics were measured.
 Logits are resized back to each frame's own size (in horizontal stripes when large), so a frame's
 extra memory is bounded by ``STRIPE_BYTES`` plus its uint8 mask, whatever its size.
 
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame
 from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
+from segray.models.preprocessing import forward
 from segray.tiles.windows import TileSpec, label_tile
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,7 @@ class Predictor:
         model = fold_batchnorm(art.model.eval(), probe.to(self.device)) if fold_bn else art.model.eval()
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.num_classes = art.label_map.num_classes
+        self.hflip_average = pre.hflip_average
         self.mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255
         # Windows default to the model's input size (see TileSpec.for_model).
@@ -120,13 +124,14 @@ class Predictor:
         cuda = self.device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and amp else None
         log.info(
-            "predictor pid=%s model=%s device=%s threads=%s amp=%s batchnorm folded=%s",
+            "predictor pid=%s model=%s device=%s threads=%s amp=%s batchnorm folded=%s flip averaging=%s",
             os.getpid(),
             art.model_id,
             self.device,
             torch.get_num_threads(),
             self.amp_dtype,
             model is not art.model,
+            self.hflip_average,
         )
 
     def _apply_threads(self) -> None:
@@ -145,8 +150,8 @@ class Predictor:
         x = x.contiguous(memory_format=torch.channels_last)
         if self.amp_dtype is not None:
             with torch.autocast("cuda", dtype=self.amp_dtype):
-                return self.model(x).float()
-        return self.model(x)
+                return forward(self.model, x, self.hflip_average).float()
+        return forward(self.model, x, self.hflip_average)
 
     @torch.inference_mode()
     def label_large(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:

@@ -8,7 +8,8 @@ Layout::
     segray.json        name, architecture, label map, preprocessing, weights SHA-256, metrics
 
 The weights checksum is recorded at save time and verified at load time; the model id that stats
-rows carry is ``<name>@<first 12 hex of the SHA-256>``, so rows say exactly which weights made them.
+rows carry is ``<name>@<first 12 hex of the SHA-256>``, so rows say exactly which weights made them,
+with ``+hflip`` after it when the artifact predicts with flip averaging (the same weights, other masks).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ModelArtifact:
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}@{self.weights_sha256[:12]}"
+        return model_id(self.name, self.weights_sha256, self.preprocessing)
 
     def save(self, uri: str) -> str:
         """Write the artifact under ``uri``; returns the weights SHA-256."""
@@ -209,7 +210,12 @@ class ArtifactInfo:
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}@{self.weights_sha256[:12]}"
+        return model_id(self.name, self.weights_sha256, self.preprocessing)
+
+
+def model_id(name: str, weights_sha256: str, pre: Preprocessing) -> str:
+    """What rows and reports name a model by: its weights and how it predicts with them."""
+    return f"{name}@{weights_sha256[:12]}" + ("+hflip" if pre.hflip_average else "")
 
 
 def read_info(uri: str) -> ArtifactInfo:

@@ -19,13 +19,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class Preprocessing:
     """Frames are resized to ``height`` x ``width`` (multiples of 32) and normalised with mean/std
-    on the device; predictions are resized back to the frame's own size."""
+    on the device; predictions are resized back to the frame's own size.
+
+    ``hflip_average``: the model also sees each frame's mirror image, and the two logits (the
+    second mirrored back) are averaged: fewer errors for twice the model's cost (README). It is a
+    property of the artifact, not of a run, so evaluation and labelling predict the same way, and
+    the model id says so (``segray.models.artifact``)."""
 
     height: int = 352
     width: int = 480
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     policy: str = "resize"
+    hflip_average: bool = False
 
     def __post_init__(self) -> None:
         if self.policy != "resize":
@@ -54,4 +60,21 @@ class Preprocessing:
             mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
             std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
             policy=str(d.get("policy", "resize")),
+            hflip_average=_flag(d.get("hflip_average", False)),
         )
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"preprocessing.hflip_average must be true or false, not {v!r}")
+    return v
+
+
+def forward(model: Any, x: Any, hflip_average: bool) -> Any:
+    """The model's logits for the normalised batch ``x`` (N, 3, H, W), flip-averaged if asked.
+
+    Two calls rather than one on a doubled batch: the same cost, half the peak memory."""
+    out = model(x)
+    if hflip_average:
+        out = (out + model(x.flip(3)).flip(3)) / 2
+    return out

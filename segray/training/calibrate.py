@@ -7,7 +7,8 @@ would (resized to the model input, logits resized back to the mask), :func:`fit_
 per-class offsets that raise their mIoU, and the export folds them into the head's bias like the
 adjustment: the artifact format and the labelling cost stay the same. Only training frames choose
 the offsets; the val frames are then scored once with them, and those are the artifact's figures.
-Cost: one inference pass over the training frames (at most ``FIT_FRAMES``) in the driver.
+Cost: one inference pass over the training frames (at most ``FIT_FRAMES``) in the driver. With
+``model.hflip_average`` the frames are predicted flip-averaged, as the artifact will predict them.
 """
 
 from __future__ import annotations
@@ -44,17 +45,24 @@ def _loader(pairs: list[Pair], label_map: LabelMap, height: int, width: int) -> 
 
 @torch.inference_mode()
 def predict_pixels(
-    model: nn.Module, loader: Any, num_classes: int, mean: torch.Tensor, std: torch.Tensor, per_frame: int
+    model: nn.Module,
+    loader: Any,
+    num_classes: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    per_frame: int,
+    hflip_average: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixels, C) half-precision logits and their class ids: up to ``per_frame`` labelled pixels
     of each frame, drawn with a fixed seed, scored at the mask's size as validation does."""
+    from segray.models.preprocessing import forward
     from segray.training.loop import _normalise
 
     model.eval()
     g = torch.Generator().manual_seed(0)
     logits, targets = [], []
     for images, masks in loader:
-        out = model(_normalise(images, mean, std)).float()
+        out = forward(model, _normalise(images, mean, std), hflip_average).float()
         for i, m in enumerate(masks):
             up = F.interpolate(out[i : i + 1], size=m.shape, mode="bilinear", align_corners=False)[0]
             keep = ((m >= 0) & (m < num_classes)).flatten().nonzero().squeeze(1)
@@ -65,6 +73,27 @@ def predict_pixels(
     return torch.cat(logits), torch.cat(targets)
 
 
+def score_val(
+    model: nn.Module,
+    label_map: LabelMap,
+    size: tuple[int, int],
+    val_pairs: list[Pair],
+    mean: Sequence[float],
+    std: Sequence[float],
+    hflip_average: bool = False,
+) -> dict[str, Any]:
+    """The val frames scored in the driver as validation scores them (``metrics.scores``' dict)."""
+    from segray.training.loop import validate
+    from segray.training.metrics import scores
+
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    loader = _loader(val_pairs, label_map, *size)
+    cm, _ = validate(model, loader, label_map, m, s, torch.device("cpu"), None, None, hflip_average)
+    model.eval()
+    return scores(cm.numpy(), label_map.names)
+
+
 def fit_and_fold(
     model: nn.Module,
     label_map: LabelMap,
@@ -73,11 +102,9 @@ def fit_and_fold(
     val_pairs: list[Pair],
     mean: Sequence[float],
     std: Sequence[float],
+    hflip_average: bool = False,
 ) -> dict[str, Any]:
     """Fit offsets on the training frames, fold them into ``model``, score the val frames with them."""
-    from segray.training.loop import validate
-    from segray.training.metrics import scores
-
     c = label_map.num_classes
     m = torch.tensor(mean).view(1, 3, 1, 1) * 255
     s = torch.tensor(std).view(1, 3, 1, 1) * 255
@@ -85,12 +112,12 @@ def fit_and_fold(
     frames = train_pairs[::step]
     log.info("fitting per-class logit offsets on %d training frames", len(frames))
     per_frame = FIT_PIXELS // len(frames)
-    logits, target = predict_pixels(model, _loader(frames, label_map, *size), c, m, s, per_frame)
+    loader = _loader(frames, label_map, *size)
+    logits, target = predict_pixels(model, loader, c, m, s, per_frame, hflip_average)
     offsets, before, after = fit_offsets(logits, target)
     del logits, target
     fold_offsets(model, offsets)
-    cm, _ = validate(model, _loader(val_pairs, label_map, *size), label_map, m, s, torch.device("cpu"), None)
-    val = scores(cm.numpy(), label_map.names)
+    val = score_val(model, label_map, size, val_pairs, mean, std, hflip_average)
     log.info(
         "fitted offsets %s: train mIoU %.4f -> %.4f; val mIoU with them %.4f",
         [round(float(v), 2) for v in offsets],

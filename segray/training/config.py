@@ -34,6 +34,10 @@ class ModelConfig:
     #: From scratch only: start each residual block's last BatchNorm scale at 0, so every block
     #: begins as the identity and the early steps train a shallow network (Goyal et al. 2017).
     zero_init_residual: bool = False
+    #: The exported artifact predicts each frame and its mirror image and averages the logits
+    #: (twice the labelling cost). Validation during the run stays single-pass (the best checkpoint
+    #: is chosen on it, at half the cost); the export scores the val frames again as the artifact predicts.
+    hflip_average: bool = False
 
 
 @dataclass
@@ -209,6 +213,8 @@ class TrainConfig:
                         f"augment.progressive: stage {stage!r} must be [epochs >= 1, scale in (0, 1]], "
                         "e.g. [[8, 0.5], [6, 0.67]]"
                     )
+        if not isinstance(self.model.hflip_average, bool):
+            raise ValueError(f"model.hflip_average must be true or false, not {self.model.hflip_average!r}")
         if self.model.zero_init_residual and (self.model.encoder_weights or self.model.init_artifact):
             raise ValueError(
                 "model.zero_init_residual is for training from scratch: it would erase the residual "

@@ -23,11 +23,13 @@ def export_checkpoint(
     """Build the model, load the checkpoint's weights, save an artifact with label map and metrics.
 
     ``pairs`` (train, val): needed with ``loss.fit_offsets``, which fits offsets on the first and
-    re-scores the second (the artifact's val figures are then those, the checkpoint's are kept apart).
+    re-scores the second (the artifact's val figures are then those, the checkpoint's are kept apart),
+    and with ``model.hflip_average``: validation during the run scored single passes, so the val
+    frames are scored again as the artifact predicts (the fit, too, predicts flip-averaged).
     """
     from segray.models import build_model
     from segray.models.artifact import ModelArtifact
-    from segray.models.preprocessing import Preprocessing
+    from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
     state = ckpt_io.load_state(ckpt_dir)
     model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
@@ -44,27 +46,32 @@ def export_checkpoint(
         "val_iou": {n: m[f"val_iou_{n}"] for n in label_map.names},
     }
     fitted: dict[str, Any] = {}
-    if cfg.loss.fit_offsets:
-        from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-        from segray.training.calibrate import fit_and_fold
+    hflip = cfg.model.hflip_average
+    size = (cfg.model.height, cfg.model.width)
+    if cfg.loss.fit_offsets or hflip:
+        from segray.training.calibrate import fit_and_fold, score_val
 
         if pairs is None:
-            raise ValueError("loss.fit_offsets: the export needs the run's train and val pairs")
-        fit = fit_and_fold(model, label_map, (cfg.model.height, cfg.model.width), *pairs, IMAGENET_MEAN, IMAGENET_STD)
-        model.eval()
-        fitted = {
-            "fitted_offsets": fit["offsets"],
-            "fit_train_frames": fit["train_frames"],
-            "fit_train_miou": [fit["train_miou_before"], fit["train_miou_after"]],
-            "checkpoint_val_miou": m["val_miou"],  # before the fit
-        }
-        v = fit["val"]
+            raise ValueError("loss.fit_offsets / model.hflip_average: the export needs the run's train and val pairs")
+        train_pairs, val_pairs = pairs
+        if cfg.loss.fit_offsets:
+            fit = fit_and_fold(model, label_map, size, train_pairs, val_pairs, IMAGENET_MEAN, IMAGENET_STD, hflip)
+            fitted = {
+                "fitted_offsets": fit["offsets"],
+                "fit_train_frames": fit["train_frames"],
+                "fit_train_miou": [fit["train_miou_before"], fit["train_miou_after"]],
+            }
+            v = fit["val"]
+        else:
+            v = score_val(model, label_map, size, val_pairs, IMAGENET_MEAN, IMAGENET_STD, hflip)
+        fitted["checkpoint_val_miou"] = m["val_miou"]  # as validation scored it during the run
         val = {
             "val_miou": v["miou"],
             "val_pixel_accuracy": v["pixel_accuracy"],
             "val_mean_dice": v["mean_dice"],
             "val_iou": v["iou"],
         }
+        model.eval()
     metrics = {
         "source": "segray train",
         "run": cfg.run_uri,
@@ -72,13 +79,14 @@ def export_checkpoint(
         "epochs": cfg.run.epochs,
         **val,
         "logit_adjustment": cfg.loss.logit_adjustment,
+        "hflip_average": hflip,
         **fitted,
         **extra,
     }
     art = ModelArtifact(
         model,
         label_map,
-        Preprocessing(height=cfg.model.height, width=cfg.model.width),
+        Preprocessing(height=cfg.model.height, width=cfg.model.width, hflip_average=hflip),
         cfg.model.name or cfg.name,
         cfg.model.arch,
         metrics=metrics,

@@ -434,9 +434,12 @@ def validate(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     offsets: torch.Tensor | None = None,
+    hflip_average: bool = False,
 ) -> tuple[torch.Tensor, float]:
     """Confusion matrix and mean cross-entropy over non-ignored pixels, at each mask's own size,
-    summed over all workers. ``offsets``: per-class logit adjustment, as the export folds it in."""
+    summed over all workers. ``offsets``: per-class logit adjustment, as the export folds it in;
+    ``hflip_average``: flip-averaged logits (the export's scoring with ``model.hflip_average``)."""
+    from segray.models.preprocessing import forward
     from segray.training.metrics import confusion_matrix
 
     c = label_map.num_classes
@@ -447,7 +450,7 @@ def validate(
     for images, masks in loader:
         x = _normalise(images.to(device), mean, std)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = forward(model, x, hflip_average)
         if offsets is not None:
             logits = logits.float() + offsets.view(1, -1, 1, 1)
         for i, m in enumerate(masks):
