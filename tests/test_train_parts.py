@@ -289,6 +289,34 @@ def test_a_rerun_with_another_model_is_refused(shapes: str, tmp_path: Path) -> N
         plan(load_config(None, [*base, "model.height=64", "model.width=64"]))
 
 
+def test_lovasz_term_joins_from_its_epoch_and_samples_pixels() -> None:
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8), generator=g)
+    target[0, :2] = 255  # ignored rows
+    on = ["loss.lovasz_weight=0.5", "loss.lovasz_from_epoch=3"]
+    ce = SegLoss(load_config(None, []), SHAPES)(logits, target)
+    loss = SegLoss(load_config(None, on), SHAPES)
+    assert float(loss(logits, target)) == pytest.approx(float(ce))  # epoch 1: not yet
+    loss.epoch = 3
+    lovasz = LovaszLoss("multiclass", ignore_index=255)(logits, target)
+    assert float(lovasz) > 0 and float(loss(logits, target)) == pytest.approx(float(ce + 0.5 * lovasz), rel=1e-6)
+    half = SegLoss(load_config(None, [*on, "loss.lovasz_pixels=0.5"]), SHAPES)
+    half.epoch = 3
+    sampled, labels = half._sample(logits, target)
+    assert sampled.shape == (1, 3, 64, 1) and labels.shape == (1, 64, 1)
+    picked = {(float(v), int(t)) for v, t in zip(sampled[0, 0, :, 0].tolist(), labels.view(-1).tolist(), strict=True)}
+    every = set(zip(logits[:, 0].reshape(-1).tolist(), target.reshape(-1).tolist(), strict=True))
+    assert picked <= every  # (logit, label) pairs stay together
+    half(logits, target).backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+    for bad in ("loss.lovasz_weight=-1", "loss.lovasz_from_epoch=0", "loss.lovasz_pixels=0", "loss.lovasz_pixels=1.5"):
+        with pytest.raises(ValueError, match="loss.lovasz_weight must be >= 0"):
+            load_config(None, [bad])
+
+
 def test_ohem_keeps_only_the_hard_pixels() -> None:
     """Hand-built: 4 labelled pixels, true-class probabilities 0.9, 0.6, 0.3 and 0.1, one ignored."""
     p_true = torch.tensor([0.9, 0.6, 0.3, 0.1, 0.5])

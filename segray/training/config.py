@@ -129,6 +129,13 @@ class LossConfig:
     #: before the output, the nearest to the output first, e.g. ``[0.4, 0.4]``; null: off. Each
     #: head is scored by the same loss against the mask shrunk to its size (see deep_supervision.py).
     deep_supervision: list[float] | None = None
+    #: Lovasz-softmax (Berman et al. 2018, smp's LovaszLoss): a surrogate of each class's IoU,
+    #: added to the cross-entropy with this weight (0: off) from epoch ``lovasz_from_epoch`` on,
+    #: over a random ``lovasz_pixels`` fraction of each batch's pixels (its per-class sort is the
+    #: cost: ~0.26 s per 4x192x256 batch on 2 cores, a quarter of that at 0.25).
+    lovasz_weight: float = 0.0
+    lovasz_from_epoch: int = 1
+    lovasz_pixels: float = 1.0
 
 
 @dataclass
@@ -223,6 +230,10 @@ class TrainConfig:
         ohem = (self.loss.ohem_thresh, self.loss.ohem_min_kept)
         if ohem[0] is not None and not (0 < ohem[0] <= 1 and 0 < ohem[1] <= 1):
             raise ValueError("loss.ohem_thresh and loss.ohem_min_kept must be in (0, 1]")
+        if self.loss.lovasz_weight < 0 or self.loss.lovasz_from_epoch < 1 or not 0 < self.loss.lovasz_pixels <= 1:
+            raise ValueError(
+                "loss.lovasz_weight must be >= 0, loss.lovasz_from_epoch >= 1 and loss.lovasz_pixels in (0, 1]"
+            )
         if self.loss.logit_adjustment < 0 or (self.loss.logit_adjustment and not self.loss.class_weights):
             raise ValueError("loss.logit_adjustment must be >= 0 and needs loss.class_weights")
         ds = self.loss.deep_supervision

@@ -96,7 +96,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 class SegLoss(nn.Module):
     """Cross-entropy with the ignore id (optionally class-weighted, optionally over the hard pixels
-    only), plus an optional Dice term."""
+    only), plus optional Dice and Lovasz-softmax terms. ``epoch`` (1-based, set by the loop) turns
+    the Lovasz term on at ``loss.lovasz_from_epoch``."""
 
     def __init__(self, cfg: TrainConfig, label_map: LabelMap) -> None:
         super().__init__()
@@ -113,6 +114,15 @@ class SegLoss(nn.Module):
             from segmentation_models_pytorch.losses import DiceLoss
 
             self.dice = DiceLoss("multiclass", ignore_index=self.ignore)
+        self.lovasz_weight = cfg.loss.lovasz_weight
+        self.lovasz_from_epoch = cfg.loss.lovasz_from_epoch
+        self.lovasz_pixels = cfg.loss.lovasz_pixels
+        self.lovasz = None
+        if self.lovasz_weight > 0:
+            from segmentation_models_pytorch.losses import LovaszLoss
+
+            self.lovasz = LovaszLoss("multiclass", ignore_index=self.ignore)
+        self.epoch = 1
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.ohem_thresh is None:
@@ -121,7 +131,18 @@ class SegLoss(nn.Module):
             loss = self._ohem(logits.float(), target)
         if self.dice is not None:
             loss = loss + self.dice_weight * self.dice(logits.float(), target)
+        if self.lovasz is not None and self.epoch >= self.lovasz_from_epoch:
+            loss = loss + self.lovasz_weight * self.lovasz(*self._sample(logits.float(), target))
         return loss
+
+    def _sample(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random ``lovasz_pixels`` fraction of the batch's pixels, as a (1, C, k, 1) batch."""
+        if self.lovasz_pixels >= 1:
+            return logits, target
+        c = logits.shape[1]
+        flat, labels = logits.permute(1, 0, 2, 3).reshape(c, -1), target.reshape(-1)
+        keep = torch.randperm(labels.numel(), device=labels.device)[: max(1, int(self.lovasz_pixels * labels.numel()))]
+        return flat[:, keep].view(1, c, -1, 1), labels[keep].view(1, -1, 1)
 
     def _ohem(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the hard pixels only: the easy ones become ignored, so
@@ -315,6 +336,7 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start, stop):
         t0 = time.monotonic()
         sampler.set_epoch(epoch)
+        loss_fn.epoch = epoch + 1
         transform = transform_for(epoch)
         if train_ds.transform is not transform:
             train_ds.transform = transform
