@@ -106,42 +106,32 @@ class SegLoss(nn.Module):
         if weights is not None and len(weights) != label_map.num_classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values for {label_map.num_classes} classes")
         self.register_buffer("weight", torch.tensor(weights, dtype=torch.float32) if weights else None)
-        self.ohem_thresh = cfg.loss.ohem_thresh
-        self.ohem_min_kept = cfg.loss.ohem_min_kept
-        self.dice_weight = cfg.loss.dice_weight
-        self.dice = None
-        if self.dice_weight > 0:
-            from segmentation_models_pytorch.losses import DiceLoss
+        self.opts = cfg.loss
+        from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 
-            self.dice = DiceLoss("multiclass", ignore_index=self.ignore)
-        self.lovasz_weight = cfg.loss.lovasz_weight
-        self.lovasz_from_epoch = cfg.loss.lovasz_from_epoch
-        self.lovasz_pixels = cfg.loss.lovasz_pixels
-        self.lovasz = None
-        if self.lovasz_weight > 0:
-            from segmentation_models_pytorch.losses import LovaszLoss
-
-            self.lovasz = LovaszLoss("multiclass", ignore_index=self.ignore)
+        self.dice = DiceLoss("multiclass", ignore_index=self.ignore) if self.opts.dice_weight > 0 else None
+        self.lovasz = LovaszLoss("multiclass", ignore_index=self.ignore) if self.opts.lovasz_weight > 0 else None
         self.epoch = 1
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.ohem_thresh is None:
+        if self.opts.ohem_thresh is None:
             loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
         else:
             loss = self._ohem(logits.float(), target)
         if self.dice is not None:
-            loss = loss + self.dice_weight * self.dice(logits.float(), target)
-        if self.lovasz is not None and self.epoch >= self.lovasz_from_epoch:
-            loss = loss + self.lovasz_weight * self.lovasz(*self._sample(logits.float(), target))
+            loss = loss + self.opts.dice_weight * self.dice(logits.float(), target)
+        if self.lovasz is not None and self.epoch >= self.opts.lovasz_from_epoch:
+            loss = loss + self.opts.lovasz_weight * self.lovasz(*self._sample(logits.float(), target))
         return loss
 
     def _sample(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A random ``lovasz_pixels`` fraction of the batch's pixels, as a (1, C, k, 1) batch."""
-        if self.lovasz_pixels >= 1:
+        if self.opts.lovasz_pixels >= 1:
             return logits, target
         c = logits.shape[1]
         flat, labels = logits.permute(1, 0, 2, 3).reshape(c, -1), target.reshape(-1)
-        keep = torch.randperm(labels.numel(), device=labels.device)[: max(1, int(self.lovasz_pixels * labels.numel()))]
+        k = max(1, int(self.opts.lovasz_pixels * labels.numel()))
+        keep = torch.randperm(labels.numel(), device=labels.device)[:k]
         return flat[:, keep].view(1, c, -1, 1), labels[keep].view(1, -1, 1)
 
     def _ohem(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -154,8 +144,8 @@ class SegLoss(nn.Module):
         with torch.no_grad():
             p_true = logits.softmax(1).gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
             p_true = torch.where(valid, p_true, 2.0)  # ignored pixels are never kept
-            kept = p_true < self.ohem_thresh
-            n_min = max(1, int(self.ohem_min_kept * n_valid))
+            kept = p_true < self.opts.ohem_thresh
+            n_min = max(1, int(self.opts.ohem_min_kept * n_valid))
             if int(kept.sum()) < n_min:  # too few hard pixels: keep the n_min hardest
                 kept = p_true <= p_true.flatten().kthvalue(n_min).values
             hard = torch.where(kept, target, self.ignore)
