@@ -43,6 +43,11 @@ def _loader(pairs: list[Pair], label_map: LabelMap, height: int, width: int) -> 
     return DataLoader(ds, batch_size=4, collate_fn=collate_val, num_workers=0)
 
 
+def _pixel_scale(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors on the 0-255 scale, as ``loop._normalise`` takes them."""
+    return torch.tensor(mean).view(1, 3, 1, 1) * 255, torch.tensor(std).view(1, 3, 1, 1) * 255
+
+
 @torch.inference_mode()
 def predict_pixels(
     model: nn.Module,
@@ -86,8 +91,7 @@ def score_val(
     from segray.training.loop import validate
     from segray.training.metrics import scores
 
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    m, s = _pixel_scale(mean, std)
     loader = _loader(val_pairs, label_map, *size)
     cm, _ = validate(model, loader, label_map, m, s, torch.device("cpu"), None, None, hflip_average)
     model.eval()
@@ -106,8 +110,7 @@ def fit_and_fold(
 ) -> dict[str, Any]:
     """Fit offsets on the training frames, fold them into ``model``, score the val frames with them."""
     c = label_map.num_classes
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    m, s = _pixel_scale(mean, std)
     step = max(1, -(-len(train_pairs) // FIT_FRAMES))
     frames = train_pairs[::step]
     log.info("fitting per-class logit offsets on %d training frames", len(frames))

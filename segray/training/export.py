@@ -71,7 +71,6 @@ def export_checkpoint(
             "val_mean_dice": v["mean_dice"],
             "val_iou": v["iou"],
         }
-        model.eval()
     metrics = {
         "source": "segray train",
         "run": cfg.run_uri,

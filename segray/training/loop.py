@@ -114,14 +114,15 @@ class SegLoss(nn.Module):
         self.epoch = 1
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # once: under AMP each term would otherwise copy the half logits
         if self.opts.ohem_thresh is None:
-            loss = F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore)
+            loss = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore)
         else:
-            loss = self._ohem(logits.float(), target)
+            loss = self._ohem(logits, target)
         if self.dice is not None:
-            loss = loss + self.opts.dice_weight * self.dice(logits.float(), target)
+            loss = loss + self.opts.dice_weight * self.dice(logits, target)
         if self.lovasz is not None and self.epoch >= self.opts.lovasz_from_epoch:
-            loss = loss + self.opts.lovasz_weight * self.lovasz(*self._sample(logits.float(), target))
+            loss = loss + self.opts.lovasz_weight * self.lovasz(*self._sample(logits, target))
         return loss
 
     def _sample(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
