@@ -1,14 +1,31 @@
-"""Joint image + mask augmentation with torchvision.transforms.v2 (masks resize with nearest, pad
-with the ignore id, and are left alone by colour jitter). Validation gets none of it."""
+"""Joint image + mask augmentation with torchvision.transforms.v2 (masks resize with centred
+nearest-neighbour, pad with the ignore id, and are left alone by colour jitter). Validation gets none of it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 if TYPE_CHECKING:
-    from torchvision.transforms import v2
-
     from segray.training.config import AugmentConfig
+
+
+class CentredRandomResize(v2.RandomResize):
+    """``v2.RandomResize`` whose masks sample each output pixel's centre (``NEAREST_EXACT``).
+
+    torchvision resizes masks with ``NEAREST`` (``floor(i * scale)``), which shifts a mask against
+    its bilinear-resized frame by about ``(1 / scale - 1) / 2`` source pixels (a third of one at
+    progressive resizing's 0.6), to the other side after every flip: thin classes learned from
+    jittered edges.
+    """
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return F.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return super().transform(inpt, params)
 
 
 def scaled_crop(crop: tuple[int, int], factor: float) -> tuple[int, int]:
@@ -24,14 +41,11 @@ def train_transform(cfg: AugmentConfig, height: int, width: int, ignore_id: int,
     ``factor`` < 1 shrinks the whole scene and the crop together (progressive resizing's cheap
     early epochs): the crop keeps the same share of the scene, only with fewer pixels.
     """
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
-
     crop = scaled_crop((cfg.crop_height or height, cfg.crop_width or width), factor)
     if not cfg.enabled:
         if factor != 1.0:
             short = round(min(height, width) * factor)
-            return v2.Compose([v2.Resize(short), v2.CenterCrop(crop)])
+            return v2.Compose([CentredRandomResize(short, short + 1), v2.CenterCrop(crop)])
         return v2.Compose([v2.CenterCrop(crop)]) if crop != (height, width) else v2.Identity()
     short = min(height, width) * factor
     steps: list[v2.Transform] = []
@@ -40,7 +54,8 @@ def train_transform(cfg: AugmentConfig, height: int, width: int, ignore_id: int,
         steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
     if (cfg.scale_min, cfg.scale_max) != (1.0, 1.0) or factor != 1.0:
         # RandomResize draws the shorter side from [min, max) and keeps the aspect ratio.
-        steps.append(v2.RandomResize(max(8, round(short * cfg.scale_min)), max(9, round(short * cfg.scale_max) + 1)))
+        low, high = max(8, round(short * cfg.scale_min)), max(9, round(short * cfg.scale_max) + 1)
+        steps.append(CentredRandomResize(low, high))
     steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_id}))
     if cfg.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(cfg.hflip))

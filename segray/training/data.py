@@ -93,7 +93,11 @@ class PairDataset(Dataset):
             interp = cv2.INTER_AREA if image.shape[0] > h and image.shape[1] > w else cv2.INTER_LINEAR
             image = cv2.resize(image, (w, h), interpolation=interp)
             if self.train:
-                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+                # NEAREST_EXACT samples each output pixel's centre, as INTER_AREA and the bilinear
+                # upsampling of the logits do. Plain INTER_NEAREST takes floor(i * scale): at CamVid's
+                # 1.875 the mask sat ~0.44 source pixels up-left of its frame (a perfect model of such
+                # masks scores 89.7 val mIoU, pole 58; centred 94.1, pole 75; README "Training").
+                mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
         if self.cache is not None:
             self.cache[i] = (image, mask)
         return image, mask
