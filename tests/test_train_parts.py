@@ -15,7 +15,7 @@ from segray import storage
 from segray.datasets.pairs import PairSource, dataset_label_map, list_pairs
 from segray.labels import CAMVID
 from segray.training import checkpoint as ckpt_io
-from segray.training.augment import train_transform
+from segray.training.augment import CentredRandomResize, train_transform
 from segray.training.config import AugmentConfig, ModelConfig, load_config
 from segray.training.data import PairDataset, read_pair
 from segray.training.init import describe_init, initial_model
@@ -116,6 +116,54 @@ def test_joint_augmentation_keeps_masks_valid(shapes: str) -> None:
     val = PairDataset(pairs, SHAPES, 32, 32, train=False)
     img, mask = val[0]
     assert img.shape == (3, 32, 32) and mask.shape == (64, 64)  # frame at model size, mask at its own
+
+
+def _centred(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest neighbour taken at each output pixel's centre: row ``floor((i + 0.5) * H / h)``.
+
+    In float32, as torch computes it: at an exact tie (row 57 of 115 from 128: 57.5 * 128 / 115 = 64)
+    its rounding picks the pixel on either side.
+    """
+
+    def index(n_in: int, n_out: int) -> np.ndarray:
+        scale = np.float32(n_in) / np.float32(n_out)
+        return np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale).astype(int)
+
+    return a[index(a.shape[0], h)][:, index(a.shape[1], w)]
+
+
+def test_training_masks_shrink_centred_on_their_frames(tmp_path: Path) -> None:
+    # CamVid's 360x480 cached at the recipe's 192x256 (1.875): each mask pixel is the one at the
+    # centre of its footprint, where INTER_AREA and the logits' bilinear upsampling put it.
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 12, (360, 480), dtype=np.uint8)
+    storage.write_bytes(str(tmp_path / "train" / "f.png"), png(rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)))
+    storage.write_bytes(str(tmp_path / "trainannot" / "f.png"), png(mask))
+    ds = PairDataset(list_pairs(PairSource(root=str(tmp_path), split="train")), CAMVID, 192, 256, train=True)
+    small = ds[0][1].numpy()
+    assert np.array_equal(small, _centred(mask, 192, 256))
+    # Plain nearest (floor(i * 1.875), what the cache did before) is ~0.44 source pixels up-left of it.
+    floor = mask[(np.arange(192) * 1.875).astype(int)][:, (np.arange(256) * 1.875).astype(int)]
+    assert (small != floor).mean() > 0.5
+
+
+@pytest.mark.parametrize("size", [77, 115, 140])  # progressive resizing's ~0.6, the recipe's 0.9 and 1.1
+def test_random_rescale_keeps_masks_centred_on_their_frames(size: int) -> None:
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(size)
+    img = tv_tensors.Image(torch.from_numpy(rng.integers(0, 256, (3, 128, 160), dtype=np.uint8)))
+    mask = tv_tensors.Mask(torch.from_numpy(rng.integers(0, 12, (128, 160), dtype=np.uint8)))
+    out_img, out_mask = CentredRandomResize(size, size + 1)(img, mask)
+    assert out_mask.shape[0] == size
+    assert np.array_equal(out_mask.numpy(), _centred(mask.numpy(), *out_mask.shape))
+    assert torch.equal(out_img, v2.functional.resize(img, [size]))  # the frame exactly as v2.RandomResize does it
+    # The recipe's transforms, with progressive resizing's factor or without, rescale through it.
+    for factor in (1.0, 0.67):
+        steps = train_transform(AugmentConfig(), 192, 256, 11, factor).transforms
+        assert sum(isinstance(t, CentredRandomResize) for t in steps) == 1
+        assert not any(type(t) is v2.RandomResize for t in steps)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
