@@ -264,3 +264,24 @@ def test_flip_averaging_exports_and_evaluates_as_one(tmp_path) -> None:  # noqa:
     assert "fitted_offsets" in fit_art.metrics and fit_art.model_id.endswith("+hflip")
     r = evaluate(EvalOptions(model=fitted.artifact, data=val, overlays=0))
     assert r.scores["miou"] == pytest.approx(fit_art.metrics["val_miou"], abs=1e-9)
+
+
+def test_soft_targets_at_the_mask_size_train_as_hard_targets(tmp_path) -> None:  # noqa: ANN001
+    """``loss.soft_targets`` where frames are already at the model size and nothing rescales them:
+    each pixel's shares are its one class, so the run must match the hard-target run step for step
+    (the same draws; only float rounding differs). Channel order, collation and the loss meet here."""
+    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
+    overrides = recipe(
+        shapes,
+        str(tmp_path / "runs"),
+        "unet",
+        "run.epochs=1",
+        "run.num_workers=1",
+        "augment.enabled=false",
+        "loss.class_weights=[0.5, 2.0, 3.0]",
+    )
+    hard = run_training(load_config(None, overrides))
+    soft = run_training(load_config(None, [*overrides, "name=tiny-unet-soft", "loss.soft_targets=true"]))
+    assert soft.completed and soft.history[0]["train_loss"] == pytest.approx(hard.history[0]["train_loss"], rel=1e-5)
+    assert soft.history[0]["val_loss"] == pytest.approx(hard.history[0]["val_loss"], rel=1e-4)
+    assert ModelArtifact.load(soft.artifact).metrics["val_miou"] == pytest.approx(hard.history[0]["val_miou"], abs=1e-3)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_ENCODER
 from safetensors.torch import save_file
 from train_data import SHAPES, png, write_shapes_dataset
@@ -15,9 +16,9 @@ from segray import storage
 from segray.datasets.pairs import PairSource, dataset_label_map, list_pairs
 from segray.labels import CAMVID
 from segray.training import checkpoint as ckpt_io
-from segray.training.augment import CentredRandomResize, train_transform
+from segray.training.augment import CentredRandomResize, SoftMask, train_transform
 from segray.training.config import AugmentConfig, ModelConfig, load_config
-from segray.training.data import PairDataset, read_pair
+from segray.training.data import PairDataset, class_fractions, read_pair
 from segray.training.init import describe_init, initial_model
 from segray.training.loop import SegLoss, freeze_unused, make_optimizer, make_scheduler
 
@@ -164,6 +165,93 @@ def test_random_rescale_keeps_masks_centred_on_their_frames(size: int) -> None:
         steps = train_transform(AugmentConfig(), 192, 256, 11, factor).transforms
         assert sum(isinstance(t, CentredRandomResize) for t in steps) == 1
         assert not any(type(t) is v2.RandomResize for t in steps)
+
+
+def test_soft_targets_hold_each_pixels_class_shares(tmp_path: Path) -> None:
+    # Hand-built, factor 2: each output pixel averages a 2x2 block; void (255) counts for no class.
+    mask = np.array([[0, 0, 1, 2], [1, 255, 2, 2], [3, 3, 3, 3], [3, 3, 4, 255]], dtype=np.uint8)
+    shares = class_fractions(mask, 5, 2, 2)
+    assert shares.shape == (2, 2, 5) and shares.dtype == np.uint8
+    expected = np.array([[[2, 1, 0, 0, 0], [0, 1, 3, 0, 0]], [[0, 0, 0, 4, 0], [0, 0, 0, 2, 1]]]) * 255 / 4
+    assert np.abs(shares.astype(float) - expected).max() <= 0.5  # rounded to the nearest 1/255
+    # CamVid's 360x480 at the recipe's 192x256 (1.875, more than OpenCV's 4 channels per call): a
+    # one-pixel pole in every source column in turn keeps its whole area, where sampling each output
+    # pixel's centre drops the columns that fall between centres.
+    rng = np.random.default_rng(0)
+    dropped = False
+    for column in range(0, 16):
+        pole = np.full((360, 480), 11, dtype=np.uint8)
+        pole[:, 100 + column] = 2
+        area = class_fractions(pole, 11, 192, 256)[..., 2].astype(float).sum() / 255 * 1.875**2
+        assert area == pytest.approx(360, rel=0.01)
+        dropped = dropped or not (_centred(pole, 192, 256) == 2).any()
+    assert dropped
+    mask = rng.integers(0, 12, (360, 480), dtype=np.uint8)
+    shares = class_fractions(mask, 11, 192, 256).astype(float)
+    blocks = (mask[..., None] == np.arange(11)).mean(axis=(0, 1))  # each class's share of the frame
+    assert shares.mean(axis=(0, 1)) / 255 == pytest.approx(blocks, abs=2e-3)
+    labelled = shares.sum(axis=2) / 255
+    assert labelled.max() <= 1.0 + 11 * 0.5 / 255 and labelled.mean() == pytest.approx((mask != 11).mean(), abs=2e-3)
+    # Through the training dataset: (classes, h, w) shares, cached like the hard masks.
+    storage.write_bytes(str(tmp_path / "train" / "f.png"), png(rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)))
+    storage.write_bytes(str(tmp_path / "trainannot" / "f.png"), png(mask))
+    pairs = list_pairs(PairSource(root=str(tmp_path), split="train"))
+    img, target = PairDataset(pairs, CAMVID, 192, 256, train=True, soft_targets=True)[0]
+    assert img.shape == (3, 192, 256) and target.shape == (11, 192, 256) and target.dtype == torch.uint8
+    assert np.array_equal(target.permute(1, 2, 0).numpy(), class_fractions(mask, 11, 192, 256))
+    with pytest.raises(ValueError, match="soft_targets is for training"):
+        PairDataset(pairs, CAMVID, 192, 256, train=False, soft_targets=True)
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.67])
+def test_soft_targets_move_with_their_frames(factor: float) -> None:
+    """A frame whose three channels are the shares of three classes: every geometric step (rescale,
+    crop and its padding, flip) must leave frame and shares equal; colour jitter only the frame."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(1)
+    classes = rng.integers(0, 3, (96, 128))
+    onehot = torch.from_numpy((classes[None] == np.arange(3)[:, None, None]).astype(np.uint8) * 255)
+    plain = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, scale_min=0.7, scale_max=1.3, hflip=0.5)
+    transform = train_transform(plain, 96, 128, 255, factor)
+    torch.manual_seed(0)
+    padded = False
+    for _ in range(8):
+        img, soft = transform(tv_tensors.Image(onehot.clone()), SoftMask(onehot.clone()))
+        assert isinstance(soft, SoftMask) and soft.shape == img.shape
+        assert torch.equal(img.as_subclass(torch.Tensor), soft.as_subclass(torch.Tensor))
+        padded = padded or bool((soft.sum(0) == 0).any())  # padding is no class (the frame's black)
+    assert padded
+    jitter = v2.ColorJitter(0.5, 0.5, 0.5, 0.2)
+    frame = tv_tensors.Image(torch.from_numpy(rng.integers(0, 256, (3, 96, 128), dtype=np.uint8)))
+    out_frame, out_soft = jitter(frame, SoftMask(onehot.clone()))
+    assert not torch.equal(out_frame, frame) and torch.equal(out_soft.as_subclass(torch.Tensor), onehot)
+
+
+def test_soft_cross_entropy_weighs_each_pixel_by_its_shares() -> None:
+    weights = "loss.class_weights=[1.0, 2.0, 4.0]"
+    loss = SegLoss(load_config(None, [weights, "loss.soft_targets=true"]), SHAPES)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 6, generator=g, requires_grad=True)
+    target = torch.randint(0, 3, (2, 5, 6), generator=g)
+    target[0, 0] = 255  # a void row: all shares zero
+    onehot = torch.stack([target == c for c in range(3)], dim=1).to(torch.uint8) * 255
+    hard = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 2.0, 4.0]), ignore_index=255)
+    assert loss(logits, onehot).item() == pytest.approx(hard.item(), rel=1e-6)
+    # One pixel, half class 1 and a quarter class 2 (the rest void), by hand:
+    one = torch.tensor([0.3, -0.2, 1.1]).view(1, 3, 1, 1)
+    logp = torch.log_softmax(one, dim=1).view(3)
+    shares = torch.tensor([0, 128, 64], dtype=torch.uint8).view(1, 3, 1, 1)
+    q = torch.tensor([0, 128, 64]) / 255 * torch.tensor([1.0, 2.0, 4.0])
+    assert loss(one, shares).item() == pytest.approx(float(-(q * logp).sum() / q.sum()), rel=1e-6)
+    void = loss(logits, torch.zeros_like(onehot))  # nothing labelled: zero, and it backpropagates
+    assert void.item() == 0.0
+    void.backward()
+    hard_only = ("loss.dice_weight=1", "loss.ohem_thresh=0.7", "loss.lovasz_weight=1", "loss.deep_supervision=[0.4]")
+    for other in hard_only:
+        with pytest.raises(ValueError, match=f"cross-entropy only: turn off {other.split('=')[0]}$"):
+            load_config(None, ["model.arch=unet", "loss.soft_targets=true", other])
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -115,6 +115,8 @@ class SegLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # once: under AMP each term would otherwise copy the half logits
+        if target.dim() == 4:  # soft targets: config validation has refused the other terms
+            return self._soft_cross_entropy(logits, target)
         if self.opts.ohem_thresh is None:
             loss = F.cross_entropy(logits, target, weight=self.weight, ignore_index=self.ignore)
         else:
@@ -124,6 +126,16 @@ class SegLoss(nn.Module):
         if self.lovasz is not None and self.epoch >= self.opts.lovasz_from_epoch:
             loss = loss + self.opts.lovasz_weight * self.lovasz(*self._sample(logits, target))
         return loss
+
+    def _soft_cross_entropy(self, logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against per-class shares (uint8, 255 = the whole pixel): each pixel counts
+        by its labelled share, weighted per class, and the sum is divided by the total weight, so
+        one-hot shares give exactly ``F.cross_entropy`` with ``weight`` and ``ignore_index``."""
+        q = shares.float().div_(255.0)
+        if self.weight is not None:
+            q = q * self.weight.view(1, -1, 1, 1)
+        # No labelled pixel in the batch: 0 / eps, a zero that keeps the graph (and no GPU sync).
+        return -(q * F.log_softmax(logits, dim=1)).sum() / q.sum().clamp_min(1e-6)
 
     def _sample(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A random ``lovasz_pixels`` fraction of the batch's pixels, as a (1, C, k, 1) batch."""
@@ -246,7 +258,14 @@ def train_loop(config: dict[str, Any]) -> None:
 
     start = int(state.get("epoch", 0))
     train_ds = PairDataset(
-        train_pairs, label_map, h, w, train=True, transform=transform_for(start), cache=cfg.data.cache
+        train_pairs,
+        label_map,
+        h,
+        w,
+        train=True,
+        transform=transform_for(start),
+        cache=cfg.data.cache,
+        soft_targets=cfg.loss.soft_targets,
     )
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed)
     per_worker = math.ceil(len(train_ds) / world)
