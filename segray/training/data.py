@@ -117,15 +117,13 @@ class PairDataset(Dataset):
         if image.shape[:2] != (h, w):
             interp = cv2.INTER_AREA if image.shape[0] > h and image.shape[1] > w else cv2.INTER_LINEAR
             image = cv2.resize(image, (w, h), interpolation=interp)
-            if self.soft_targets:
-                mask = class_fractions(mask, self.label_map.num_classes, h, w)
-            elif self.train:
+            if self.train and not self.soft_targets:
                 # NEAREST_EXACT samples each output pixel's centre, as INTER_AREA and the bilinear
                 # upsampling of the logits do. Plain INTER_NEAREST takes floor(i * scale): at CamVid's
                 # 1.875 the mask sat ~0.44 source pixels up-left of its frame (a perfect model of such
                 # masks scores 89.7 val mIoU, pole 58; centred 94.1, pole 75; README "CamVid results").
                 mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-        elif self.soft_targets:
+        if self.soft_targets:  # at any size: already at the model size, the shares are one-hot
             mask = class_fractions(mask, self.label_map.num_classes, h, w)
         if self.cache is not None:
             self.cache[i] = (image, mask)
@@ -134,11 +132,11 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision import tv_tensors
 
-        from segray.training.augment import SoftMask
-
         image, mask = self._load(i)
         img = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
         if self.soft_targets:
+            from segray.training.augment import SoftMask
+
             msk: tv_tensors.Mask = SoftMask(torch.from_numpy(mask).permute(2, 0, 1))
         else:
             msk = tv_tensors.Mask(torch.from_numpy(mask))
