@@ -1,4 +1,5 @@
-"""``segray`` command line: ``model init``, ``label``, ``demo``. Thin: parsing only, work in the library."""
+"""``segray`` command line: ``label``, ``nightly``, ``model init``, ``demo``, ``train``, ``evaluate``, ``compare``,
+``data``, ``landcover``. Thin: parsing only, work in the library."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from segray.datasets import cli as datasets_cli
 from segray.frames.decode import DEFAULT_MAX_PIXELS
+from segray.landcover import cli as landcover_cli
 from segray.training import cli as training_cli
 
 
@@ -267,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     training_cli.add_parsers(sub)  # train, evaluate, compare
     datasets_cli.add_parsers(sub)  # data convert, data stats
+    landcover_cli.add_parser(sub)
     return p
 
 
