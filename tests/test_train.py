@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, TINY_ENCODER
 from train_data import SHAPES, write_shapes_dataset
 
@@ -231,6 +232,40 @@ def test_deep_supervision_resumes_on_two_workers_and_fitted_offsets_export(tmp_p
     assert art.metrics["checkpoint_val_miou"] == pytest.approx(second.history[-1]["val_miou"])
     r = evaluate(EvalOptions(model=second.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
     assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
+
+
+def test_weight_average_resumes_on_two_workers_and_is_what_exports(tmp_path) -> None:  # noqa: ANN001
+    """``optim.ema_decay`` on 2 DDP workers, one optimiser step per epoch: after epoch 1 the average
+    is the weights (the first update copies), after a stop and a rerun it is ``d * w1 + (1 - d) *
+    w2`` with the configured decay, so the resumed run restored both the average and its update
+    count. The checkpoint's model is the average, validated and exported; resuming without the
+    option is refused with a message naming it."""
+    from segray.training.ema import TRAINING_WEIGHTS
+
+    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
+    extra = "optim.ema_decay=0.1"
+    overrides = recipe(shapes, str(tmp_path / "runs"), "unet", extra)
+    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]))
+    assert (first.completed, first.epochs_done) == (False, 1)
+    run = tmp_path / "runs" / "tiny-unet"
+    e1 = ckpt_io.load_model_weights(str(run / "epoch-0001"))
+    w1 = ckpt_io.load_model_weights(str(run / "epoch-0001"), TRAINING_WEIGHTS)
+    assert all(bool((e1[k] == w1[k]).all()) for k in w1)
+    with pytest.raises(Exception, match="trained with optim.ema_decay: resume with it set"):
+        run_training(load_config(None, [o for o in overrides if o != extra]))
+    second = run_training(load_config(None, overrides))
+    assert second.completed and [h["epoch"] for h in second.history] == [1, 2]
+    e2 = ckpt_io.load_model_weights(str(run / "epoch-0002"))
+    w2 = ckpt_io.load_model_weights(str(run / "epoch-0002"), TRAINING_WEIGHTS)
+    moved = [k for k in w2 if w2[k].is_floating_point() and not torch.equal(w1[k], w2[k])]
+    assert len(moved) > len(w2) // 2  # weights and BatchNorm statistics trained on in epoch 2
+    for k in w2:
+        want = 0.1 * w1[k] + 0.9 * w2[k] if w2[k].is_floating_point() else w2[k]
+        torch.testing.assert_close(e2[k], want, msg=k)
+    art = ModelArtifact.load(second.artifact)
+    best = ckpt_io.load_model_weights(str(run / f"epoch-{second.best_epoch:04d}"))
+    assert all(torch.equal(v, best[k]) for k, v in art.model.state_dict().items())
+    assert art.metrics["val_miou"] == pytest.approx(second.history[second.best_epoch - 1]["val_miou"])
 
 
 def test_flip_averaging_exports_and_evaluates_as_one(tmp_path) -> None:  # noqa: ANN001

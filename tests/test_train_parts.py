@@ -563,6 +563,41 @@ def test_recipe_refuses_a_bad_deep_supervision(overrides: list[str], match: str)
         load_config(None, overrides)
 
 
+def test_weight_average_warms_up_then_keeps_its_decay() -> None:
+    """``optim.ema_decay``: the first update copies, update n keeps ``min(decay, (1+n)/(10+n))``
+    of the average; BatchNorm's running statistics are averaged too and its batch count copied."""
+    from torch import nn
+
+    from segray.training.ema import ema_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    ema = ema_model(model, 0.5)
+    expected: dict[str, torch.Tensor] = {}
+    for n in range(12):  # (1+n)/(10+n) passes 0.5 at n = 8
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 1, 3, 3) * (n + 1))  # training mode: moves the running statistics
+        ema.update_parameters(model)
+        d = min(0.5, (1 + n) / (10 + n))
+        now = {k: v.clone() for k, v in model.state_dict().items()}
+        expected = {
+            k: v if n == 0 or not v.is_floating_point() else d * expected[k] + (1 - d) * v for k, v in now.items()
+        }
+    got = ema.module.state_dict()
+    assert sorted(got) == sorted(expected) and int(got["1.num_batches_tracked"]) == 12
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, msg=k)
+    assert not torch.allclose(got["1.running_mean"], model.state_dict()["1.running_mean"])
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "1.5"])
+def test_recipe_refuses_a_weight_average_decay_outside_0_1(value: str) -> None:
+    with pytest.raises(ValueError, match=rf"optim.ema_decay {value}: give a decay in \[0, 1\)"):
+        load_config(None, [f"optim.ema_decay={value}"])
+
+
 def test_fit_offsets_undoes_a_bias_and_never_lowers_the_miou() -> None:
     from segray.training.logit_adjust import fit_offsets
     from segray.training.metrics import confusion_matrix, scores

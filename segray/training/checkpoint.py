@@ -3,6 +3,8 @@
 model.safetensors      the bare model's state dict (DDP wrapper removed)
 optimizer.safetensors  optimizer tensors, keyed ``<param index>.<name>`` (AdamW: step, exp_avg, exp_avg_sq)
 aux_heads.safetensors  training-only heads (``loss.deep_supervision``), when on
+training_weights.safetensors  the raw weights the optimiser steps, with ``optim.ema_decay``
+                       (``model.safetensors`` then holds their average: validated and exported)
 state.json             epochs done, global step, optimizer param groups, LR scheduler and AMP
                        scaler state, per-epoch history (for curves), the run's identity
 """
@@ -48,8 +50,8 @@ def load_state(folder: str | Path) -> dict[str, Any]:
     return dict(json.loads((Path(folder) / STATE).read_text()))
 
 
-def load_model_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(folder) / MODEL))
+def load_model_weights(folder: str | Path, name: str = MODEL) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / name))
 
 
 def restore_optimizer(folder: str | Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.deep_supervision import AUX_FILE, DeepSupervision
+from segray.training.ema import TRAINING_WEIGHTS, ema_model
 from segray.training.logit_adjust import head_conv, logit_offsets
 from segray.training.metrics import scores
 
@@ -226,6 +227,7 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] = {}
     ckpt_dir = None
+    saved_ema: dict[str, torch.Tensor] | None = None
     if checkpoint is None:
         model = initial_model(cfg.model, label_map, seed=cfg.run.seed)
     else:  # resuming: the checkpoint has every weight, the initial weights' source is not read again
@@ -235,7 +237,17 @@ def train_loop(config: dict[str, Any]) -> None:
         checkpoint.to_directory(ckpt_dir)
         state = ckpt_io.load_state(ckpt_dir)
         model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
-        model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir))
+        weights = ckpt_io.load_model_weights(ckpt_dir)
+        averaged = Path(ckpt_dir, TRAINING_WEIGHTS).exists()
+        if averaged != (cfg.optim.ema_decay > 0):
+            raise ValueError(
+                "the run's checkpoints were trained with optim.ema_decay: resume with it set"
+                if averaged
+                else "the run's checkpoints were trained without optim.ema_decay: resume without it"
+            )
+        if cfg.optim.ema_decay > 0:  # model.safetensors is the average; the optimiser steps these
+            saved_ema, weights = weights, ckpt_io.load_model_weights(ckpt_dir, TRAINING_WEIGHTS)
+        model.load_state_dict(weights)
     model.to(device)
     unused = freeze_unused(model, *crop, device)
     if rank == 0 and unused:
@@ -246,6 +258,13 @@ def train_loop(config: dict[str, Any]) -> None:
     # The heads train inside the same DDP module as the model, so their gradients are all-reduced too.
     train_module = model if aux is None else aux
     train_module = train_module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    ema = ema_model(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    if ema is not None and saved_ema is not None:
+        ema.module.load_state_dict(saved_ema)
+        ema.n_averaged.fill_(int(state["ema_updates"]))
+    if rank == 0 and ema is not None:
+        log.info("validating, keeping and exporting the weights' average (optim.ema_decay %g)", cfg.optim.ema_decay)
+    scored = model if ema is None else ema.module  # what validation scores and checkpoints hold as the model
     ddp_model = ray.train.torch.prepare_model(train_module)
 
     transforms = {
@@ -372,6 +391,8 @@ def train_loop(config: dict[str, Any]) -> None:
             scaler.step(opt)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             _maybe_inject_failure(cfg, epoch + 1, rank)  # mid-epoch: after this epoch's first step
             loss_sum += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64, device=device)
@@ -382,7 +403,7 @@ def train_loop(config: dict[str, Any]) -> None:
         validated = is_validation_epoch(epoch + 1, cfg.run.epochs, cfg.run.val_every)
         if validated:
             # The bare module: val shards may differ by a batch, and DDP forward must not wait on a collective.
-            cm, val_loss = validate(model, val_loader, label_map, mean, std, device, amp_dtype, offsets)
+            cm, val_loss = validate(scored, val_loader, label_map, mean, std, device, amp_dtype, offsets)
             s = scores(cm.cpu().numpy(), label_map.names)
         else:  # NaN ranks below every score in Ray's checkpoint manager: never kept as the best
             nan = float("nan")
@@ -427,9 +448,12 @@ def train_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="segray-ckpt-") as tmp:
             out = None
             if rank == 0:
+                extra = {AUX_FILE: aux.heads.state_dict()} if aux is not None else {}
+                if ema is not None:
+                    extra[TRAINING_WEIGHTS] = model.state_dict()
                 ckpt_io.save_checkpoint(
                     tmp,
-                    model,
+                    scored,
                     opt,
                     {
                         "epoch": epoch + 1,
@@ -442,8 +466,9 @@ def train_loop(config: dict[str, Any]) -> None:
                         "arch": cfg.model.arch,
                         "encoder": cfg.model.encoder,
                         "label_map": label_map.to_dict(),
+                        "ema_updates": int(ema.n_averaged) if ema is not None else None,
                     },
-                    extra={AUX_FILE: aux.heads.state_dict()} if aux is not None else None,
+                    extra=extra,
                 )
                 out = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=out, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
