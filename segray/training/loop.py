@@ -166,20 +166,25 @@ class SegLoss(nn.Module):
         return F.cross_entropy(logits, hard, weight=self.weight, ignore_index=self.ignore)
 
 
+def _require_same_option(option: str, trained_with: bool, on: bool) -> None:
+    """A resumed run must keep an option whose state its checkpoints hold (or lack) in their own file."""
+    if trained_with != on:
+        how, then = ("with", "with it set") if trained_with else ("without", "without it")
+        raise ValueError(f"the run's checkpoints were trained {how} {option}: resume {then}")
+
+
 def _deep_supervision(
     cfg: TrainConfig, model: nn.Module, num_classes: int, crop: tuple[int, int], resume_dir: str | None
 ) -> Any:
     """The deep-supervision wrapper (None when off), with its heads restored on a resumed run."""
     saved = Path(resume_dir, AUX_FILE) if resume_dir else None
+    if saved is not None:
+        _require_same_option("loss.deep_supervision", saved.exists(), bool(cfg.loss.deep_supervision))
     if not cfg.loss.deep_supervision:
-        if saved is not None and saved.exists():
-            raise ValueError("the run's checkpoints were trained with loss.deep_supervision: resume with it set")
         return None
     aux = DeepSupervision(model, num_classes, cfg.loss.deep_supervision, crop)
     aux.heads.to(next(model.parameters()).device)
     if saved is not None:
-        if not saved.exists():
-            raise ValueError("the run's checkpoints were trained without loss.deep_supervision: resume without it")
         from safetensors.torch import load_file
 
         aux.heads.load_state_dict(load_file(str(saved)))
@@ -238,13 +243,7 @@ def train_loop(config: dict[str, Any]) -> None:
         state = ckpt_io.load_state(ckpt_dir)
         model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
         weights = ckpt_io.load_model_weights(ckpt_dir)
-        averaged = Path(ckpt_dir, TRAINING_WEIGHTS).exists()
-        if averaged != (cfg.optim.ema_decay > 0):
-            raise ValueError(
-                "the run's checkpoints were trained with optim.ema_decay: resume with it set"
-                if averaged
-                else "the run's checkpoints were trained without optim.ema_decay: resume without it"
-            )
+        _require_same_option("optim.ema_decay", Path(ckpt_dir, TRAINING_WEIGHTS).exists(), cfg.optim.ema_decay > 0)
         if cfg.optim.ema_decay > 0:  # model.safetensors is the average; the optimiser steps these
             saved_ema, weights = weights, ckpt_io.load_model_weights(ckpt_dir, TRAINING_WEIGHTS)
         model.load_state_dict(weights)
