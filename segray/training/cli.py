@@ -14,6 +14,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. run.epochs=5 optim.lr=3e-4"
     )
     tr.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
+    tr.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="run the per-worker training function as one worker in this process, without Ray "
+        "(a lone GPU machine without Ray installed); same checkpoints, resume and export",
+    )
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="score an artifact on a labelled split: metrics, confusion, overlays")
@@ -81,15 +87,16 @@ def eval_options(a: argparse.Namespace, model: str):  # noqa: ANN201 - EvalOptio
 def cmd_train(a: argparse.Namespace) -> int:
     import os
 
-    import ray
-
     from segray.training.config import load_config
     from segray.training.job import run_training
 
     cfg = load_config(a.config, a.overrides)
-    if not ray.is_initialized():
-        ray.init(address=a.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
-    s = run_training(cfg)
+    if not a.no_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=a.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+    s = run_training(cfg, with_ray=not a.no_ray)
     if s.completed:
         print(
             f"trained {cfg.name}: {s.epochs_done} epochs, best val mIoU {s.best_val_miou:.4f} at epoch "

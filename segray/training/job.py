@@ -111,11 +111,24 @@ def absolutise(cfg: TrainConfig) -> None:
     cfg.model.init_artifact = fix(cfg.model.init_artifact)
 
 
+def loop_config(cfg: TrainConfig, p: Plan) -> dict[str, Any]:
+    """What every worker's ``train_loop`` gets: plain data, so it travels to Ray workers as is."""
+    from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+    return {
+        "cfg": cfg.to_dict(),
+        "label_map": p.label_map.to_dict(),
+        "train_pairs": [(x.image, x.mask) for x in p.train_pairs],
+        "val_pairs": [(x.image, x.mask) for x in p.val_pairs],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
 def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
     from segray.training.loop import train_loop
 
     fs, path = storage.resolve(cfg.run.storage)
@@ -124,14 +137,7 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop,
-        train_loop_config={
-            "cfg": cfg.to_dict(),
-            "label_map": p.label_map.to_dict(),
-            "train_pairs": [(x.image, x.mask) for x in p.train_pairs],
-            "val_pairs": [(x.image, x.mask) for x in p.val_pairs],
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-        },
+        train_loop_config=loop_config(cfg, p),
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
         ),
@@ -149,18 +155,50 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
     )
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
+
+
+def check_same_runner(cfg: TrainConfig, with_ray: bool) -> None:
+    """A run continues under the runner that started it: each keeps its own record of checkpoints,
+    and the other would not see it and start again over the same epoch folders."""
+    from segray.training.session import INDEX
+
+    other, flag = (INDEX, "with --no-ray") if with_ray else (RAY_SNAPSHOT, "on Ray (without --no-ray)")
+    if storage.exists(storage.join(cfg.run_uri, other)):
+        raise ValueError(f"{cfg.run_uri} holds a run started {flag}: continue it so, or give this run a new name=")
+
+
+def fit_without_ray(cfg: TrainConfig, p: Plan) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
+    """The per-worker training function as one worker in this process: (latest, kept checkpoints)."""
+    from segray.training.loop import train_loop
+    from segray.training.session import LocalSession
+
+    if cfg.run.num_workers != 1:
+        raise ValueError(
+            f"run.num_workers={cfg.run.num_workers}: without Ray the loop runs as one worker in this process; "
+            "set run.num_workers=1, or train on Ray"
+        )
+    session = LocalSession(cfg.run_uri, cfg.run.keep_checkpoints, cfg.run.use_gpu)
+    train_loop(loop_config(cfg, p), session)
+    return session.results()
+
+
 def best_checkpoint(kept: list[tuple[Any, dict[str, Any]]]) -> Any:
     """The kept checkpoint with the highest val mIoU among validated epochs, or None."""
     scored = [(c, m["val_miou"]) for c, m in kept if is_scored(m)]
     return max(scored, key=lambda cs: cs[1])[0] if scored else None
 
 
-def run_training(cfg: TrainConfig) -> TrainSummary:
-    """Train (or continue training), then export the best checkpoint when all epochs are done."""
+def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
+    """Train (or continue training), then export the best checkpoint when all epochs are done.
+
+    ``with_ray=False``: the same worker function as one process without Ray (``fit_without_ray``).
+    """
     from segray.training import checkpoint as ckpt_io
     from segray.training.export import export_best
 
     p = plan(cfg)
+    check_same_runner(cfg, with_ray)
     log.info(
         "%s: %d train pairs (%s), %d val pairs (%s), %d classes (%s); %s; run folder %s",
         cfg.name,
@@ -174,8 +212,11 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
         cfg.run_uri,
     )
     print(f"weights: {p.init}", flush=True)
-    result = make_trainer(cfg, p).fit()
-    latest = result.checkpoint
+    if with_ray:
+        result = make_trainer(cfg, p).fit()
+        latest, kept = result.checkpoint, result.best_checkpoints or []
+    else:
+        latest, kept = fit_without_ray(cfg, p)
     if latest is None:
         raise RuntimeError(f"{cfg.run_uri}: training reported no checkpoint")
     import tempfile
@@ -186,7 +227,7 @@ def run_training(cfg: TrainConfig) -> TrainSummary:
     done = int(state["epoch"])
     history = list(state.get("history", []))
     summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, init=p.init, history=history)
-    best = best_checkpoint(result.best_checkpoints or []) or latest
+    best = best_checkpoint(kept) or latest
     scored = [h for h in history if is_scored(h)]
     best_metrics = max(scored, key=lambda h: h["val_miou"]) if scored else None
     if best_metrics:

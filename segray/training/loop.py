@@ -4,7 +4,8 @@ Each epoch: train on this worker's shard, validate on this worker's share of the
 confusion matrix, summed over workers), report metrics through ``ray.train.report`` with a
 checkpoint from rank 0 (Ray keeps the best by val mIoU plus the latest), redraw the curves. A
 restarted worker group (``FailureConfig``) or a rerun of the same command finds the latest
-checkpoint through ``ray.train.get_checkpoint()`` and continues at the next epoch.
+checkpoint through ``ray.train.get_checkpoint()`` and continues at the next epoch. The same loop
+runs as one worker without Ray through ``session.LocalSession`` (``segray train --no-ray``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from segray.training.deep_supervision import AUX_FILE, DeepSupervision
 from segray.training.ema import TRAINING_WEIGHTS, ema_model
 from segray.training.logit_adjust import head_conv, logit_offsets
 from segray.training.metrics import scores
+from segray.training.session import RaySession, Session
 
 log = logging.getLogger("segray.train")
 
@@ -203,11 +205,12 @@ def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return images.float().sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point; ``config`` holds the recipe, label map and pair lists as plain data."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
+def train_loop(config: dict[str, Any], session: Session | None = None) -> None:
+    """Ray Train worker entry point; ``config`` holds the recipe, label map and pair lists as plain data.
+
+    ``session``: where the loop runs; Ray Train's worker when None (``TorchTrainer`` passes only
+    ``config``), a ``LocalSession`` for one worker in this process without Ray.
+    """
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from segray.training.augment import train_transform
@@ -219,17 +222,18 @@ def train_loop(config: dict[str, Any]) -> None:
     label_map = LabelMap.from_dict(config["label_map"])
     train_pairs = [Pair(*p) for p in config["train_pairs"]]
     val_pairs = [Pair(*p) for p in config["val_pairs"]]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if session is None:
+        session = RaySession()
+    rank, world = session.rank, session.world
     threads = cfg.run.torch_threads or max(1, int(cfg.run.cpus_per_worker))
     torch.set_num_threads(threads)
-    device = ray.train.torch.get_device()
+    device = session.device
     torch.manual_seed(cfg.run.seed)
     h, w = cfg.model.height, cfg.model.width
     ignore = label_map.ignore_id if label_map.ignore_id is not None else 255
     crop = (cfg.augment.crop_height or h, cfg.augment.crop_width or w)
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     state: dict[str, Any] = {}
     ckpt_dir = None
     saved_ema: dict[str, torch.Tensor] | None = None
@@ -264,7 +268,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0 and ema is not None:
         log.info("validating, keeping and exporting the weights' average (optim.ema_decay %g)", cfg.optim.ema_decay)
     scored = model if ema is None else ema.module  # what validation scores and checkpoints hold as the model
-    ddp_model = ray.train.torch.prepare_model(train_module)
+    ddp_model = session.prepare_model(train_module)
 
     transforms = {
         scale: train_transform(cfg.augment, h, w, ignore, factor=scale)
@@ -313,6 +317,7 @@ def train_loop(config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, len(loader))
     scheduler = make_scheduler(opt, cfg, steps_per_epoch)
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda  # fixed crop and val sizes: the fastest kernels are found once
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg.run.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if state:
@@ -447,6 +452,7 @@ def train_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="segray-ckpt-") as tmp:
             out = None
             if rank == 0:
+                out = tmp
                 extra = {AUX_FILE: aux.heads.state_dict()} if aux is not None else {}
                 if ema is not None:
                     extra[TRAINING_WEIGHTS] = model.state_dict()
@@ -469,8 +475,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     },
                     extra=extra,
                 )
-                out = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=out, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            session.report(metrics, out, f"epoch-{epoch + 1:04d}")
         if rank == 0:
             _write_curves(cfg, history)
 
