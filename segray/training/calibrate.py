@@ -64,12 +64,13 @@ def predict_pixels(
     from segray.training.loop import _normalise
 
     model.eval()
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     logits, targets = [], []
     for images, masks in loader:
-        out = forward(model, _normalise(images, mean, std), hflip_average).float()
+        out = forward(model, _normalise(images.to(device), mean.to(device), std.to(device)), hflip_average).float()
         for i, m in enumerate(masks):
-            up = F.interpolate(out[i : i + 1], size=m.shape, mode="bilinear", align_corners=False)[0]
+            up = F.interpolate(out[i : i + 1], size=m.shape, mode="bilinear", align_corners=False)[0].cpu()
             keep = ((m >= 0) & (m < num_classes)).flatten().nonzero().squeeze(1)
             if len(keep) > per_frame:
                 keep = keep[torch.randperm(len(keep), generator=g)[:per_frame]]
@@ -93,9 +94,10 @@ def score_val(
 
     m, s = _pixel_scale(mean, std)
     loader = _loader(val_pairs, label_map, *size)
-    cm, _ = validate(model, loader, label_map, m, s, torch.device("cpu"), None, None, hflip_average)
+    device = next(model.parameters()).device
+    cm, _ = validate(model, loader, label_map, m.to(device), s.to(device), device, None, None, hflip_average)
     model.eval()
-    return scores(cm.numpy(), label_map.names)
+    return scores(cm.cpu().numpy(), label_map.names)
 
 
 def fit_and_fold(
@@ -111,6 +113,8 @@ def fit_and_fold(
     """Fit offsets on the training frames, fold them into ``model``, score the val frames with them."""
     c = label_map.num_classes
     m, s = _pixel_scale(mean, std)
+    # On the GPU where there is one (a driver without Ray on a GPU machine): the pass is the fit's cost.
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     step = max(1, -(-len(train_pairs) // FIT_FRAMES))
     frames = train_pairs[::step]
     log.info("fitting per-class logit offsets on %d training frames", len(frames))
@@ -121,6 +125,7 @@ def fit_and_fold(
     del logits, target
     fold_offsets(model, offsets)
     val = score_val(model, label_map, size, val_pairs, mean, std, hflip_average)
+    model.cpu()
     log.info(
         "fitted offsets %s: train mIoU %.4f -> %.4f; val mIoU with them %.4f",
         [round(float(v), 2) for v in offsets],
