@@ -120,3 +120,21 @@ def test_on_s3_and_the_refusals(s3, s3_prefix: str, tmp_path) -> None:  # noqa: 
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"run.use_gpu is set but torch sees no GPU here"):
             run_training(gpu, with_ray=False)
+
+
+def test_a_refused_resume_leaves_no_copy_of_the_checkpoint(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Resuming copies the checkpoint to a temporary folder; a refusal must not leave it behind."""
+    import tempfile
+
+    data = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 4, "val": 2})
+    overrides = one_worker(data, str(tmp_path / "runs"), "unet", "run.epochs=2", "run.batch_size=2")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]), with_ray=False)
+    assert first.epochs_done == 1
+    with pytest.raises(ValueError, match=r"optim.ema_decay"):
+        run_training(load_config(None, [*overrides, "optim.ema_decay=0.9"]), with_ray=False)
+    assert not list(scratch.glob("segray-resume-*"))
+    done = run_training(load_config(None, overrides), with_ray=False)  # the same recipe continues
+    assert done.completed and not list(scratch.glob("segray-resume-*"))

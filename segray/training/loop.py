@@ -211,6 +211,15 @@ def train_loop(config: dict[str, Any], session: Session | None = None) -> None:
     ``session``: where the loop runs; Ray Train's worker when None (``TorchTrainer`` passes only
     ``config``), a ``LocalSession`` for one worker in this process without Ray.
     """
+    scratch: list[str] = []  # the resumed checkpoint's local copy: removed however the loop ends
+    try:
+        _train_loop(config, session, scratch)
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_loop(config: dict[str, Any], session: Session | None, scratch: list[str]) -> None:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from segray.training.augment import train_transform
@@ -243,6 +252,7 @@ def train_loop(config: dict[str, Any], session: Session | None = None) -> None:
         from segray.models import build_model
 
         ckpt_dir = tempfile.mkdtemp(prefix="segray-resume-")
+        scratch.append(ckpt_dir)
         checkpoint.to_directory(ckpt_dir)
         state = ckpt_io.load_state(ckpt_dir)
         model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
