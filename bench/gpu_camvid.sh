@@ -32,7 +32,7 @@ last_epoch() {  # the newest checkpoint's epoch in a --no-ray run folder, or 0
     "$1/segray-checkpoints.json" 2>/dev/null || echo 0
 }
 
-# train NAME TAG [overrides...]: all recipes given run side by side, each under the deadline.
+# train_side_by_side TAG [overrides...]: both recipes (names suffixed TAG) at once, under the deadline.
 train_side_by_side() {
   local tag=$1; shift
   local pids=() names=()

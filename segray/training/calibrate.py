@@ -65,10 +65,11 @@ def predict_pixels(
 
     model.eval()
     device = next(model.parameters()).device
+    mean, std = mean.to(device), std.to(device)
     g = torch.Generator().manual_seed(0)
     logits, targets = [], []
     for images, masks in loader:
-        out = forward(model, _normalise(images.to(device), mean.to(device), std.to(device)), hflip_average).float()
+        out = forward(model, _normalise(images.to(device), mean, std), hflip_average).float()
         for i, m in enumerate(masks):
             up = F.interpolate(out[i : i + 1], size=m.shape, mode="bilinear", align_corners=False)[0].cpu()
             keep = ((m >= 0) & (m < num_classes)).flatten().nonzero().squeeze(1)
@@ -113,8 +114,6 @@ def fit_and_fold(
     """Fit offsets on the training frames, fold them into ``model``, score the val frames with them."""
     c = label_map.num_classes
     m, s = _pixel_scale(mean, std)
-    # On the GPU where there is one (a driver without Ray on a GPU machine): the pass is the fit's cost.
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
     step = max(1, -(-len(train_pairs) // FIT_FRAMES))
     frames = train_pairs[::step]
     log.info("fitting per-class logit offsets on %d training frames", len(frames))
@@ -125,7 +124,6 @@ def fit_and_fold(
     del logits, target
     fold_offsets(model, offsets)
     val = score_val(model, label_map, size, val_pairs, mean, std, hflip_average)
-    model.cpu()
     log.info(
         "fitted offsets %s: train mIoU %.4f -> %.4f; val mIoU with them %.4f",
         [round(float(v), 2) for v in offsets],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+import torch
+
 from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
@@ -54,6 +56,9 @@ def export_checkpoint(
         if pairs is None:
             raise ValueError("loss.fit_offsets / model.hflip_average: the export needs the run's train and val pairs")
         train_pairs, val_pairs = pairs
+        # Frames are scored on the model's device: the GPU where there is one (a driver without Ray
+        # on a GPU machine), where these passes over the train and val frames are the export's cost.
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
         if cfg.loss.fit_offsets:
             fit = fit_and_fold(model, label_map, size, train_pairs, val_pairs, IMAGENET_MEAN, IMAGENET_STD, hflip)
             fitted = {
@@ -71,6 +76,7 @@ def export_checkpoint(
             "val_mean_dice": v["mean_dice"],
             "val_iou": v["iou"],
         }
+        model.cpu()
     metrics = {
         "source": "segray train",
         "run": cfg.run_uri,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import posixpath
 import shutil
@@ -25,8 +24,6 @@ import torch
 from torch import nn
 
 from segray import storage
-
-log = logging.getLogger("segray.train")
 
 INDEX = "segray-checkpoints.json"  # LocalSession's record of kept checkpoints and their metrics
 
