@@ -138,3 +138,18 @@ def test_a_refused_resume_leaves_no_copy_of_the_checkpoint(tmp_path, monkeypatch
     assert not list(scratch.glob("segray-resume-*"))
     done = run_training(load_config(None, overrides), with_ray=False)  # the same recipe continues
     assert done.completed and not list(scratch.glob("segray-resume-*"))
+
+
+def test_a_weight_average_resumes_only_with_the_same_decay(tmp_path) -> None:  # noqa: ANN001
+    """The average's state is only meaningful under the decay it was built with: another one is refused."""
+    data = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 4, "val": 2})
+    overrides = one_worker(
+        data, str(tmp_path / "runs"), "unet", "run.epochs=2", "run.batch_size=2", "optim.ema_decay=0.9"
+    )
+    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]), with_ray=False)
+    assert first.epochs_done == 1
+    changed = [*overrides, "optim.ema_decay=0.99"]
+    with pytest.raises(ValueError, match=r"trained with optim.ema_decay=0.9: resume with it \(not 0.99\)"):
+        run_training(load_config(None, changed), with_ray=False)
+    done = run_training(load_config(None, overrides), with_ray=False)  # the same decay continues
+    assert done.completed and [h["epoch"] for h in done.history] == [1, 2]

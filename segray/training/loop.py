@@ -175,6 +175,14 @@ def _require_same_option(option: str, trained_with: bool, on: bool) -> None:
         raise ValueError(f"the run's checkpoints were trained {how} {option}: resume {then}")
 
 
+def _require_same_value(option: str, trained_with: Any, value: Any) -> None:
+    """A resumed run must keep a value its checkpoints' state depends on (None: not recorded, older runs)."""
+    if trained_with is not None and trained_with != value:
+        raise ValueError(
+            f"the run's checkpoints were trained with {option}={trained_with}: resume with it (not {value})"
+        )
+
+
 def _deep_supervision(
     cfg: TrainConfig, model: nn.Module, num_classes: int, crop: tuple[int, int], resume_dir: str | None
 ) -> Any:
@@ -258,6 +266,7 @@ def _train_loop(config: dict[str, Any], session: Session | None, scratch: list[s
         model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
         weights = ckpt_io.load_model_weights(ckpt_dir)
         _require_same_option("optim.ema_decay", Path(ckpt_dir, TRAINING_WEIGHTS).exists(), cfg.optim.ema_decay > 0)
+        _require_same_value("optim.ema_decay", state.get("ema_decay"), cfg.optim.ema_decay)
         if cfg.optim.ema_decay > 0:  # model.safetensors is the average; the optimiser steps these
             saved_ema, weights = weights, ckpt_io.load_model_weights(ckpt_dir, TRAINING_WEIGHTS)
         model.load_state_dict(weights)
@@ -482,6 +491,7 @@ def _train_loop(config: dict[str, Any], session: Session | None, scratch: list[s
                         "encoder": cfg.model.encoder,
                         "label_map": label_map.to_dict(),
                         "ema_updates": int(ema.n_averaged) if ema is not None else None,
+                        "ema_decay": cfg.optim.ema_decay if ema is not None else None,
                     },
                     extra=extra,
                 )
