@@ -117,9 +117,7 @@ def start_seaweed(
                     },
                     {
                         "name": "limited",
-                        "credentials": [
-                            {"accessKey": SeaweedS3.limited_key, "secretKey": SeaweedS3.limited_secret}
-                        ],
+                        "credentials": [{"accessKey": SeaweedS3.limited_key, "secretKey": SeaweedS3.limited_secret}],
                         "actions": [f"{a}:{b}" for b in LIMITED_BUCKETS for a in ("Read", "Write", "List")],
                     },
                 ]

@@ -125,8 +125,6 @@ def test_failure_budget_fails_the_submitted_job(head: RayHead, s3: SeaweedS3) ->
 
 
 def test_submit_without_the_token_is_refused(head: RayHead) -> None:
-    proc = head.job(
-        "submit", "--no-wait", "--", "python", "-c", "print(1)", env={"RAY_AUTH_TOKEN": "not-the-token"}
-    )
+    proc = head.job("submit", "--no-wait", "--", "python", "-c", "print(1)", env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert proc.returncode != 0
     assert "AuthenticationError" in proc.stdout + proc.stderr

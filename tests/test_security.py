@@ -57,8 +57,16 @@ def test_unreadable_key_is_recorded_and_no_secret_escapes(tmp_path: Path, s3: Se
     env.update(s3.env(limited=True), RAY_TMPDIR=str(ray_tmp))
     try:
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "jobs" / "label_frames.py"), "--model", model, "--input", manifest,
-             "--output", out],  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "jobs" / "label_frames.py"),
+                "--model",
+                model,
+                "--input",
+                manifest,
+                "--output",
+                out,
+            ],
             env=env,
             capture_output=True,
             text=True,
