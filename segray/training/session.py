@@ -127,16 +127,14 @@ class LocalSession:
         if folder is None:
             return
         uri = storage.join(self.run_uri, name)
-        for f in sorted(Path(folder).rglob("*")):
-            if not f.is_file():
-                continue
+        local = None if storage.is_s3(uri) else Path(storage.resolve(uri)[1])
+        for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
             rel = str(f.relative_to(folder))
-            if storage.is_s3(uri):
+            if local is None:
                 storage.write_bytes(storage.join(uri, rel), f.read_bytes())
             else:  # a move: an epoch's checkpoint is hundreds of MB on a GPU recipe, written every epoch
-                target = Path(storage.resolve(uri)[1], rel)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(f, target)
+                (local / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(f, local / rel)
         self.kept = [k for k in self.kept if k["name"] != name] + [{"name": name, "metrics": metrics}]
         # As Ray's CheckpointConfig(num_to_keep): the best ``keep`` by val mIoU, and the latest to resume from.
         best = sorted(self.kept, key=lambda k: _score(k["metrics"]), reverse=True)[: self.keep]
