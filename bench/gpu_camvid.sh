@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two CamVid GPU recipes on one GPU machine, trained side by side without Ray
+# The CamVid GPU recipes (both by default) on one GPU machine, trained side by side without Ray
 # (`segray train --no-ray`: the same per-worker function as one process), then compared on val.
 #
 #   bash bench/gpu_camvid.sh DATA OUT [key=value overrides for both recipes]
@@ -8,10 +8,12 @@
 # the comparison. Environment:
 #   TRAIN_DEADLINE_S (default 1800, each recipe's budget): a training still running then is stopped,
 #     and its best checkpoint so far is exported (its log says so; the schedule had not finished).
-#   HOLDOUT_IF_LEFT_S (default 0 = never): after the two runs, when at least this many seconds of
-#     SCRIPT_BUDGET_S are left, both recipes train again without the 0001TP frames and are
+#   HOLDOUT_IF_LEFT_S (default 0 = never): after the runs, when at least this many seconds of
+#     SCRIPT_BUDGET_S are left, the recipes train again without the 0001TP frames and are
 #     evaluated on them (the unseen-sequence check).
 #   LOADER_WORKERS (default 6): loader processes per run.
+#   RECIPES (default "unet pspnet"): which recipes run, e.g. RECIPES=unet to spend a short device
+#     lease on the one recipe still short of its target.
 # Writes OUT/results.tar.gz: logs, curves, comparison.md/.json, each run's metrics.
 set -u
 DATA=${1:?usage: bench/gpu_camvid.sh DATA OUT [overrides]}
@@ -22,6 +24,7 @@ DEADLINE=${TRAIN_DEADLINE_S:-1800}
 BUDGET=${SCRIPT_BUDGET_S:-3600}
 HOLDOUT_IF_LEFT=${HOLDOUT_IF_LEFT_S:-0}
 LW=${LOADER_WORKERS:-6}
+read -r -a RECIPE_LIST <<<"${RECIPES:-unet pspnet}"
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 START=$(date +%s)
 mkdir -p "$OUT"
@@ -32,11 +35,11 @@ last_epoch() {  # the newest checkpoint's epoch in a --no-ray run folder, or 0
     "$1/segray-checkpoints.json" 2>/dev/null || echo 0
 }
 
-# train_side_by_side TAG [overrides...]: both recipes (names suffixed TAG) at once, under the deadline.
+# train_side_by_side TAG [overrides...]: the recipes (names suffixed TAG) at once, under the deadline.
 train_side_by_side() {
   local tag=$1; shift
   local pids=() names=()
-  for m in unet pspnet; do
+  for m in "${RECIPE_LIST[@]}"; do
     python3 "$HERE/jobs/train.py" --no-ray --config "$HERE/configs/camvid-$m-gpu.yaml" \
       name="camvid-$m-gpu$tag" data.root="$DATA" run.storage="$OUT/runs" data.loader_workers="$LW" "$@" \
       >"$OUT/train-$m$tag.log" 2>&1 &
@@ -57,8 +60,8 @@ train_side_by_side() {
   done
   wait
   echo "side-by-side training$tag: $(($(date +%s) - t0)) s"
-  for i in 0 1; do
-    local run="$OUT/runs/${names[$i]}" m; m=$([ $i = 0 ] && echo unet || echo pspnet)
+  for i in "${!names[@]}"; do
+    local run="$OUT/runs/${names[$i]}" m=${RECIPE_LIST[$i]}
     if [ ! -f "$run/model/segray.json" ]; then
       local n; n=$(last_epoch "$run")
       echo "${names[$i]}: no export (stopped); exporting the best of its $n epochs"
@@ -72,7 +75,8 @@ train_side_by_side() {
 
 train_side_by_side "" "$@"
 MAIN_S=$(($(date +%s) - START))
-python3 "$HERE/jobs/compare_models.py" --models "$OUT/runs/camvid-unet-gpu/model" "$OUT/runs/camvid-pspnet-gpu/model" \
+MODELS=(); for m in "${RECIPE_LIST[@]}"; do MODELS+=("$OUT/runs/camvid-$m-gpu/model"); done
+python3 "$HERE/jobs/compare_models.py" --models "${MODELS[@]}" \
   --data "$DATA" --split val --output "$OUT/compare" 2>"$OUT/compare.log"
 echo "recipes and comparison: $(($(date +%s) - START)) s"
 
@@ -80,7 +84,7 @@ LEFT=$((BUDGET - $(date +%s) + START))
 if [ "$HOLDOUT_IF_LEFT" -gt 0 ] && [ "$LEFT" -ge "$HOLDOUT_IF_LEFT" ]; then
   echo "holdout: ${LEFT}s left of ${BUDGET}s (the recipes took ${MAIN_S}s): training without 0001TP"
   DEADLINE=$((LEFT - 90)) train_side_by_side "-holdout" "$@" "data.train={split: train, exclude_prefixes: [0001TP]}"
-  for m in unet pspnet; do
+  for m in "${RECIPE_LIST[@]}"; do
     python3 "$HERE/jobs/evaluate.py" --model "$OUT/runs/camvid-$m-gpu-holdout/model" --data "$DATA" --split train \
       --include-prefix 0001TP --output "$OUT/eval-$m-0001TP" --overlays 0 >"$OUT/eval-$m-0001TP.log" 2>&1
     grep -m1 '"miou"' "$OUT/eval-$m-0001TP.log"
