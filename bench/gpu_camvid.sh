@@ -2,7 +2,7 @@
 # The CamVid GPU recipes (both by default) on one GPU machine, trained side by side without Ray
 # (`segray train --no-ray`: the same per-worker function as one process), then compared on val.
 #
-#   bash bench/gpu_camvid.sh DATA OUT [key=value overrides for both recipes]
+#   bash bench/gpu_camvid.sh DATA OUT [key=value overrides for every recipe run]
 #
 # DATA: a CamVid root (train/ trainannot/ val/ valannot/); OUT: a local folder for runs, logs and
 # the comparison. Environment:
