@@ -312,7 +312,7 @@ def test_zero_init_residual_starts_each_block_as_the_identity() -> None:
     assert torch.equal(block(x), torch.relu(x))
     # Without the option the same seed gives the same weights, but with the scales at 1.
     plain = initial_model(ModelConfig(arch="unet", encoder="resnet18", height=64, width=64), SHAPES, seed=3)
-    assert float(plain.encoder.layer1[0].bn2.weight.min()) == 1
+    assert float(plain.encoder.layer1[0].bn2.weight.detach().min()) == 1
     assert torch.equal(plain.encoder.conv1.weight, model.encoder.conv1.weight)
     assert "start as the identity" in describe_init(cfg, SHAPES)
     with pytest.raises(ValueError, match="needs a ResNet encoder"):
