@@ -435,10 +435,10 @@ def test_lovasz_term_joins_from_its_epoch_and_samples_pixels() -> None:
     on = ["loss.lovasz_weight=0.5", "loss.lovasz_from_epoch=3"]
     ce = SegLoss(load_config(None, []), SHAPES)(logits, target)
     loss = SegLoss(load_config(None, on), SHAPES)
-    assert float(loss(logits, target)) == pytest.approx(float(ce))  # epoch 1: not yet
+    assert loss(logits, target).item() == pytest.approx(ce.item())  # epoch 1: not yet
     loss.epoch = 3
     lovasz = LovaszLoss("multiclass", ignore_index=255)(logits, target)
-    assert float(lovasz) > 0 and float(loss(logits, target)) == pytest.approx(float(ce + 0.5 * lovasz), rel=1e-6)
+    assert lovasz.item() > 0 and loss(logits, target).item() == pytest.approx((ce + 0.5 * lovasz).item(), rel=1e-6)
     half = SegLoss(load_config(None, [*on, "loss.lovasz_pixels=0.5"]), SHAPES)
     half.epoch = 3
     sampled, labels = half._sample(logits, target)
@@ -475,14 +475,14 @@ def test_ohem_keeps_only_the_hard_pixels() -> None:
     assert logits.grad is not None and float(logits.grad[0, :, 0, 0].abs().sum()) == 0  # the easy pixel
     # Too few hard pixels (threshold 0.2 keeps one, min_kept 0.75 asks for 3): the 3 hardest.
     few = SegLoss(load_config(None, [weights, "loss.ohem_thresh=0.2", "loss.ohem_min_kept=0.75"]), SHAPES)
-    assert float(few(logits, target)) == pytest.approx(float((w[1:] * ce[1:]).sum() / w[1:].sum()), rel=1e-5)
+    assert few(logits, target).item() == pytest.approx(float((w[1:] * ce[1:]).sum() / w[1:].sum()), rel=1e-5)
     # A threshold of 1 keeps every labelled pixel: plain weighted cross-entropy.
     plain = SegLoss(load_config(None, [weights]), SHAPES)(logits, target)
     every = SegLoss(load_config(None, [weights, "loss.ohem_thresh=1.0"]), SHAPES)(logits, target)
-    assert float(every) == pytest.approx(float(plain), rel=1e-6)
+    assert every.item() == pytest.approx(plain.item(), rel=1e-6)
     # A batch with nothing labelled is a zero, not a NaN, and backpropagates.
     void = SegLoss(load_config(None, ["loss.ohem_thresh=0.7"]), SHAPES)(logits, torch.full_like(target, 255))
-    assert float(void) == 0.0
+    assert void.item() == 0.0
     void.backward()
     with pytest.raises(ValueError, match="loss.ohem_thresh"):
         load_config(None, ["loss.ohem_thresh=1.5"])
