@@ -38,12 +38,12 @@ last_epoch() {  # the newest checkpoint's epoch in a --no-ray run folder, or 0
 # train_side_by_side TAG [overrides...]: the recipes (names suffixed TAG) at once, under the deadline.
 train_side_by_side() {
   local tag=$1; shift
-  local pids=() names=()
+  local pids=()
   for m in "${RECIPE_LIST[@]}"; do
     python3 "$HERE/jobs/train.py" --no-ray --config "$HERE/configs/camvid-$m-gpu.yaml" \
       name="camvid-$m-gpu$tag" data.root="$DATA" run.storage="$OUT/runs" data.loader_workers="$LW" "$@" \
       >"$OUT/train-$m$tag.log" 2>&1 &
-    pids+=($!); names+=("camvid-$m-gpu$tag")
+    pids+=($!)
   done
   local t0; t0=$(date +%s)
   while :; do
@@ -60,13 +60,13 @@ train_side_by_side() {
   done
   wait
   echo "side-by-side training$tag: $(($(date +%s) - t0)) s"
-  for i in "${!names[@]}"; do
-    local run="$OUT/runs/${names[$i]}" m=${RECIPE_LIST[$i]}
+  for m in "${RECIPE_LIST[@]}"; do
+    local name="camvid-$m-gpu$tag"; local run="$OUT/runs/$name"
     if [ ! -f "$run/model/segray.json" ]; then
       local n; n=$(last_epoch "$run")
-      echo "${names[$i]}: no export (stopped); exporting the best of its $n epochs"
+      echo "$name: no export (stopped); exporting the best of its $n epochs"
       [ "$n" -gt 0 ] && python3 "$HERE/jobs/train.py" --no-ray --config "$HERE/configs/camvid-$m-gpu.yaml" \
-        name="${names[$i]}" data.root="$DATA" run.storage="$OUT/runs" "$@" run.epochs="$n" \
+        name="$name" data.root="$DATA" run.storage="$OUT/runs" "$@" run.epochs="$n" \
         >>"$OUT/train-$m$tag.log" 2>&1
     fi
     grep -E "trained |stopped after|exported|fitted offsets|Error|error" "$OUT/train-$m$tag.log" | tail -5
