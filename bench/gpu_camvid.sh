@@ -26,6 +26,9 @@ HOLDOUT_IF_LEFT=${HOLDOUT_IF_LEFT_S:-0}
 LW=${LOADER_WORKERS:-6}
 read -r -a RECIPE_LIST <<<"${RECIPES:-unet pspnet}"
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+for m in "${RECIPE_LIST[@]}"; do
+  [ -f "$HERE/configs/camvid-$m-gpu.yaml" ] || { echo "RECIPES: no configs/camvid-$m-gpu.yaml (use unet, pspnet or both)" >&2; exit 2; }
+done
 START=$(date +%s)
 mkdir -p "$OUT"
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
