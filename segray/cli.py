@@ -1,5 +1,5 @@
-"""``segray`` command line: ``label``, ``nightly``, ``model init``, ``demo``, ``train``, ``evaluate``, ``compare``,
-``data``, ``landcover``. Thin: parsing only, work in the library."""
+"""``segray`` command line: ``label``, ``nightly``, ``runs``, ``compact``, ``model init``, ``demo``, ``train``,
+``evaluate``, ``compare``, ``data``, ``landcover``. Thin: parsing only, work in the library."""
 
 from __future__ import annotations
 
@@ -153,18 +153,26 @@ def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the
 
 
 def cmd_label(a: argparse.Namespace) -> int:
-    from segray.labelling.job import FailureBudgetExceeded, preflight, run_label_job
+    from segray.labelling.job import FailureBudgetExceeded, new_run_id, preflight, run_label_job
+    from segray.labelling.lease import LeaseLost, OutputLease
     from segray.labelling.report import area_table, format_area_table
 
     opts = label_options(a)
+    opts.run_id = new_run_id()
     info = preflight(opts)  # bad model/input/credentials fail before Ray starts
-    _init_ray(a.address)
+    lease = OutputLease(opts.output, opts.run_id).acquire()  # so does a run already writing the output
     try:
-        s = run_label_job(opts, info)
+        _init_ray(a.address)
+        s = run_label_job(opts, info, lease)
     except FailureBudgetExceeded as e:
         print_summary(e.summary)
         print(f"segray: error: {e}", file=sys.stderr)
         return 3
+    except LeaseLost as e:
+        print(f"segray: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        lease.release()
     print_summary(s)
     if a.print_table:
         print(format_area_table(area_table(s.output, s.model_id)))
@@ -233,6 +241,24 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(a: argparse.Namespace) -> int:
+    from segray.labelling.compact import compact
+
+    s = compact(a.output, a.rows_per_file)
+    print(
+        f"compacted {a.output}/stats: {s.parts_before} parts, {s.rows_before} rows -> {s.files_after} files, "
+        f"{s.rows_after} rows (one per frame and model) in {s.seconds:.1f} s"
+    )
+    return 0
+
+
+def cmd_runs(a: argparse.Namespace) -> int:
+    from segray.labelling.runs import format_report, output_report
+
+    print(format_report(output_report(a.output)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segray", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -267,6 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=36, help="synthetic frames (default 36)")
     demo.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     demo.set_defaults(func=cmd_demo)
+    runs = sub.add_parser(
+        "runs", help="what the runs on a labelling output did, who is writing it now, frames per model"
+    )
+    runs.add_argument("output", help="labelling output folder or s3:// prefix")
+    runs.set_defaults(func=cmd_runs)
+
+    from segray.labelling.compact import DEFAULT_ROWS_PER_FILE
+
+    comp = sub.add_parser(
+        "compact",
+        help="rewrite stats/ as a few large Parquet files, one row per frame and model (takes the output's lease)",
+    )
+    comp.add_argument("output", help="labelling output folder or s3:// prefix")
+    comp.add_argument(
+        "--rows-per-file",
+        type=int,
+        default=DEFAULT_ROWS_PER_FILE,
+        help=f"rows per compacted file (default {DEFAULT_ROWS_PER_FILE:,})",
+    )
+    comp.set_defaults(func=cmd_compact)
     training_cli.add_parsers(sub)  # train, evaluate, compare
     datasets_cli.add_parsers(sub)  # data convert, data stats
     landcover_cli.add_parser(sub)
@@ -275,13 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from segray import storage
+    from segray.labelling.lease import LeaseHeld
     from segray.models.artifact import ArtifactError
 
     _setup_logging()
     a = build_parser().parse_args(argv)
     try:
         return int(a.func(a))
-    except (storage.StorageError, ArtifactError, FileNotFoundError, ValueError) as e:
+    except (storage.StorageError, ArtifactError, FileNotFoundError, ValueError, LeaseHeld) as e:
         print(f"segray: error: {e}", file=sys.stderr)
         return 2
 

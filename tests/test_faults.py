@@ -156,8 +156,10 @@ def test_driver_killed_then_rerun_finishes_exactly_once(tmp_path: Path, tiny_mod
     watcher = CompletenessWatcher(str(out))
     watcher.start()
     try:
+        # The killed driver's lease lapses 2 s after its last heartbeat, before the rerun below.
+        env = {**os.environ, "SEGRAY_LEASE_TTL_S": "2"}
         driver = subprocess.Popen(label_script(tiny_model, tmp_path / "in", out), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)  # fmt: skip
+                                  stderr=subprocess.DEVNULL, env=env)  # fmt: skip
         wait_for(lambda: stats_parts(str(out)) >= 2 or driver.poll() is not None, 300, "no output within 300 s")
         assert driver.poll() is None, "the driver finished before it could be killed: make the run longer"
         driver.kill()

@@ -166,10 +166,11 @@ def test_manifest_input_carries_columns(tmp_path: Path, tiny_model: str) -> None
     frames = write_frames(tmp_path / "frames", SIZES[:3])
     rows = [str(p.relative_to(tmp_path)) for p in frames]  # relative to the manifest's folder
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("uri,region,date\n" + "".join(f"{r},north,2026-11-0{i}\n" for i, r in enumerate(rows)))
+    lines = [f"{r},north,2026-11-0{i}\n" for i, r in enumerate(rows)]
+    manifest.write_text("uri,region,date\n" + "".join(lines) + lines[0].replace("north", "again"))
     out = tmp_path / "out"
     s = run_label_job(LabelOptions(model=tiny_model, input=str(manifest), output=str(out)))
-    assert s.labelled == 3
+    assert (s.frames_in, s.labelled) == (3, 3)  # the repeated row labels nothing twice
     stats = read_table(str(out), "stats").to_pylist()
     assert {r["region"] for r in stats} == {"north"}
     assert sorted(str(r["date"]) for r in stats) == ["2026-11-00", "2026-11-01", "2026-11-02"]

@@ -88,6 +88,7 @@ def test_unreadable_key_is_recorded_and_no_secret_escapes(tmp_path: Path, s3: Se
         for path in admin.find(out.removeprefix("s3://")):
             haystacks.append((path, admin.cat(path)))
         assert len(haystacks) > 6  # masks, stats, errors, run summary
+        assert any(name.endswith("/_lease.json") for name, _ in haystacks)  # the lease record too
         for f in ray_tmp.rglob("*"):
             if f.is_file() and not f.is_socket() and f.stat().st_size < 50_000_000:
                 haystacks.append((str(f), f.read_bytes()))

@@ -5,7 +5,11 @@ Output layout under ``output``::
     masks/<relative_path>.png        palette PNG per frame (class index per pixel)
     stats/part-<run>-<id>.parquet    one row per labelled frame (schema: segray.labelling.stats)
     errors/part-<run>-<id>.parquet   one row per frame that could not be labelled, with the reason
-    _runs/<run_id>.json              counts, timing, model id, options
+    _runs/<run_id>.json              counts, timing, model id, options (written last)
+    _lease.json                      which run writes the output now (segray.labelling.lease)
+
+One run at a time: a run takes the output's lease before it lists anything and holds it to the end,
+so a second run on the same output exits with LeaseHeld instead of labelling frames twice.
 
 Reruns: frames that already have a ``stats/`` row from the same model id are skipped, so rerunning
 a finished job labels nothing and rerunning an interrupted one finishes the rest; ``errors/``
@@ -26,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from segray import storage
@@ -36,6 +41,7 @@ from segray.frames.listing import (
     relative_path_from_uri,
     resolve_manifest_uri,
 )
+from segray.labelling.lease import OutputLease
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
 from segray.models.artifact import ArtifactInfo, read_info
@@ -185,6 +191,17 @@ def _frames_table(opts: LabelOptions, done: set[str]) -> tuple[pa.Table | None, 
         if key in table.column_names:
             raise ValueError(f"{opts.input}: tag {key!r} clashes with an input column of the same name")
         table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    rels = table.column("relative_path")
+    if pc.count_distinct(rels).as_py() != table.num_rows:
+        # A manifest that names a frame twice: label it once (the first row's columns are kept).
+        indexed = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
+        first = indexed.group_by(["relative_path"], use_threads=False).aggregate([("_i", "min")])
+        log.warning(
+            "%s: %d rows repeat a relative_path already listed; each frame is labelled once",
+            opts.input,
+            table.num_rows - first.num_rows,
+        )
+        table = table.take(pa.array(sorted(first.column("_i_min").to_pylist()), pa.int64()))
     total = table.num_rows
     if done:
         keep = pa.array([r not in done for r in table.column("relative_path").to_pylist()])
@@ -246,22 +263,36 @@ def preflight(opts: LabelOptions) -> ArtifactInfo:
     return info
 
 
-def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSummary:
+def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None, lease: OutputLease | None = None) -> RunSummary:
     """Label every frame of ``opts.input`` not yet labelled by this model.
 
     ``info`` is the result of an earlier :func:`preflight` of the same options (the CLI runs it
-    before starting Ray); without it the checks run here.
+    before starting Ray); without it the checks run here. ``lease`` is the output's lease, already
+    taken for ``opts.run_id`` (the CLI takes it before starting Ray, so a refused run costs
+    nothing); without it the run takes it here and raises :class:`~segray.labelling.lease.LeaseHeld`
+    if another run holds the output. Either way it is released when the run ends.
     """
+    started = time.time()
+    run_id = opts.run_id or new_run_id()
+    if info is None:
+        info = preflight(opts)
+    if lease is None:
+        lease = OutputLease(opts.output, run_id).acquire()
+    elif lease.run_id != run_id:
+        raise ValueError(f"the lease was taken for run {lease.run_id}, not {run_id}")
+    try:
+        return _label(opts, info, run_id, started, lease)
+    finally:
+        lease.release()
+
+
+def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, lease: OutputLease) -> RunSummary:
     from ray.data import ActorPoolStrategy
 
     from segray.labelling.predict import Predictor
     from segray.labelling.read import read_frames
     from segray.labelling.write import write_outputs
 
-    started = time.time()
-    run_id = opts.run_id or new_run_id()
-    if info is None:
-        info = preflight(opts)
     done = done_frames(opts.output, info.model_id)
     table, total, skipped = _frames_table(opts, done)
     log.info(
@@ -337,6 +368,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
         todo = total - skipped
         last = time.time()
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            lease.check()  # taken over: stop writing at once (what was written stays, once per frame)
             if first_output is None:
                 first_output = time.time() - started
             labelled += int(b["labelled"].sum())
@@ -352,6 +384,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None) -> RunSu
                 f"run {run_id}: {todo} frames went in but {labelled} were labelled and {failed} failed; "
                 "outputs are incomplete, rerun the same command to finish"
             )
+    lease.check()
     _drop_old_error_parts(opts.output, run_id)
     seconds = time.time() - started
     summary = RunSummary(

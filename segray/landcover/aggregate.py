@@ -43,8 +43,27 @@ def combine(table: pa.Table, keys: list[str], classes: list[str]) -> pa.Table:
     return out.rename_columns([n.removesuffix("_sum") for n in out.column_names])
 
 
-def partial_totals(batch: pa.Table, by: list[str], classes: list[str], errors: bool) -> pa.Table:
+def drop_superseded(batch: pa.Table, losers: pa.Table | None) -> pa.Table:
+    """Stats rows read with their part's ``path`` -> without the (path, relative_path, model_id) rows
+    that :meth:`segray.labelling.reader.Keys.losers` named (a later row of the same frame counts)."""
+    if losers is None or losers.num_rows == 0 or batch.num_rows == 0:
+        return batch
+    sep = "\0"
+    key = pc.binary_join_element_wise(
+        pc.cast(batch.column("path"), pa.string()), batch.column("relative_path"), batch.column("model_id"), sep
+    )
+    lost = pc.binary_join_element_wise(
+        losers.column("path"), losers.column("relative_path"), losers.column("model_id"), sep
+    )
+    return batch.filter(pc.invert(pc.is_in(key, value_set=lost)))
+
+
+def partial_totals(
+    batch: pa.Table, by: list[str], classes: list[str], errors: bool, losers: pa.Table | None = None
+) -> pa.Table:
     """One block of stats rows (or of errors rows) -> one row per (model_id, *by) group."""
+    if not errors:
+        batch = drop_superseded(batch, losers)
     t = _keys_as_strings(batch, by)
     n = t.num_rows
     zeros, ones = pa.array([0] * n, pa.int64()), pa.array([1] * n, pa.int64())
@@ -63,13 +82,17 @@ def partial_totals(batch: pa.Table, by: list[str], classes: list[str], errors: b
     return combine(pa.table(cols), ["model_id", *by], classes)
 
 
-def group_partials(stats_ds: Any, errors_ds: Any | None, by: list[str], classes: list[str]) -> pa.Table:
-    """Ray datasets of stats (and errors) rows -> partial totals per block, collected on the driver."""
+def group_partials(
+    stats_ds: Any, errors_ds: Any | None, by: list[str], classes: list[str], losers: pa.Table | None = None
+) -> pa.Table:
+    """Ray datasets of stats (and errors) rows -> partial totals per block, collected on the driver.
+
+    ``losers``: stats rows to leave out (the stats dataset then carries ``path`` and ``relative_path``)."""
     import ray
 
     kw = {"by": by, "classes": classes}
     ds = stats_ds.map_batches(
-        partial_totals, batch_size=None, batch_format="pyarrow", fn_kwargs={**kw, "errors": False}
+        partial_totals, batch_size=None, batch_format="pyarrow", fn_kwargs={**kw, "errors": False, "losers": losers}
     )
     if errors_ds is not None:
         failed = errors_ds.map_batches(

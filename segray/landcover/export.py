@@ -9,7 +9,9 @@ Output layout under ``output``::
 
 Stats rows of different models are never summed together: the input must hold one model id, or
 ``model_id`` must pick one. Frames failed come from the labelling outputs' ``errors/`` parts (they
-describe each output's latest run) and are counted per group like the stats rows.
+describe each output's latest run) and are counted per group like the stats rows. Each frame counts
+once (:mod:`segray.labelling.reader`): a superseded stats row, or an error row of a frame that has a
+stats row, is not counted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from segray import storage
+from segray.labelling.reader import current_errors, scan_keys
 from segray.labelling.stats import to_parquet_bytes
 from segray.landcover.aggregate import finish, group_partials
 from segray.landcover.chart import share_chart_png
@@ -88,9 +91,17 @@ def run_export(
     absent = [c for c in needed if c not in src.schema.names]
     if absent:
         raise ValueError(f"{src.stats_files[0]}: stats rows lack {absent}; relabel with this segray version")
-    ds = ray.data.read_parquet(src.stats_files, filesystem=src.filesystem).select_columns(needed)
-    errors_ds = ray.data.read_parquet(src.errors_files, filesystem=src.filesystem) if src.errors_files else None
-    partials, mid = _one_model(group_partials(ds, errors_ds, by, classes), model_id, stats)
+    # Each frame counts once: rows superseded by a later row of the same frame and model are
+    # dropped where they are read, failed frames that have a stats row (or a later error) too.
+    keys = scan_keys(src.filesystem, src.stats_files)
+    losers = keys.losers()
+    if losers.num_rows:
+        log.info("%d stats rows superseded by later rows of the same frame and model: not counted", losers.num_rows)
+    ds = ray.data.read_parquet(src.stats_files, filesystem=src.filesystem, include_paths=True)
+    ds = ds.select_columns(list(dict.fromkeys([*needed, "relative_path", "path"])))
+    errors = current_errors(src.filesystem, src.errors_files, keys)
+    errors_ds = ray.data.from_arrow(errors) if errors.num_rows else None
+    partials, mid = _one_model(group_partials(ds, errors_ds, by, classes, losers), model_id, stats)
     table = finish(partials, by, classes)
     table = table.append_column("model_id", pa.array([mid] * table.num_rows, pa.string()))
 
