@@ -1,4 +1,4 @@
-"""Training-step speed of one model on this machine, for sizing the CPU recipes (README, "Training").
+"""Training-step speed of one model on this machine, for sizing the CPU recipes.
 
 One process, random tensors (no data loading), the recipe's loss: forward, backward and an AdamW
 step. Variants run side by side in one invocation, interleaved round by round, so the figures are
@@ -10,9 +10,7 @@ ratios on the same noisy machine rather than absolute numbers from different hou
 A variant is ``channels_last`` (channels-last model, AdamW's default per-parameter loop),
 ``contiguous`` (NCHW), ``compile`` (``torch.compile`` of the channels-last model; its compile time
 is reported apart), or ``foreach`` / ``fused`` (channels-last with AdamW's multi-tensor or fused
-step; the trainer keeps the default: on 2 CPU cores the three are within 1%), or
-``deep_supervision`` (channels-last with ``loss.deep_supervision=[0.5, 0.25, 0.125]``: three
-training-only heads, each scored against the mask shrunk to its size; UNet only).
+step; the trainer keeps the default).
 """
 
 from __future__ import annotations
@@ -25,20 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from segray.models import build_model
-from segray.training.deep_supervision import DeepSupervision
-
-
-def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y, ignore_index=11)
 
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    out = model(x)
-    if isinstance(out, tuple):  # deep supervision: (logits, stage logits)
-        logits, aux = out
-        loss = F.cross_entropy(logits, y, ignore_index=11) + model.loss(aux, y, _ce)  # type: ignore[operator]
-    else:
-        loss = F.cross_entropy(out, y, ignore_index=11)
+    loss = F.cross_entropy(model(x), y, ignore_index=11)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -67,9 +55,7 @@ def main() -> None:
     for v in a.variants:
         model = build_model(a.arch, a.encoder, a.classes, **kwargs).train()
         x = x0
-        if v == "deep_supervision":  # three training-only heads, nnU-Net's halving weights
-            model = DeepSupervision(model, a.classes, [0.5, 0.25, 0.125], (a.height, a.width))
-        if v in ("channels_last", "compile", "foreach", "fused", "deep_supervision"):
+        if v in ("channels_last", "compile", "foreach", "fused"):
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             x = x0.contiguous(memory_format=torch.channels_last)
         step_impl = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(v, {"foreach": False})

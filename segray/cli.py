@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from segray.datasets import cli as datasets_cli
+from segray.evaluation import cli as evaluation_cli
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.landcover import cli as landcover_cli
 from segray.training import cli as training_cli
@@ -216,6 +217,17 @@ def cmd_model_init(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_convert_weights(a: argparse.Namespace) -> int:
+    from segray.models.convert import convert_weights
+
+    c = convert_weights(a.input, a.output, arch=a.arch, encoder=a.encoder)
+    skipped = f" ({c.skipped} non-tensor entries left out)" if c.skipped else ""
+    print(f"wrote {c.tensors} tensors to {a.output}{skipped}")
+    if c.encoder_matched is not None:
+        print(f"{c.encoder_matched} of {c.encoder_total} {a.arch}/{a.encoder} encoder tensors match")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from segray.demo import write_street_frames
     from segray.labelling.job import LabelOptions, run_label_job
@@ -284,9 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--name", default=None, help="model name (default <arch>-<encoder>)")
     init.add_argument("--height", type=int, default=352, help="model input height (multiple of 32)")
     init.add_argument("--width", type=int, default=480, help="model input width (multiple of 32)")
-    init.add_argument("--encoder-weights", default=None, help="local or s3:// .safetensors file for the encoder")
+    init.add_argument(
+        "--encoder-weights",
+        default=None,
+        help="encoder start: a weights name smp knows for the encoder (e.g. imagenet; needs a network) "
+        "or a local or s3:// .safetensors file (see `segray model convert-weights`)",
+    )
     init.add_argument("out", help="artifact folder or s3:// URI")
     init.set_defaults(func=cmd_model_init)
+    conv = msub.add_parser(
+        "convert-weights",
+        help="PyTorch checkpoint (.pth, tensors only) -> .safetensors file for --encoder-weights",
+    )
+    conv.add_argument("input", help="checkpoint file or s3:// URI (a state dict, or one under state_dict/model)")
+    conv.add_argument("output", help="output .safetensors file or s3:// URI")
+    conv.add_argument("--encoder", default=None, help="check the result against this encoder and report the fit")
+    conv.add_argument("--arch", default="unet", help="architecture for the --encoder check (default unet)")
+    conv.set_defaults(func=cmd_model_convert_weights)
 
     demo = sub.add_parser("demo", help="synthetic frames -> new model -> local Ray labelling -> area table")
     demo.add_argument("--dir", default="segray-demo", help="working folder (default ./segray-demo)")
@@ -313,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rows per compacted file (default {DEFAULT_ROWS_PER_FILE:,})",
     )
     comp.set_defaults(func=cmd_compact)
-    training_cli.add_parsers(sub)  # train, evaluate, compare
+    training_cli.add_parsers(sub)  # train
+    evaluation_cli.add_parsers(sub)  # evaluate, compare
     datasets_cli.add_parsers(sub)  # data convert, data stats
     landcover_cli.add_parser(sub)
     return p

@@ -18,6 +18,10 @@ import numpy as np
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+#: The ignore value of a label map without an ignore class.
+IGNORE_FALLBACK = 255
+
+
 @dataclass(frozen=True)
 class LabelClass:
     id: int
@@ -71,6 +75,12 @@ class LabelMap:
     @property
     def ignore_id(self) -> int | None:
         return None if self.ignore is None else self.ignore.id
+
+    @property
+    def ignore_index(self) -> int:
+        """The mask value that no loss, metric or padding counts: the ignore id, else 255 (what
+        converters write for unlabelled pixels and what augmentation pads with)."""
+        return IGNORE_FALLBACK if self.ignore is None else self.ignore.id
 
     def palette(self) -> list[int]:
         """A 256-entry flat RGB palette for palette PNGs (unused entries black)."""

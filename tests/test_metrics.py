@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segray.training.metrics import confusion_matrix, scores
+from segray.metrics import confusion_matrix, scores
 
 IGNORE = 255
 # 3 classes; 2x6 pixels; the two 255s must not count anywhere.

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import ROOT, TINY_ENCODER
 from train_data import SHAPES, write_shapes_dataset
 
@@ -160,14 +159,18 @@ def test_lost_worker_resumes_from_last_checkpoint(shapes_s3: str, tmp_path) -> N
 def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epoch(tmp_path) -> None:  # noqa: ANN001
     """``run.val_every=2`` over 3 epochs: epoch 1 is trained and checkpointed but not scored (NaN);
     epochs 2 and 3 (the last) are scored, and the export is the better of those two. The run also
-    trains with OHEM and class weights, and validates with a logit adjustment that the export folds
-    into the model: evaluating the artifact gives exactly the validation's figures."""
+    trains with a two-term loss (class-weighted cross-entropy plus Dice), and validates with a logit
+    adjustment that the export folds into the model: evaluating the artifact gives exactly the
+    validation's figures."""
     from segray.datasets.pairs import PairSource
     from segray.evaluation.evaluate import EvalOptions, evaluate
     from segray.training.logit_adjust import head_conv
 
     shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 5})
-    extra = ["loss.class_weights=[0.2, 3.0, 3.0]", "loss.logit_adjustment=1.0", "loss.ohem_thresh=0.7"]
+    extra = [
+        "loss=[{type: ce, class_weights: [0.2, 3.0, 3.0]}, {type: dice, weight: 0.5}]",
+        "export.logit_adjustment=1.0",
+    ]
     cfg = load_config(None, recipe(shapes, str(tmp_path / "runs"), "unet", "run.epochs=3", "run.val_every=2", *extra))
     s = run_training(cfg)
     assert s.completed and [h["epoch"] for h in s.history] == [1, 2, 3]
@@ -189,134 +192,3 @@ def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epo
     r = evaluate(EvalOptions(model=s.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
     assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
     assert art.metrics["logit_adjustment"] == 1.0
-
-
-def test_deep_supervision_resumes_on_two_workers_and_fitted_offsets_export(tmp_path) -> None:  # noqa: ANN001
-    """``loss.deep_supervision`` on 2 DDP workers: the heads are checkpointed in their own file, a
-    run stopped after epoch 1 continues with them, and the exported model is the bare UNet.
-    Resuming the run without the option is refused with a message naming it. With
-    ``loss.fit_offsets`` the export folds offsets fitted on the train frames into the head, and its
-    val figures are those of the exported model: evaluating it gives them exactly."""
-    from safetensors.torch import load_file
-
-    from segray.datasets.pairs import PairSource
-    from segray.evaluation.evaluate import EvalOptions, evaluate
-    from segray.training.deep_supervision import AUX_FILE
-    from segray.training.logit_adjust import head_conv
-
-    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
-    extra = ["loss.deep_supervision=[0.4, 0.2]", "loss.fit_offsets=true"]
-    overrides = recipe(shapes, str(tmp_path / "runs"), "unet", *extra)
-    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]))
-    assert (first.completed, first.epochs_done) == (False, 1)
-    run = tmp_path / "runs" / "tiny-unet"
-    heads1 = load_file(str(run / "epoch-0001" / AUX_FILE))
-    assert sorted(heads1) == ["0.bias", "0.weight", "1.bias", "1.weight"]
-    with pytest.raises(Exception, match="trained with loss.deep_supervision: resume with it set"):
-        run_training(load_config(None, [o for o in overrides if o != extra[0]]))
-    second = run_training(load_config(None, overrides))
-    assert second.completed and [h["epoch"] for h in second.history] == [1, 2]
-    assert second.history[0] == first.history[0]
-    heads2 = load_file(str(run / "epoch-0002" / AUX_FILE))
-    assert not all(bool((heads1[k] == heads2[k]).all()) for k in heads1)  # they trained on in epoch 2
-    art = ModelArtifact.load(second.artifact)
-    trained = ckpt_io.load_model_weights(str(run / f"epoch-{second.best_epoch:04d}"))
-    assert set(art.model.state_dict()) == set(trained)  # the bare model: no head came along
-    conv = head_conv(art.model, 3)
-    name = next(n for n, m in art.model.named_modules() if m is conv)
-    folded = (conv.bias.detach() - trained[f"{name}.bias"]).tolist()
-    fitted = art.metrics["fitted_offsets"]
-    assert list(fitted) == ["background", "box", "disc"] and folded == pytest.approx(list(fitted.values()), abs=1e-4)
-    before, after = art.metrics["fit_train_miou"]
-    assert after >= before and art.metrics["fit_train_frames"] == 8
-    assert art.metrics["checkpoint_val_miou"] == pytest.approx(second.history[-1]["val_miou"])
-    r = evaluate(EvalOptions(model=second.artifact, data=PairSource(root=shapes, split="val"), overlays=0))
-    assert r.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
-
-
-def test_weight_average_resumes_on_two_workers_and_is_what_exports(tmp_path) -> None:  # noqa: ANN001
-    """``optim.ema_decay`` on 2 DDP workers, one optimiser step per epoch: after epoch 1 the average
-    is the weights (the first update copies), after a stop and a rerun it is ``d * w1 + (1 - d) *
-    w2`` with the configured decay, so the resumed run restored both the average and its update
-    count. The checkpoint's model is the average, validated and exported; resuming without the
-    option is refused with a message naming it."""
-    from segray.training.ema import TRAINING_WEIGHTS
-
-    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
-    extra = "optim.ema_decay=0.1"
-    overrides = recipe(shapes, str(tmp_path / "runs"), "unet", extra)
-    first = run_training(load_config(None, [*overrides, "run.max_epochs_this_run=1"]))
-    assert (first.completed, first.epochs_done) == (False, 1)
-    run = tmp_path / "runs" / "tiny-unet"
-    e1 = ckpt_io.load_model_weights(str(run / "epoch-0001"))
-    w1 = ckpt_io.load_model_weights(str(run / "epoch-0001"), TRAINING_WEIGHTS)
-    assert all(bool((e1[k] == w1[k]).all()) for k in w1)
-    with pytest.raises(Exception, match="trained with optim.ema_decay: resume with it set"):
-        run_training(load_config(None, [o for o in overrides if o != extra]))
-    second = run_training(load_config(None, overrides))
-    assert second.completed and [h["epoch"] for h in second.history] == [1, 2]
-    e2 = ckpt_io.load_model_weights(str(run / "epoch-0002"))
-    w2 = ckpt_io.load_model_weights(str(run / "epoch-0002"), TRAINING_WEIGHTS)
-    moved = [k for k in w2 if w2[k].is_floating_point() and not torch.equal(w1[k], w2[k])]
-    assert len(moved) > len(w2) // 2  # weights and BatchNorm statistics trained on in epoch 2
-    for k in w2:
-        want = 0.1 * w1[k] + 0.9 * w2[k] if w2[k].is_floating_point() else w2[k]
-        torch.testing.assert_close(e2[k], want, msg=k)
-    art = ModelArtifact.load(second.artifact)
-    best = ckpt_io.load_model_weights(str(run / f"epoch-{second.best_epoch:04d}"))
-    assert all(torch.equal(v, best[k]) for k, v in art.model.state_dict().items())
-    assert art.metrics["val_miou"] == pytest.approx(second.history[second.best_epoch - 1]["val_miou"])
-
-
-def test_flip_averaging_exports_and_evaluates_as_one(tmp_path) -> None:  # noqa: ANN001
-    """``model.hflip_average``: the artifact predicts flip-averaged logits (its id says ``+hflip``),
-    the export scores the val frames that way (validation during the run stays single-pass), and
-    evaluating it gives its val figures exactly, with fitted offsets too (fitted flip-averaged)."""
-    from segray.datasets.pairs import PairSource
-    from segray.evaluation.evaluate import EvalOptions, evaluate
-
-    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
-    val = PairSource(root=shapes, split="val")
-    overrides = recipe(shapes, str(tmp_path / "runs"), "unet", "run.epochs=1", "run.num_workers=1")
-    plain = run_training(load_config(None, overrides))
-    plain_art = ModelArtifact.load(plain.artifact)
-    assert not plain_art.preprocessing.hflip_average and "+" not in plain_art.model_id
-    assert plain_art.metrics["val_miou"] == pytest.approx(plain.history[-1]["val_miou"])
-    # The option changes no training step: rerunning the finished run with it only exports again.
-    again = run_training(load_config(None, [*overrides, "model.hflip_average=true"]))
-    art = ModelArtifact.load(again.artifact)
-    assert again.history == plain.history
-    assert art.preprocessing.hflip_average and art.metrics["hflip_average"] is True
-    assert art.weights_sha256 == plain_art.weights_sha256 and art.model_id == plain_art.model_id + "+hflip"
-    assert art.metrics["checkpoint_val_miou"] == pytest.approx(plain.history[-1]["val_miou"])
-    flipped = evaluate(EvalOptions(model=again.artifact, data=val, overlays=0))
-    assert flipped.model_id == art.model_id
-    assert flipped.scores["miou"] == pytest.approx(art.metrics["val_miou"], abs=1e-9)
-    assert flipped.scores["miou"] != pytest.approx(plain_art.metrics["val_miou"], abs=1e-6)  # scored again
-
-    fitted = run_training(load_config(None, [*overrides, "model.hflip_average=true", "loss.fit_offsets=true"]))
-    fit_art = ModelArtifact.load(fitted.artifact)
-    assert "fitted_offsets" in fit_art.metrics and fit_art.model_id.endswith("+hflip")
-    r = evaluate(EvalOptions(model=fitted.artifact, data=val, overlays=0))
-    assert r.scores["miou"] == pytest.approx(fit_art.metrics["val_miou"], abs=1e-9)
-
-
-def test_soft_targets_at_the_mask_size_train_as_hard_targets(tmp_path) -> None:  # noqa: ANN001
-    """``loss.soft_targets`` where frames are already at the model size and nothing rescales them:
-    each pixel's shares are its one class, so the run must match the hard-target run step for step
-    (the same draws; only float rounding differs). Channel order, collation and the loss meet here."""
-    shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 3})
-    overrides = recipe(
-        shapes,
-        str(tmp_path / "runs"),
-        "unet",
-        "run.epochs=1",
-        "run.num_workers=1",
-        "augment.enabled=false",
-        "loss.class_weights=[0.5, 2.0, 3.0]",
-    )
-    hard = run_training(load_config(None, overrides))
-    soft = run_training(load_config(None, [*overrides, "name=tiny-unet-soft", "loss.soft_targets=true"]))
-    assert soft.completed and soft.history[0]["train_loss"] == pytest.approx(hard.history[0]["train_loss"], rel=1e-5)
-    assert soft.history[0]["val_loss"] == pytest.approx(hard.history[0]["val_loss"], rel=1e-4)
-    assert ModelArtifact.load(soft.artifact).metrics["val_miou"] == pytest.approx(hard.history[0]["val_miou"], abs=1e-3)

@@ -142,7 +142,7 @@ def compute_stats(
             stats.frames_with += present
             stats.pixels_of_frames_with += present * (w * h)
     bad = np.nonzero(stats.pixels[lm.num_classes :])[0] + lm.num_classes
-    bad = bad[bad != (lm.ignore_id if lm.ignore_id is not None else -1)]
+    bad = bad[bad != lm.ignore_index]
     if bad.size:
         raise ValueError(f"{root}: masks hold ids {bad.tolist()} that label map {lm.name!r} does not define")
     return stats, seen

@@ -165,3 +165,18 @@ def dataset_label_map(root: str | None, spec: str | None = None) -> LabelMap:
         if storage.exists(uri):
             return LabelMap.from_json(storage.read_bytes(uri).decode("utf-8"), uri)
     return BUILTIN["camvid"]
+
+
+def read_pair(pair: Pair, label_map: LabelMap) -> tuple[Any, Any]:
+    """(H, W, 3) uint8 RGB frame and (H, W) uint8 mask, of one size, the mask's ids checked."""
+    from segray.datasets.masks import read_mask
+    from segray.frames.decode import FrameError, decode_frame
+
+    try:
+        image = decode_frame(storage.read_bytes(pair.image))
+    except FrameError as e:
+        raise ValueError(f"{pair.image}: {e}") from e
+    mask = read_mask(pair.mask, label_map)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"{pair.mask}: mask is {mask.shape[::-1]} but its frame {pair.image} is {image.shape[1::-1]}")
+    return image, mask

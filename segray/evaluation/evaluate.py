@@ -21,7 +21,7 @@ import numpy as np
 from segray import storage
 from segray.datasets.pairs import Pair, PairSource, dataset_label_map, list_pairs
 from segray.labels import LabelMap
-from segray.training.metrics import confusion_matrix, scores
+from segray.metrics import confusion_matrix, scores
 
 log = logging.getLogger("segray.evaluate")
 
@@ -91,9 +91,9 @@ def check_label_maps(model_map: LabelMap, data_map: LabelMap, model: str, data: 
 
 def evaluate(opts: EvalOptions) -> EvalResult:
     """Predict every pair, accumulate one confusion matrix, write outputs if ``opts.output``."""
+    from segray.datasets.pairs import read_pair
     from segray.labelling.predict import Predictor, upsample_argmax
     from segray.models.artifact import read_info
-    from segray.training.data import read_pair
 
     info = read_info(opts.model)
     pairs = list_pairs(opts.data)

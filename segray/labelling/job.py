@@ -310,7 +310,8 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         cap = cluster_capacity()
         gpus = gpus_per_actor(opts.gpus_per_actor, cap)
         # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
-        # stays small so that reads and writes still get scheduled (see NOTES: 2-CPU deadlock).
+        # stays small so that reads and writes still get scheduled (an actor pool that reserved
+        # every CPU of a 2-CPU node left none for them, and the job stalled).
         cores = os.cpu_count() or 1
         pool = pool_layout(opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, cores)
         ds, pool = _spread(table, pool, opts.torch_threads > 0, cores, opts.read_batch_size)

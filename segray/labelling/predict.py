@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame
 from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
-from segray.models.preprocessing import forward
+from segray.models.preprocessing import forward, normalise, pixel_stats
 from segray.tiles.windows import TileSpec, label_tile
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ class Predictor:
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.num_classes = art.label_map.num_classes
         self.hflip_average = pre.hflip_average
-        self.mean = torch.tensor(pre.mean, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(pre.std, device=self.device).view(1, 3, 1, 1) * 255
+        self.mean, self.std = pixel_stats(pre.mean, pre.std, self.device)
         # Windows default to the model's input size (see TileSpec.for_model).
         self.tile_spec = TileSpec.for_model(pre.height, pre.width, tile_window, tile_overlap)
         self.tile_batch_size = tile_batch_size
@@ -146,8 +145,7 @@ class Predictor:
         """(N, H, W, 3) uint8 at the model's input size -> (N, C, H, W) float32 logits."""
         self._apply_threads()
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().sub_(self.mean).div_(self.std)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = normalise(x.permute(0, 3, 1, 2), self.mean, self.std)
         if self.amp_dtype is not None:
             with torch.autocast("cuda", dtype=self.amp_dtype):
                 return forward(self.model, x, self.hflip_average).float()

@@ -97,7 +97,7 @@ def pool_size(
 
     With GPUs that is the cluster's GPU capacity (now or after autoscaling) over GPUs per actor;
     without, its CPUs over CPUs per actor (at least one core each: an actor runs at least one
-    thread), keeping one CPU free for reads and writes (NOTES: an actor pool that takes every CPU
+    thread), keeping one CPU free for reads and writes (an actor pool that takes every CPU
     starves the read tasks and the job deadlocks).
     """
     if max_actors > 0:

@@ -37,23 +37,117 @@ ARCHITECTURES: dict[str, str] = {
 }
 
 
-def build_model(arch: str, encoder: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """An untrained model; encoder weights are loaded separately (no download at run time)."""
+def build_model(
+    arch: str, encoder: str, num_classes: int, *, encoder_weights: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A new model, untrained unless ``encoder_weights`` names weights smp fetches (``imagenet``, ...).
+
+    Loading an artifact never passes a name, so it never downloads; a name needs a network or the
+    Hugging Face cache (see :func:`segray.models.artifact.init_artifact` for the offline handling).
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     library, name = ARCHITECTURES[arch].split(":", 1)
     if library == "torchvision":
         from segray.models.fcn import TorchvisionFCN
 
+        if encoder_weights is not None:
+            check_encoder_weights(arch, encoder, encoder_weights)
         if kwargs:
             raise ValueError(f"fcn takes no extra model arguments, got {sorted(kwargs)}")
         return TorchvisionFCN(encoder, num_classes)
     import segmentation_models_pytorch as smp
 
+    weights = None if encoder_weights is None else check_encoder_weights(arch, encoder, encoder_weights)
     try:
-        return smp.create_model(name, encoder_name=encoder, encoder_weights=None, classes=num_classes, **kwargs)
+        return smp.create_model(name, encoder_name=encoder, encoder_weights=weights, classes=num_classes, **kwargs)
     except KeyError as e:
         raise ValueError(f"unknown encoder {encoder!r} for {arch}: {e}") from e
+
+
+def check_encoder_weights(arch: str, encoder: str, name: str) -> str | bool:
+    """Refuse a weights name smp cannot fetch for ``encoder`` (before any download is tried);
+    returns what to pass smp as ``encoder_weights``."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    if not ARCHITECTURES[arch].startswith("smp:"):
+        raise ValueError(
+            f"{arch} takes encoder weights as a .safetensors file only, not the name {name!r}: "
+            f"convert torchvision's ImageNet {encoder} weights (a .pth file) with "
+            "`segray model convert-weights IN.pth OUT.safetensors` and pass OUT.safetensors"
+        )
+    valid = encoder_weight_names(encoder)
+    if name not in valid:
+        raise ValueError(
+            f"unknown encoder weights {name!r} for {encoder}; "
+            + (f"smp has {valid}" if valid else "smp has no pretrained weights for it")
+            + " (or give a local or s3:// .safetensors file)"
+        )
+    # smp wants True for timm encoders (the pretrained tag is part of the encoder name).
+    return True if _is_timm(encoder) else name
+
+
+def _is_timm(encoder: str) -> bool:
+    from segmentation_models_pytorch.encoders import encoders, is_equivalent_to_timm_universal
+
+    return encoder.startswith("tu-") or (encoder not in encoders and is_equivalent_to_timm_universal(encoder))
+
+
+def _timm_name(encoder: str) -> str:
+    """The timm model name smp builds for a ``tu-`` (or deprecated ``timm-``) encoder."""
+    if encoder.startswith("tu-"):
+        return encoder[3:]
+    # smp's own mapping of its deprecated timm- names (segmentation_models_pytorch.encoders.get_encoder)
+    name = encoder.removeprefix("timm-")
+    return f"tf_{name}" if "mobilenetv3" in name else name
+
+
+def encoder_weight_names(encoder: str) -> list[str]:
+    """The weights names smp can fetch for ``encoder``: its registry's for smp encoders, ``imagenet``
+    (timm's default pretrained tag) for timm ones that timm has weights for."""
+    from segmentation_models_pytorch.encoders import encoders
+
+    if encoder in encoders:
+        return list(encoders[encoder]["pretrained_settings"])
+    if _is_timm(encoder):
+        import timm
+
+        timm_name = _timm_name(encoder)
+        if not timm.is_model(timm_name):
+            raise ValueError(f"unknown encoder {encoder!r}: timm has no model {timm_name!r}")
+        return ["imagenet"] if timm.models.is_model_pretrained(timm_name) else []
+    raise ValueError(f"unknown encoder {encoder!r}; smp has {sorted(encoders)} and timm's as tu-<name>")
+
+
+def encoder_weights_source(encoder: str, name: str) -> str | None:
+    """Where smp fetches weights ``name`` for ``encoder`` from (a Hugging Face repository), if known."""
+    from segmentation_models_pytorch.encoders import encoders
+
+    if encoder in encoders:
+        repo = encoders[encoder]["pretrained_settings"].get(name, {}).get("repo_id")
+        return f"https://huggingface.co/{repo}" if repo else None
+    if _is_timm(encoder):
+        import timm
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(_timm_name(encoder))
+        except Exception:  # noqa: BLE001 - only a hint for an error message
+            return None
+        if cfg is not None and cfg.hf_hub_id:
+            return f"https://huggingface.co/{cfg.hf_hub_id}"
+        return getattr(cfg, "url", None) or None
+    return None
+
+
+def match_encoder_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` that fit ``model.encoder`` by name and shape, keyed as the encoder's.
+
+    Bare encoder keys and keys prefixed with ``encoder.`` (a whole smp model's file) or ``backbone.``
+    (a whole torchvision segmentation model's file) are accepted.
+    """
+    own = model.encoder.state_dict()  # type: ignore[operator]
+    cleaned = {k.removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items()}
+    return {k: v for k, v in cleaned.items() if k in own and own[k].shape == v.shape}
 
 
 def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
@@ -62,13 +156,8 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], sourc
     Returns how many tensors were loaded; refuses a file that matches nothing, since that is
     almost always the wrong file.
     """
-    encoder: nn.Module = model.encoder  # type: ignore[assignment]
-    own = encoder.state_dict()
-    # Accept bare encoder keys and keys prefixed with "encoder." (a whole smp model's file) or
-    # "backbone." (a whole torchvision segmentation model's file).
-    cleaned = {k.removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items()}
-    matched = {k: v for k, v in cleaned.items() if k in own and own[k].shape == v.shape}
+    matched = match_encoder_tensors(model, state)
     if not matched:
         raise ValueError(f"{source}: no tensor matches the encoder's parameters (wrong file or encoder?)")
-    encoder.load_state_dict(matched, strict=False)
+    model.encoder.load_state_dict(matched, strict=False)  # type: ignore[operator]
     return len(matched)

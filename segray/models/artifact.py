@@ -15,8 +15,13 @@ with ``+hflip`` after it when the artifact predicts with flip averaging (the sam
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import os
+import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +56,8 @@ class ModelArtifact:
     arch: str
     weights_sha256: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Where the encoder's starting weights came from (an smp weights name or a file), if anywhere.
+    encoder_weights: str | None = None
 
     @property
     def model_id(self) -> str:
@@ -74,6 +81,8 @@ class ModelArtifact:
             "metrics": self.metrics,
             "saved_at": datetime.now(timezone.utc).isoformat(),
         }
+        if self.encoder_weights:
+            meta["encoder_weights"] = self.encoder_weights
         storage.write_bytes(storage.join(uri, WEIGHTS), weights)
         storage.write_bytes(storage.join(uri, CONFIG), config)
         # segray.json last: a directory without it is not an artifact, so a half-written one is
@@ -135,7 +144,17 @@ class ModelArtifact:
         except RuntimeError as e:
             raise ArtifactError(f"{uri}: weights do not fit the model in {CONFIG} ({e})") from e
         model.to(map_location).eval()
-        return cls(model, label_map, pre, str(meta.get("name", arch)), arch, sha, dict(meta.get("metrics", {})))
+        source = meta.get("encoder_weights")
+        return cls(
+            model,
+            label_map,
+            pre,
+            str(meta.get("name", arch)),
+            arch,
+            sha,
+            dict(meta.get("metrics", {})),
+            str(source) if source else None,
+        )
 
 
 def model_config(model: nn.Module) -> bytes:
@@ -179,23 +198,124 @@ def init_artifact(
     model_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> ModelArtifact:
-    """A new (untrained) artifact; ``encoder_weights`` is a local/S3 safetensors file."""
+    """A new (untrained) artifact; ``encoder_weights`` is a local/S3 safetensors file or a weights
+    name smp fetches (``imagenet``, ``ssl``, ...; see :func:`segray.models.encoder_weight_names`)."""
     from segray.models import load_encoder_weights
 
     torch.manual_seed(seed)
-    model = build_model(arch, encoder, label_map.num_classes, **(model_kwargs or {}))
-    if encoder_weights:
+    kwargs = model_kwargs or {}
+    named = bool(encoder_weights) and is_weights_name(encoder_weights or "")
+    if named:
+        model = _build_pretrained(arch, encoder, label_map.num_classes, str(encoder_weights), kwargs)
+    else:
+        model = build_model(arch, encoder, label_map.num_classes, **kwargs)
+    if encoder_weights and not named:
         from safetensors.torch import load as st_load
 
         if not encoder_weights.endswith(".safetensors"):
             raise ArtifactError(
                 f"{encoder_weights}: encoder weights must be a .safetensors file (pickled .pth files "
-                "are refused); convert with safetensors.torch.save_file(torch.load(...))"
+                "are refused); convert it with `segray model convert-weights IN.pth OUT.safetensors`"
             )
         load_encoder_weights(model, st_load(storage.read_bytes(encoder_weights)), encoder_weights)
     model.eval()
     pre = Preprocessing(height=height, width=width)
-    return ModelArtifact(model, label_map, pre, name or f"{arch}-{encoder}", arch)
+    return ModelArtifact(
+        model, label_map, pre, name or f"{arch}-{encoder}", arch, encoder_weights=encoder_weights or None
+    )
+
+
+def is_weights_name(encoder_weights: str) -> bool:
+    """A weights name (``imagenet``) rather than a file: no directory part and no file extension."""
+    return not any(c in encoder_weights for c in "/\\.")
+
+
+#: Seconds to wait for the Hugging Face Hub before treating the machine as offline.
+HUB_PROBE_TIMEOUT_S = 5.0
+#: Socket timeout while building offline, so a URL download (timm's non-Hub weights) cannot hang.
+OFFLINE_SOCKET_TIMEOUT_S = 5.0
+
+
+def _build_pretrained(arch: str, encoder: str, num_classes: int, weights: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Build through smp with named encoder weights, failing fast and clearly without a network.
+
+    huggingface_hub retries an unreachable Hub for about 25 s per file before giving up, so the Hub
+    is probed once first; when it cannot be reached (or ``HF_HUB_OFFLINE`` is set) the build runs in
+    offline mode, which still uses weights already in the local cache.
+    """
+    from segray.models import check_encoder_weights, encoder_weights_source
+
+    check_encoder_weights(arch, encoder, weights)  # a bad name fails before any network access
+    offline = _offline_requested() or not _hub_reachable()
+    try:
+        with _hub_offline() if offline else nullcontext():
+            model = build_model(arch, encoder, num_classes, encoder_weights=weights, **kwargs)
+    except _download_errors() as e:
+        source = encoder_weights_source(encoder, weights)
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300].rstrip(". ")
+        raise ValueError(
+            f"the encoder weights {weights!r} for {encoder} could not be downloaded (no network?)"
+            + (f" from {source}" if source else "")
+            + f": {cause}. To train offline, download them on a machine with a network, convert them with "
+            "`segray model convert-weights IN.pth OUT.safetensors`, and pass the file as "
+            "`model.encoder_weights: /path/OUT.safetensors` (or `segray model init --encoder-weights "
+            "/path/OUT.safetensors`); local or s3://"
+        ) from e
+    # The weights now live in the model: config.json records no name, so that loading the artifact
+    # (segray's or smp.from_pretrained) never downloads; segray.json records where they came from.
+    config = getattr(model, "_hub_mixin_config", None)
+    if isinstance(config, dict):
+        config["encoder_weights"] = None
+    return model
+
+
+def _download_errors() -> tuple[type[BaseException], ...]:
+    """What a failed weights download raises: OSError covers urllib's URLError and huggingface_hub's
+    LocalEntryNotFoundError and HfHubHTTPError; the HTTP clients' own errors are added when installed."""
+    errors: list[type[BaseException]] = [OSError]
+    for module, attr in (
+        ("huggingface_hub.errors", "OfflineModeIsEnabled"),
+        ("httpx2", "HTTPError"),
+        ("httpx", "HTTPError"),
+        ("requests", "RequestException"),
+    ):
+        with suppress(ImportError, AttributeError):
+            errors.append(getattr(importlib.import_module(module), attr))
+    return tuple(errors)
+
+
+def _offline_requested() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub answers at all (any HTTP status), through the Hub's own client
+    (so proxies and ``HF_ENDPOINT`` apply)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure to get a response means "not reachable"
+        return False
+    return True
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline mode (cache only, no retries) and a short socket timeout, restored after."""
+    from huggingface_hub import constants
+
+    saved_offline, saved_timeout = constants.HF_HUB_OFFLINE, socket.getdefaulttimeout()
+    constants.HF_HUB_OFFLINE = True
+    socket.setdefaulttimeout(OFFLINE_SOCKET_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved_offline
+        socket.setdefaulttimeout(saved_timeout)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,25 @@ def _flag(v: Any) -> bool:
     return v
 
 
+def pixel_stats(mean: Any, std: Any, device: Any = None) -> tuple[Any, Any]:
+    """Mean and std (0-1 scale, per channel) as (1, 3, 1, 1) tensors on the 0-255 scale, on ``device``."""
+    import torch
+
+    m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+    return m, s
+
+
+def normalise(images: Any, mean: Any, std: Any) -> Any:
+    """uint8 (N, 3, H, W) frames -> float, normalised, channels-last (what every model call takes).
+
+    ``mean``/``std`` from :func:`pixel_stats`. Training, validation, calibration and the labelling
+    job's Predictor all call this, so a model sees the same numbers wherever it runs."""
+    import torch
+
+    return images.float().sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
 def forward(model: Any, x: Any, hflip_average: bool) -> Any:
     """The model's logits for the normalised batch ``x`` (N, 3, H, W), flip-averaged if asked.
 

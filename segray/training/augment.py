@@ -1,26 +1,17 @@
 """Joint image + mask augmentation with torchvision.transforms.v2 (masks resize with centred
-nearest-neighbour, pad with the ignore id, and are left alone by colour jitter; soft targets resize
-bilinearly and pad with zero shares). Validation gets none of it."""
+nearest-neighbour, pad with the ignore id, and are left alone by colour jitter). Validation gets
+none of it."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 if TYPE_CHECKING:
     from segray.training.config import AugmentConfig
-
-
-class SoftMask(tv_tensors.Mask):
-    """Per-class shares of each pixel, (classes, h, w) uint8 (``loss.soft_targets``).
-
-    A ``Mask`` to torchvision, so crops, flips and padding move it with its frame and colour jitter
-    leaves it alone; :class:`CentredRandomResize` resizes it as an image, since shares interpolate.
-    """
 
 
 class CentredRandomResize(v2.RandomResize):
@@ -33,9 +24,6 @@ class CentredRandomResize(v2.RandomResize):
     """
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if isinstance(inpt, SoftMask):
-            out = F.resize_image(inpt.as_subclass(torch.Tensor), params["size"], antialias=True)
-            return tv_tensors.wrap(out, like=inpt)
         if isinstance(inpt, tv_tensors.Mask):
             return F.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
         return super().transform(inpt, params)
@@ -69,7 +57,7 @@ def train_transform(cfg: AugmentConfig, height: int, width: int, ignore_id: int,
         # RandomResize draws the shorter side from [min, max) and keeps the aspect ratio.
         low, high = max(8, round(short * cfg.scale_min)), max(9, round(short * cfg.scale_max) + 1)
         steps.append(CentredRandomResize(low, high))
-    fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_id, SoftMask: 0}  # a soft mask pads with no class
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_id}
     steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill=fill))
     if cfg.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(cfg.hflip))

@@ -1,14 +1,13 @@
-"""``loss.fit_offsets``: per-class logit offsets fitted on the training frames at export.
+"""``export.fit_offsets``: per-class logit offsets fitted on the training frames at export.
 
 The logit adjustment (``logit_adjust.py``) moves every class by the same multiple of its log class
 weight; the classes do not all need that (on the CamVid UNet the fit raises pole and lowers
-pedestrian, README). So, at export, the best checkpoint predicts the training frames as labelling
+pedestrian). So, at export, the best checkpoint predicts the training frames as labelling
 would (resized to the model input, logits resized back to the mask), :func:`fit_offsets` searches
 per-class offsets that raise their mIoU, and the export folds them into the head's bias like the
 adjustment: the artifact format and the labelling cost stay the same. Only training frames choose
 the offsets; the val frames are then scored once with them, and those are the artifact's figures.
-Cost: one inference pass over the training frames (at most ``FIT_FRAMES``) in the driver. With
-``model.hflip_average`` the frames are predicted flip-averaged, as the artifact will predict them.
+Cost: one inference pass over the training frames (at most ``FIT_FRAMES``) in the driver.
 """
 
 from __future__ import annotations
@@ -23,7 +22,10 @@ from torch import nn
 
 from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
+from segray.metrics import scores
+from segray.models.preprocessing import normalise, pixel_stats
 from segray.training.logit_adjust import fit_offsets, fold_offsets
+from segray.training.validate import validate
 
 log = logging.getLogger("segray.train")
 
@@ -43,33 +45,17 @@ def _loader(pairs: list[Pair], label_map: LabelMap, height: int, width: int) -> 
     return DataLoader(ds, batch_size=4, collate_fn=collate_val, num_workers=0)
 
 
-def _pixel_scale(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std as (1, 3, 1, 1) tensors on the 0-255 scale, as ``loop._normalise`` takes them."""
-    return torch.tensor(mean).view(1, 3, 1, 1) * 255, torch.tensor(std).view(1, 3, 1, 1) * 255
-
-
 @torch.inference_mode()
 def predict_pixels(
-    model: nn.Module,
-    loader: Any,
-    num_classes: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    per_frame: int,
-    hflip_average: bool = False,
+    model: nn.Module, loader: Any, num_classes: int, mean: torch.Tensor, std: torch.Tensor, per_frame: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixels, C) half-precision logits and their class ids: up to ``per_frame`` labelled pixels
     of each frame, drawn with a fixed seed, scored at the mask's size as validation does."""
-    from segray.models.preprocessing import forward
-    from segray.training.loop import _normalise
-
     model.eval()
-    device = next(model.parameters()).device
-    mean, std = mean.to(device), std.to(device)
     g = torch.Generator().manual_seed(0)
     logits, targets = [], []
     for images, masks in loader:
-        out = forward(model, _normalise(images.to(device), mean, std), hflip_average).float()
+        out = model(normalise(images.to(mean.device), mean, std)).float()
         for i, m in enumerate(masks):
             up = F.interpolate(out[i : i + 1], size=m.shape, mode="bilinear", align_corners=False)[0].cpu()
             keep = ((m >= 0) & (m < num_classes)).flatten().nonzero().squeeze(1)
@@ -87,16 +73,11 @@ def score_val(
     val_pairs: list[Pair],
     mean: Sequence[float],
     std: Sequence[float],
-    hflip_average: bool = False,
 ) -> dict[str, Any]:
     """The val frames scored in the driver as validation scores them (``metrics.scores``' dict)."""
-    from segray.training.loop import validate
-    from segray.training.metrics import scores
-
-    m, s = _pixel_scale(mean, std)
-    loader = _loader(val_pairs, label_map, *size)
     device = next(model.parameters()).device
-    cm, _ = validate(model, loader, label_map, m.to(device), s.to(device), device, None, None, hflip_average)
+    m, s = pixel_stats(mean, std, device)
+    cm, _ = validate(model, _loader(val_pairs, label_map, *size), label_map, m, s, device)
     model.eval()
     return scores(cm.cpu().numpy(), label_map.names)
 
@@ -109,21 +90,19 @@ def fit_and_fold(
     val_pairs: list[Pair],
     mean: Sequence[float],
     std: Sequence[float],
-    hflip_average: bool = False,
 ) -> dict[str, Any]:
     """Fit offsets on the training frames, fold them into ``model``, score the val frames with them."""
     c = label_map.num_classes
-    m, s = _pixel_scale(mean, std)
+    m, s = pixel_stats(mean, std, next(model.parameters()).device)
     step = max(1, -(-len(train_pairs) // FIT_FRAMES))
     frames = train_pairs[::step]
     log.info("fitting per-class logit offsets on %d training frames", len(frames))
     per_frame = FIT_PIXELS // len(frames)
-    loader = _loader(frames, label_map, *size)
-    logits, target = predict_pixels(model, loader, c, m, s, per_frame, hflip_average)
+    logits, target = predict_pixels(model, _loader(frames, label_map, *size), c, m, s, per_frame)
     offsets, before, after = fit_offsets(logits, target)
     del logits, target
     fold_offsets(model, offsets)
-    val = score_val(model, label_map, size, val_pairs, mean, std, hflip_average)
+    val = score_val(model, label_map, size, val_pairs, mean, std)
     log.info(
         "fitted offsets %s: train mIoU %.4f -> %.4f; val mIoU with them %.4f",
         [round(float(v), 2) for v in offsets],

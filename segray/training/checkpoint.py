@@ -2,9 +2,6 @@
 
 model.safetensors      the bare model's state dict (DDP wrapper removed)
 optimizer.safetensors  optimizer tensors, keyed ``<param index>.<name>`` (AdamW: step, exp_avg, exp_avg_sq)
-aux_heads.safetensors  training-only heads (``loss.deep_supervision``), when on
-training_weights.safetensors  the raw weights the optimiser steps, with ``optim.ema_decay``
-                       (``model.safetensors`` then holds their average: validated and exported)
 state.json             epochs done, global step, optimizer param groups, LR scheduler and AMP
                        scaler state, per-epoch history (for curves), the run's identity
 """

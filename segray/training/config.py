@@ -1,8 +1,8 @@
 """The training recipe: a YAML file plus ``key=value`` overrides, checked before anything starts.
 
-Sections mirror the parts of a run (model, data, augment, optim, loss, run); every unknown key is
-an error that names it, because a misspelt key silently falling back to a default wastes a
-45-minute run. Overrides use dotted keys and YAML values: ``optim.lr=3e-4 run.num_workers=1``.
+Sections mirror the parts of a run (model, data, augment, optim, loss, export, run); every unknown
+key is an error that names it, because a misspelt key silently falling back to a default wastes a
+long run. Overrides use dotted keys and YAML values: ``optim.lr=3e-4 run.num_workers=1``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from segray.datasets.pairs import PairSource
 class ModelConfig:
     arch: str = "unet"
     encoder: str = "resnet34"
-    #: Local or s3:// .safetensors file of encoder weights (e.g. ImageNet weights a user downloaded).
+    #: Encoder weights: a name segmentation-models-pytorch knows for the encoder (e.g. ``imagenet``,
+    #: fetched where there is a network), or a local or s3:// ``.safetensors`` file
+    #: (``segray model convert-weights`` makes one from a torchvision/timm ``.pth``). null: from scratch.
     encoder_weights: str | None = None
     #: A segray artifact to fine-tune from; its head is re-initialised when the classes differ.
     init_artifact: str | None = None
@@ -31,13 +33,12 @@ class ModelConfig:
     width: int = 480
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
-    #: From scratch only: start each residual block's last BatchNorm scale at 0, so every block
-    #: begins as the identity and the early steps train a shallow network (Goyal et al. 2017).
-    zero_init_residual: bool = False
-    #: The exported artifact predicts each frame and its mirror image and averages the logits
-    #: (twice the labelling cost). Validation during the run stays single-pass (the best checkpoint
-    #: is chosen on it, at half the cost); the export scores the val frames again as the artifact predicts.
-    hflip_average: bool = False
+
+    def check(self) -> None:
+        if self.height % 32 or self.width % 32 or min(self.height, self.width) < 32:
+            raise ValueError(f"model.height/width {self.height}x{self.width} must be multiples of 32")
+        if self.encoder_weights and self.init_artifact:
+            raise ValueError("give model.encoder_weights or model.init_artifact, not both")
 
 
 @dataclass
@@ -57,6 +58,12 @@ class DataConfig:
             d.setdefault("root", self.root)
         return PairSource.from_dict(d, f"data.{which}")
 
+    def check(self) -> None:
+        if self.loader_workers < 0:
+            raise ValueError(f"data.loader_workers must be >= 0, got {self.loader_workers}")
+        for which in ("train", "val"):
+            self.source(which)
+
 
 @dataclass
 class AugmentConfig:
@@ -73,28 +80,35 @@ class AugmentConfig:
     saturation: float = 0.3
     hue: float = 0.02
     #: Progressive resizing: the first ``small_epochs`` epochs train on frames and crops scaled by
-    #: ``small_scale`` (crops rounded down to multiples of 32). From scratch on a CPU budget, the
-    #: cheaper early epochs learn the large classes; the full-size epochs after them learn the detail.
+    #: ``small_scale`` (crops rounded down to multiples of 32): cheaper early epochs that learn the
+    #: large classes, then full-size epochs that learn the detail.
     small_epochs: int = 0
     small_scale: float = 0.67
-    #: The general form: ``[[epochs, scale], ...]`` stages in order before the full-size epochs,
-    #: e.g. ``[[8, 0.5], [6, 0.67]]``. ``small_epochs``/``small_scale`` is the one-stage shorthand.
-    progressive: list[list[float]] = field(default_factory=list)
 
     def stages(self) -> list[tuple[int, float]]:
         """The progressive-resizing stages as (epochs, scale), in training order."""
-        if self.progressive:
-            return [(int(e), float(s)) for e, s in self.progressive]
         return [(self.small_epochs, self.small_scale)] if self.small_epochs else []
 
     def scale_at(self, epoch: int) -> float:
-        """The scale of 0-based ``epoch``: its stage's, 1.0 once the stages are over."""
-        end = 0
-        for epochs, scale in self.stages():
-            end += epochs
-            if epoch < end:
-                return scale
-        return 1.0
+        """The scale of 0-based ``epoch``: the small scale during the small epochs, then 1.0."""
+        return self.small_scale if epoch < self.small_epochs else 1.0
+
+    def check(self) -> None:
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
+        for key in ("crop_height", "crop_width"):
+            v = getattr(self, key)
+            if v is not None and (v < 32 or v % 32):
+                raise ValueError(f"augment.{key} {v}: give a multiple of 32 (what every encoder accepts), or null")
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"augment.hflip {self.hflip}: a probability in [0, 1]")
+        for key in ("brightness", "contrast", "saturation"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"augment.{key} must be >= 0")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"augment.hue {self.hue}: must be in [0, 0.5]")
+        if self.small_epochs < 0 or not 0 < self.small_scale <= 1:
+            raise ValueError("augment.small_epochs must be >= 0 and augment.small_scale in (0, 1]")
 
 
 @dataclass
@@ -107,47 +121,53 @@ class OptimConfig:
     schedule: str = "poly"  # poly | cosine
     poly_power: float = 0.9
     min_lr_factor: float = 0.0
-    #: Validate, keep and export an exponential moving average of the weights (0: off), updated
-    #: after every optimiser step with decay ``min(ema_decay, (1 + n) / (10 + n))`` at update n, so
-    #: the from-scratch weights of the first steps are soon forgotten. Training itself is unchanged.
-    #: On CamVid's CPU UNet it smooths the curve but ends level with the raw weights once the
-    #: schedule anneals to 0 (README). Checkpoints hold both; the average is ``model.safetensors``.
-    ema_decay: float = 0.0
+
+    def check(self) -> None:
+        if self.schedule not in ("poly", "cosine"):
+            raise ValueError(f"optim.schedule {self.schedule!r}: choose poly or cosine")
+        if not self.lr > 0 or self.encoder_lr_factor < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("optim.lr must be > 0; optim.encoder_lr_factor, weight_decay and warmup_epochs >= 0")
+        if not self.poly_power > 0 or not 0 <= self.min_lr_factor <= 1:
+            raise ValueError("optim.poly_power must be > 0 and optim.min_lr_factor in [0, 1]")
 
 
 @dataclass
-class LossConfig:
-    dice_weight: float = 0.0
-    #: Per-class cross-entropy weights (one per class), or null.
+class LossTerm:
+    """One weighted term of the loss (``segray.training.losses.LOSSES`` names the types)."""
+
+    type: str = "ce"
+    weight: float = 1.0
+    #: ``ce`` only: one weight per class (the label map's order), or null.
     class_weights: list[float] | None = None
-    #: Online hard example mining: cross-entropy only over pixels whose true class has a predicted
-    #: probability below this (null: every pixel), and at least ``ohem_min_kept`` of the batch's
-    #: labelled pixels (the hardest). Once sky and road are easy, the steps go to thin classes and edges.
-    ohem_thresh: float | None = None
-    ohem_min_kept: float = 1 / 16
-    #: Validation and the exported model subtract this times log(class weight) from the logits
-    #: (0: off): weighted cross-entropy over-predicts the up-weighted classes (see logit_adjust.py).
+
+    def check(self, key: str) -> None:
+        from segray.training.losses import LOSSES
+
+        if self.type not in LOSSES:
+            raise ValueError(f"{key}.type {self.type!r}: choose from {sorted(LOSSES)}")
+        if not self.weight > 0:
+            raise ValueError(f"{key}.weight must be > 0, got {self.weight}")
+        if self.class_weights is not None:
+            if self.type != "ce":
+                raise ValueError(f"{key}.class_weights: only a ce term takes class weights")
+            if not self.class_weights or any(isinstance(w, bool) or not w > 0 for w in self.class_weights):
+                raise ValueError(f"{key}.class_weights: give one positive weight per class, or null")
+
+
+@dataclass
+class ExportConfig:
+    """What the export does to the best checkpoint, in this order (each step folds into the head's
+    bias, so the artifact format and the labelling cost stay the same)."""
+
+    #: Subtract this times log(class weight of the ce term) from the logits (0: off). Validation
+    #: during the run scores the adjusted logits too. See logit_adjust.py.
     logit_adjustment: float = 0.0
-    #: At export, fit per-class logit offsets on the training frames (on top of the adjustment),
-    #: fold them into the exported model and score val with them (see calibrate.py).
+    #: Fit per-class logit offsets on the training frames and fold them in (see calibrate.py).
     fit_offsets: bool = False
-    #: Deep supervision (UNet only): loss weights of training-only 1x1 heads on the decoder stages
-    #: before the output, the nearest to the output first, e.g. ``[0.4, 0.4]``; null: off. Each
-    #: head is scored by the same loss against the mask shrunk to its size (see deep_supervision.py).
-    deep_supervision: list[float] | None = None
-    #: Lovasz-softmax (Berman et al. 2018, smp's LovaszLoss): a surrogate of each class's IoU,
-    #: added to the cross-entropy with this weight (0: off) from epoch ``lovasz_from_epoch`` on,
-    #: over a random ``lovasz_pixels`` fraction of each batch's pixels (its per-class sort is the
-    #: cost: ~0.26 s per 4x192x256 batch on 2 cores, a quarter of that at 0.25).
-    lovasz_weight: float = 0.0
-    lovasz_from_epoch: int = 1
-    lovasz_pixels: float = 1.0
-    #: Train against each model pixel's class fractions (the share of its footprint in the full-size
-    #: mask, void excluded) instead of one class sampled at its centre: shrinking a mask to the model
-    #: size drops thin objects at some positions and keeps them at others (see data.py). Cross-entropy
-    #: only: Dice, Lovasz, OHEM and deep supervision need one class per pixel. The cache then holds
-    #: one byte per class and pixel instead of one per pixel (CamVid at 192x256: 0.54 MB a frame).
-    soft_targets: bool = False
+
+    def check(self) -> None:
+        if self.logit_adjustment < 0:
+            raise ValueError(f"export.logit_adjustment must be >= 0, got {self.logit_adjustment}")
 
 
 @dataclass
@@ -175,8 +195,20 @@ class RunConfigSection:
     export_to: str | None = None
     seed: int = 0
     log_every: int = 20
-    #: Testing aid: rank 0 fails once at the start of this epoch (FailureConfig then restarts the workers).
+    #: Fault drill: rank 0's process is killed once, mid-epoch N (FailureConfig then restarts the workers).
     inject_failure_at_epoch: int | None = None
+
+    def check(self) -> None:
+        if min(self.epochs, self.batch_size, self.val_batch_size, self.num_workers, self.val_every) < 1:
+            raise ValueError(
+                "run.epochs, run.batch_size, run.val_batch_size, run.num_workers and run.val_every must be >= 1"
+            )
+        if not self.cpus_per_worker > 0 or self.torch_threads < 0 or self.max_failures < 0:
+            raise ValueError("run.cpus_per_worker must be > 0, run.torch_threads and run.max_failures >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError("run.keep_checkpoints must be >= 1")
+        if self.max_epochs_this_run is not None and self.max_epochs_this_run < 1:
+            raise ValueError("run.max_epochs_this_run must be >= 1, or null")
 
 
 @dataclass
@@ -186,7 +218,9 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    #: The loss: weighted terms added together, e.g. ``[{type: ce, class_weights: [...]}, {type: dice, weight: 0.5}]``.
+    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
+    export: ExportConfig = field(default_factory=ExportConfig)
     run: RunConfigSection = field(default_factory=RunConfigSection)
 
     @property
@@ -197,82 +231,51 @@ class TrainConfig:
     def export_uri(self) -> str:
         return self.run.export_to or storage.join(self.run_uri, "model")
 
+    @property
+    def class_weights(self) -> list[float] | None:
+        """The ce term's class weights (what the logit adjustment undoes), or None."""
+        return next((t.class_weights for t in self.loss if t.type == "ce" and t.class_weights), None)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        """The resolved recipe (overrides applied, defaults filled in), as saved with the run and the model."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return _build(cls, d, "")
+        if not isinstance(d, dict):
+            raise ValueError(f"config: expected a mapping, got {d!r}")
+        d = dict(d)
+        terms = d.pop("loss", None)
+        cfg = _build(cls, d, "")
+        if terms is not None:
+            if not isinstance(terms, list) or not terms:
+                raise ValueError(
+                    f"loss: give a list of terms, e.g. [{{type: ce, class_weights: null}}, {{type: dice, weight: 0.5}}]"
+                    f", not {terms!r}"
+                )
+            cfg.loss = [_build(LossTerm, t, f"loss[{i}].") for i, t in enumerate(terms)]
+        return cfg
 
     def validate(self) -> None:
-        if self.model.height % 32 or self.model.width % 32:
-            raise ValueError(f"model.height/width {self.model.height}x{self.model.width} must be multiples of 32")
-        if self.optim.schedule not in ("poly", "cosine"):
-            raise ValueError(f"optim.schedule {self.optim.schedule!r}: choose poly or cosine")
-        if not 0.0 <= self.optim.ema_decay < 1.0:
-            raise ValueError(f"optim.ema_decay {self.optim.ema_decay!r}: give a decay in [0, 1), e.g. 0.995; 0 is off")
-        if min(self.run.epochs, self.run.batch_size, self.run.num_workers, self.run.val_every) < 1:
-            raise ValueError("run.epochs, run.batch_size, run.num_workers and run.val_every must be >= 1")
-        if not 0 < self.augment.scale_min <= self.augment.scale_max:
-            raise ValueError("augment.scale_min must be > 0 and <= augment.scale_max")
-        if self.augment.small_epochs < 0 or not 0 < self.augment.small_scale <= 1:
-            raise ValueError("augment.small_epochs must be >= 0 and augment.small_scale in (0, 1]")
-        if self.augment.progressive:
-            if self.augment.small_epochs:
-                raise ValueError("give augment.progressive or augment.small_epochs, not both")
-            for stage in self.augment.progressive:
-                if (
-                    not isinstance(stage, (list, tuple))
-                    or len(stage) != 2
-                    or isinstance(stage[0], bool)
-                    or not isinstance(stage[0], int)
-                    or stage[0] < 1
-                    or not isinstance(stage[1], (int, float))
-                    or not 0 < stage[1] <= 1
-                ):
-                    raise ValueError(
-                        f"augment.progressive: stage {stage!r} must be [epochs >= 1, scale in (0, 1]], "
-                        "e.g. [[8, 0.5], [6, 0.67]]"
-                    )
-        if not isinstance(self.model.hflip_average, bool):
-            raise ValueError(f"model.hflip_average must be true or false, not {self.model.hflip_average!r}")
-        if self.model.zero_init_residual and (self.model.encoder_weights or self.model.init_artifact):
-            raise ValueError(
-                "model.zero_init_residual is for training from scratch: it would erase the residual "
-                "branches of model.encoder_weights / model.init_artifact"
-            )
-        ohem = (self.loss.ohem_thresh, self.loss.ohem_min_kept)
-        if ohem[0] is not None and not (0 < ohem[0] <= 1 and 0 < ohem[1] <= 1):
-            raise ValueError("loss.ohem_thresh and loss.ohem_min_kept must be in (0, 1]")
-        if self.loss.lovasz_weight < 0 or self.loss.lovasz_from_epoch < 1 or not 0 < self.loss.lovasz_pixels <= 1:
-            raise ValueError(
-                "loss.lovasz_weight must be >= 0, loss.lovasz_from_epoch >= 1 and loss.lovasz_pixels in (0, 1]"
-            )
-        if self.loss.logit_adjustment < 0 or (self.loss.logit_adjustment and not self.loss.class_weights):
-            raise ValueError("loss.logit_adjustment must be >= 0 and needs loss.class_weights")
-        if self.loss.soft_targets:
-            hard_only = {
-                "loss.dice_weight": self.loss.dice_weight > 0,
-                "loss.lovasz_weight": self.loss.lovasz_weight > 0,
-                "loss.ohem_thresh": self.loss.ohem_thresh is not None,
-                "loss.deep_supervision": bool(self.loss.deep_supervision),
-            }
-            if on := [k for k, v in hard_only.items() if v]:
-                raise ValueError(f"loss.soft_targets is cross-entropy only: turn off {', '.join(on)}")
-        ds = self.loss.deep_supervision
-        if ds is not None:
-            if self.model.arch != "unet":
-                raise ValueError(f"loss.deep_supervision needs model.arch unet, not {self.model.arch!r}")
-            if (
-                not isinstance(ds, list)
-                or not ds
-                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for w in ds)
-            ):
-                raise ValueError(f"loss.deep_supervision {ds!r}: give positive weights, e.g. [0.4, 0.4], or null")
-        if self.model.encoder_weights and self.model.init_artifact:
-            raise ValueError("give model.encoder_weights or model.init_artifact, not both")
-        for which in ("train", "val"):
-            self.data.source(which)
+        """Every check that needs only the recipe (the driver also runs :meth:`check_data`)."""
+        for section in (self.model, self.data, self.augment, self.optim, self.export, self.run):
+            section.check()
+        for i, term in enumerate(self.loss):
+            term.check(f"loss[{i}]")
+        if self.export.logit_adjustment and not self.class_weights:
+            raise ValueError("export.logit_adjustment needs class weights on the loss's ce term")
+
+    def check_data(self, num_classes: int, label_map_name: str) -> None:
+        """Checks against the data's label map, on the driver before any worker starts."""
+        for i, term in enumerate(self.loss):
+            if term.class_weights is not None and len(term.class_weights) != num_classes:
+                raise ValueError(
+                    f"loss[{i}].class_weights has {len(term.class_weights)} values, but label map "
+                    f"{label_map_name!r} has {num_classes} classes"
+                )
 
 
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
@@ -308,18 +311,31 @@ def _coerce(v: Any, annotation: str, key: str) -> Any:
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``a.b=value`` items (YAML values) set into a nested dict."""
+    """``a.b=value`` items (YAML values) set into a nested dict; a number picks a list item
+    (``loss.0.class_weights=[...]`` sets the first loss term's weights)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r}: expected key=value (e.g. optim.lr=3e-4)")
-        node = d
+        node: Any = d
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ValueError(f"override {item!r}: {p!r} is not an index of a {len(node)}-item list")
+                node = node[int(p)]
+            else:
+                node = node.setdefault(p, {})
+            if not isinstance(node, (dict, list)):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw else None
+        last = parts[-1]
+        value = yaml.safe_load(raw) if raw else None
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ValueError(f"override {item!r}: {last!r} is not an index of a {len(node)}-item list")
+            node[int(last)] = value
+        else:
+            node[last] = value
     return d
 
 
@@ -333,6 +349,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
             raise ValueError(f"{path}: not valid YAML ({e})") from e
         if not isinstance(d, dict):
             raise ValueError(f"{path}: the config must be a mapping")
+    d.setdefault("loss", [dataclasses.asdict(LossTerm())])  # so that loss.0.<key>=... has a term to set
     cfg = TrainConfig.from_dict(apply_overrides(d, overrides or []))
     cfg.validate()
     return cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from segray.training.metrics import is_scored
+from segray.metrics import is_scored
 
 
 def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
@@ -37,3 +37,19 @@ def curves_png(history: list[dict[str, Any]], title: str = "") -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+#: The curves' file in the run folder, redrawn after every epoch.
+CURVES = "curves.png"
+
+
+def write_curves(run_uri: str, history: list[dict[str, Any]], title: str) -> None:
+    """Redraw ``<run>/curves.png``; a picture that cannot be written never fails the run."""
+    import logging
+
+    from segray import storage
+
+    try:
+        storage.write_bytes(storage.join(run_uri, CURVES), curves_png(history, title))
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("segray.train").warning("could not write %s: %s", CURVES, e)

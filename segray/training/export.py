@@ -1,4 +1,10 @@
-"""The best checkpoint -> a model artifact in exactly the format ``jobs/label_frames.py`` loads."""
+"""The best checkpoint -> a model artifact in exactly the format ``jobs/label_frames.py`` loads.
+
+The recipe's ``export:`` steps run in order on the checkpoint's weights: the logit adjustment
+(validation during the run scored the adjusted logits, so the artifact must predict them), then
+the offsets fitted on the training frames. Both fold into the head's bias. The resolved recipe
+travels with the artifact as ``recipe.yaml`` (and under ``metrics.recipe`` in ``segray.json``).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,16 @@ from typing import Any
 
 import torch
 
+from segray import storage
 from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.init import model_kwargs
 from segray.training.logit_adjust import fold_offsets, logit_offsets
+
+#: The resolved recipe, in the run folder and in the exported artifact.
+RECIPE = "recipe.yaml"
 
 
 def export_checkpoint(
@@ -22,12 +32,10 @@ def export_checkpoint(
     extra: dict[str, Any],
     pairs: tuple[list[Pair], list[Pair]] | None = None,
 ) -> Any:
-    """Build the model, load the checkpoint's weights, save an artifact with label map and metrics.
+    """Build the model, load the checkpoint's weights, run the export steps, save the artifact.
 
-    ``pairs`` (train, val): needed with ``loss.fit_offsets``, which fits offsets on the first and
-    re-scores the second (the artifact's val figures are then those, the checkpoint's are kept apart),
-    and with ``model.hflip_average``: validation during the run scored single passes, so the val
-    frames are scored again as the artifact predicts (the fit, too, predicts flip-averaged).
+    ``pairs`` (train, val): needed with ``export.fit_offsets``, which fits offsets on the first and
+    re-scores the second (the artifact's val figures are then those; the checkpoint's are kept apart).
     """
     from segray.models import build_model
     from segray.models.artifact import ModelArtifact
@@ -36,8 +44,8 @@ def export_checkpoint(
     state = ckpt_io.load_state(ckpt_dir)
     model = build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
     model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir), strict=True)
-    offsets = logit_offsets(cfg.loss.class_weights, cfg.loss.logit_adjustment)
-    if offsets is not None:  # validation scored the adjusted logits: the artifact must predict them
+    offsets = logit_offsets(cfg.class_weights, cfg.export.logit_adjustment)
+    if offsets is not None:
         fold_offsets(model, offsets)
     model.eval()
     m = state["metrics"]
@@ -48,34 +56,24 @@ def export_checkpoint(
         "val_iou": {n: m[f"val_iou_{n}"] for n in label_map.names},
     }
     fitted: dict[str, Any] = {}
-    hflip = cfg.model.hflip_average
-    size = (cfg.model.height, cfg.model.width)
-    if cfg.loss.fit_offsets or hflip:
-        from segray.training.calibrate import fit_and_fold, score_val
+    if cfg.export.fit_offsets:
+        from segray.training.calibrate import fit_and_fold
 
         if pairs is None:
-            raise ValueError("loss.fit_offsets / model.hflip_average: the export needs the run's train and val pairs")
-        train_pairs, val_pairs = pairs
-        # Frames are scored on the model's device: the GPU where there is one (a driver without Ray
-        # on a GPU machine), where these passes over the train and val frames are the export's cost.
+            raise ValueError("export.fit_offsets: the export needs the run's train and val pairs")
+        # Frames are scored on the GPU where there is one: these passes are the export's cost.
         model.to("cuda" if torch.cuda.is_available() else "cpu")
-        if cfg.loss.fit_offsets:
-            fit = fit_and_fold(model, label_map, size, train_pairs, val_pairs, IMAGENET_MEAN, IMAGENET_STD, hflip)
-            fitted = {
-                "fitted_offsets": fit["offsets"],
-                "fit_train_frames": fit["train_frames"],
-                "fit_train_miou": [fit["train_miou_before"], fit["train_miou_after"]],
-            }
-            v = fit["val"]
-        else:
-            v = score_val(model, label_map, size, val_pairs, IMAGENET_MEAN, IMAGENET_STD, hflip)
-        fitted["checkpoint_val_miou"] = m["val_miou"]  # as validation scored it during the run
-        val = {
-            "val_miou": v["miou"],
-            "val_pixel_accuracy": v["pixel_accuracy"],
-            "val_mean_dice": v["mean_dice"],
-            "val_iou": v["iou"],
+        size = (cfg.model.height, cfg.model.width)
+        fit = fit_and_fold(model, label_map, size, pairs[0], pairs[1], IMAGENET_MEAN, IMAGENET_STD)
+        v = fit["val"]
+        fitted = {
+            "fitted_offsets": fit["offsets"],
+            "fit_train_frames": fit["train_frames"],
+            "fit_train_miou": [fit["train_miou_before"], fit["train_miou_after"]],
+            "checkpoint_val_miou": m["val_miou"],  # as validation scored it during the run
         }
+        val = {"val_miou": v["miou"], "val_pixel_accuracy": v["pixel_accuracy"], "val_mean_dice": v["mean_dice"],
+               "val_iou": v["iou"]}  # fmt: skip
         model.cpu()
     metrics = {
         "source": "segray train",
@@ -83,20 +81,21 @@ def export_checkpoint(
         "epoch": m["epoch"],
         "epochs": cfg.run.epochs,
         **val,
-        "logit_adjustment": cfg.loss.logit_adjustment,
-        "hflip_average": hflip,
+        "logit_adjustment": cfg.export.logit_adjustment,
         **fitted,
         **extra,
+        "recipe": cfg.to_dict(),
     }
     art = ModelArtifact(
         model,
         label_map,
-        Preprocessing(height=cfg.model.height, width=cfg.model.width, hflip_average=hflip),
+        Preprocessing(height=cfg.model.height, width=cfg.model.width),
         cfg.model.name or cfg.name,
         cfg.model.arch,
         metrics=metrics,
     )
-    art.save(cfg.export_uri)
+    storage.write_bytes(storage.join(cfg.export_uri, RECIPE), cfg.to_yaml().encode())
+    art.save(cfg.export_uri)  # segray.json last: the folder is an artifact only once it is complete
     return art
 
 

@@ -37,8 +37,6 @@ def describe_init(cfg: ModelConfig, label_map: LabelMap) -> str:
         return f"fine-tuning from artifact {cfg.init_artifact} ({info.model_id}), same classes, head kept"
     if cfg.encoder_weights:
         return f"encoder weights from {cfg.encoder_weights}, decoder and head from scratch"
-    if cfg.zero_init_residual:
-        return "from scratch (random initialisation, residual blocks start as the identity)"
     return "from scratch (random initialisation)"
 
 
@@ -58,8 +56,6 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
             model_kwargs=cfg.kwargs,
             seed=seed,
         ).model.train()
-        if cfg.zero_init_residual:
-            zero_init_residual(model, cfg.encoder)
         return model
     from segray.models import build_model
     from segray.models.artifact import ModelArtifact
@@ -92,18 +88,27 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
     return model.train()
 
 
-def zero_init_residual(model: nn.Module, encoder: str) -> int:
-    """Zero the last BatchNorm scale of every ResNet block (torchvision's ``zero_init_residual``,
-    which smp's ResNet encoders cannot be asked for); returns how many blocks there were."""
-    from torch import nn
-    from torchvision.models.resnet import BasicBlock, Bottleneck
+def freeze_unused(model: nn.Module, height: int, width: int, device: Any) -> list[str]:
+    """Freeze parameters that one forward/backward pass does not reach, and name them.
 
-    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
-    if not blocks:
-        raise ValueError(f"model.zero_init_residual needs a ResNet encoder; {encoder!r} has no residual blocks")
-    for block in blocks:
-        nn.init.zeros_(block.bn3.weight if isinstance(block, Bottleneck) else block.bn2.weight)
-    return len(blocks)
+    smp's PSPNet builds all encoder stages but uses only the first ``encoder_depth``; DDP then
+    waits forever for their gradients ("Expected to have finished reduction"). Freezing them is
+    cheaper than ``find_unused_parameters=True`` (no graph walk each step) and works for any
+    architecture the registry gains. The pass runs in eval mode, so BatchNorm statistics are untouched.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(2, 3, height, width, device=device))
+    out.float().mean().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in model.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
 
 
 def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 from segray import storage
 from segray.datasets.pairs import Pair, dataset_label_map, list_pairs
 from segray.labels import LabelMap
+from segray.metrics import is_scored
 from segray.training.config import TrainConfig
-from segray.training.metrics import is_scored
 
 log = logging.getLogger("segray.train")
 
@@ -45,56 +45,37 @@ class Plan:
     init: str
 
 
-def plan(cfg: TrainConfig) -> Plan:
-    from segray.training.data import read_pair
+def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
+    """Every check that can fail, before any worker starts; records (or checks) the run's identity
+    and saves the resolved recipe in the run folder."""
+    from segray.datasets.pairs import read_pair
+    from segray.training.export import RECIPE
     from segray.training.init import describe_init
+    from segray.training.resume import check_or_record
 
     cfg.validate()
     absolutise(cfg)
     label_map = dataset_label_map(cfg.data.root, cfg.data.labels)
+    cfg.check_data(label_map.num_classes, label_map.name)
     train_pairs = list_pairs(cfg.data.source("train"))
     val_pairs = list_pairs(cfg.data.source("val"))
     # One pair of each split decoded here: a colour mask or a foreign label map fails in seconds.
     read_pair(train_pairs[0], label_map)
     read_pair(val_pairs[0], label_map)
-    if cfg.model.encoder_weights:
+    if cfg.model.encoder_weights and is_weights_file(cfg.model.encoder_weights):
         storage.check_readable(cfg.model.encoder_weights)
     init = describe_init(cfg.model, label_map)
     storage.check_writable(cfg.run.storage)
-    check_run_identity(cfg, label_map)
+    check_or_record(cfg, label_map, runner)
+    storage.write_bytes(storage.join(cfg.run_uri, RECIPE), cfg.to_yaml().encode())
     return Plan(label_map, train_pairs, val_pairs, init)
 
 
-RUN_FILE = "segray-run.json"
+def is_weights_file(value: str) -> bool:
+    """``model.encoder_weights`` names a file (a path or URI) rather than weights smp knows by name."""
+    from segray.models.artifact import is_weights_name
 
-
-def check_run_identity(cfg: TrainConfig, label_map: LabelMap) -> None:
-    """A rerun continues the run in ``<storage>/<name>``: refuse one whose model no longer matches it.
-
-    Loading an epoch's checkpoint into a different architecture, encoder, class list or input size
-    would fail deep inside every worker (or, for the input size, silently change the recipe).
-    """
-    import json
-
-    identity = {
-        "arch": cfg.model.arch,
-        "encoder": cfg.model.encoder,
-        "classes": label_map.names,
-        "input_size": [cfg.model.height, cfg.model.width],
-        "model_kwargs": cfg.model.kwargs,
-    }
-    uri = storage.join(cfg.run_uri, RUN_FILE)
-    if storage.exists(uri):
-        before = json.loads(storage.read_bytes(uri))
-        changed = {k: (before.get(k), v) for k, v in identity.items() if before.get(k) != v}
-        if changed:
-            detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(
-                f"{cfg.run_uri} holds a run of another model ({detail}); rerunning continues a run, so give "
-                "this recipe a new name= or run.storage="
-            )
-        return
-    storage.write_bytes(uri, json.dumps(identity, indent=1).encode())
+    return not is_weights_name(value)
 
 
 def absolutise(cfg: TrainConfig) -> None:
@@ -107,7 +88,8 @@ def absolutise(cfg: TrainConfig) -> None:
 
     cfg.run.storage = fix(cfg.run.storage) or cfg.run.storage
     cfg.run.export_to = fix(cfg.run.export_to)
-    cfg.model.encoder_weights = fix(cfg.model.encoder_weights)
+    if cfg.model.encoder_weights and is_weights_file(cfg.model.encoder_weights):  # not a name such as imagenet
+        cfg.model.encoder_weights = fix(cfg.model.encoder_weights)
     cfg.model.init_artifact = fix(cfg.model.init_artifact)
 
 
@@ -155,19 +137,6 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
     )
 
 
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
-
-
-def check_same_runner(cfg: TrainConfig, with_ray: bool) -> None:
-    """A run continues under the runner that started it: each keeps its own record of checkpoints,
-    and the other would not see it and start again over the same epoch folders."""
-    from segray.training.session import INDEX
-
-    other, flag = (INDEX, "with --no-ray") if with_ray else (RAY_SNAPSHOT, "on Ray (without --no-ray)")
-    if storage.exists(storage.join(cfg.run_uri, other)):
-        raise ValueError(f"{cfg.run_uri} holds a run started {flag}: continue it so, or give this run a new name=")
-
-
 def fit_without_ray(cfg: TrainConfig, p: Plan) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
     """The per-worker training function as one worker in this process: (latest, kept checkpoints)."""
     from segray.training.loop import train_loop
@@ -197,8 +166,7 @@ def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
     from segray.training import checkpoint as ckpt_io
     from segray.training.export import export_best
 
-    p = plan(cfg)
-    check_same_runner(cfg, with_ray)
+    p = plan(cfg, "ray" if with_ray else "local")
     log.info(
         "%s: %d train pairs (%s), %d val pairs (%s), %d classes (%s); %s; run folder %s",
         cfg.name,

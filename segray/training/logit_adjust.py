@@ -21,7 +21,7 @@ def logit_offsets(class_weights: list[float] | None, alpha: float) -> torch.Tens
         return None
     w = torch.tensor(class_weights, dtype=torch.float32)
     if (w <= 0).any():
-        raise ValueError("loss.logit_adjustment needs positive loss.class_weights")
+        raise ValueError("export.logit_adjustment needs positive class weights on the loss's ce term")
     return -alpha * w.log()
 
 
@@ -47,7 +47,7 @@ FIT_GRID = (-0.8, -0.4, -0.2, -0.1, 0.1, 0.2, 0.4, 0.8)
 
 def _miou(target: torch.Tensor, pred: torch.Tensor, c: int) -> float:
     """Validation's own figure: one confusion matrix, :func:`scores` over it."""
-    from segray.training.metrics import confusion_matrix, scores
+    from segray.metrics import confusion_matrix, scores
 
     return float(scores(confusion_matrix(pred, target, c).numpy())["miou"])
 

@@ -149,3 +149,21 @@ class LocalSession:
         """(latest, kept with their metrics): what Ray's ``Result`` gives as checkpoint and best_checkpoints."""
         kept = [(StoredCheckpoint(storage.join(self.run_uri, k["name"])), k["metrics"]) for k in self.kept]
         return (kept[-1][0] if kept else None), kept
+
+
+def maybe_inject_failure(at_epoch: int | None, run_uri: str, epoch: int, rank: int) -> None:
+    """Fault drill (``run.inject_failure_at_epoch``): rank 0's process dies (SIGKILL, as a lost node
+    would) once, mid-epoch ``at_epoch``, after a training step of that epoch; a marker file in the
+    run folder keeps the restarted workers from dying again."""
+    if at_epoch != epoch or rank != 0:
+        return
+    import logging
+    import os
+    import signal
+
+    marker = storage.join(run_uri, f"_injected_failure_epoch_{epoch}")
+    if storage.exists(marker):
+        return
+    storage.write_bytes(marker, b"")
+    logging.getLogger("segray.train").warning("injected failure: killing rank 0 mid-epoch %d", epoch)
+    os.kill(os.getpid(), signal.SIGKILL)

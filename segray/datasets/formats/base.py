@@ -7,7 +7,6 @@ frame, in a thread pool): ``plan(src, options)`` lists the samples and fixes the
 
 from __future__ import annotations
 
-import io
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,21 +111,12 @@ def read_rgb(uri: str) -> tuple[bytes, np.ndarray]:
 
 def read_index_mask(uri: str) -> np.ndarray:
     """A single-channel 8-bit (grayscale or palette) PNG -> its (H, W) uint8 indices."""
-    from PIL import Image
+    from segray.datasets.masks import MaskError, read_mask
 
-    data = storage.read_bytes(uri)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode not in ("L", "P"):
-                raise ConvertError(
-                    f"{uri}: a class-index mask must be a single-channel 8-bit PNG (grayscale or palette), "
-                    f"got mode {im.mode}"
-                )
-            return np.asarray(im, dtype=np.uint8).copy()
-    except ConvertError:
-        raise
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise ConvertError(f"{uri}: not a readable PNG mask ({type(e).__name__}: {e})") from e
+        return read_mask(uri)
+    except MaskError as e:
+        raise ConvertError(str(e)) from e
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

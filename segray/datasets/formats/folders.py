@@ -81,7 +81,7 @@ def plan(src: str, options: ConvertOptions) -> Plan:
             raise ConvertError(f"{uri}: --split auto needs images/<split>/... sub-folders")
         samples.append(Sample(split, stem(rel), uri, masks[key][1]))
     palette = palette_of(label_map) if options.color_masks else None
-    ignore = label_map.ignore_id if label_map.ignore_id is not None else 255
+    ignore = label_map.ignore_index
 
     def load(s: Sample) -> Converted:
         data, rgb = read_rgb(s.image_uri)
