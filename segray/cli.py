@@ -11,6 +11,7 @@ from pathlib import Path
 
 from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
+from segray.exit_codes import EXIT_CODES, LABEL_EXIT_CODES
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.landcover import cli as landcover_cli
 from segray.training import cli as training_cli
@@ -66,7 +67,12 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--write-batch-size", type=int, default=128, help="frames per stats/errors Parquet part (default 128)"
     )
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse frames declaring more pixels")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse frames whose header declares more pixels, before decoding (default {DEFAULT_MAX_PIXELS:,})",
+    )
     p.add_argument("--uri-column", default="uri", help="manifest column holding frame URIs (default uri)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if torch sees one), cpu, cuda")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
@@ -271,17 +277,32 @@ def cmd_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Label every frame of an image archive with a segmentation model, and write masks and per-class
+area statistics as Parquet to a folder or S3; train the models; export land-cover areas. Runs on
+a local Ray or a Ray cluster. Start with `segray demo`; `segray COMMAND --help` for each command.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segray", description=__doc__)
+    from segray import __version__
+
+    p = argparse.ArgumentParser(prog="segray", description=DESCRIPTION, epilog=EXIT_CODES)
+    p.add_argument("--version", action="version", version=f"segray {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    lab = sub.add_parser("label", help="label frames: masks, per-class stats, errors (Ray Data)")
+    lab = sub.add_parser(
+        "label", help="label frames: masks, per-class stats, errors (Ray Data)", epilog=LABEL_EXIT_CODES
+    )
     add_label_args(lab)
     lab.set_defaults(func=cmd_label)
 
     nightly = sub.add_parser(
         "nightly",
         help="label one date's frames (date-templated --input/--output); reruns label only new frames",
+        description="Label one date's frames. {date} in --input and --output is replaced by the date "
+        "(YYYY-MM-DD; {date:%%Y/%%m/%%d} for other layouts), and every stats row gets a date column.",
+        epilog=LABEL_EXIT_CODES,
     )
     add_label_args(nightly)
     nightly.add_argument("--date", default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
@@ -290,12 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="model artifacts")
     msub = model.add_subparsers(dest="model_command", required=True)
     init = msub.add_parser("init", help="write an untrained model artifact")
-    init.add_argument("--arch", default="unet", help="unet, pspnet, fpn, deeplabv3plus, ... or fcn (see README)")
-    init.add_argument("--encoder", default="resnet34", help="any segmentation-models-pytorch encoder")
-    init.add_argument("--labels", default="camvid", help="built-in label map name or label-map JSON path/URI")
+    init.add_argument(
+        "--arch", default="unet", help="unet, pspnet, fpn, deeplabv3plus, ... or fcn, see docs/models.md (default unet)"
+    )
+    init.add_argument(
+        "--encoder", default="resnet34", help="any segmentation-models-pytorch encoder (default resnet34)"
+    )
+    init.add_argument(
+        "--labels", default="camvid", help="built-in label map name or label-map JSON path/URI (default camvid)"
+    )
     init.add_argument("--name", default=None, help="model name (default <arch>-<encoder>)")
-    init.add_argument("--height", type=int, default=352, help="model input height (multiple of 32)")
-    init.add_argument("--width", type=int, default=480, help="model input width (multiple of 32)")
+    init.add_argument("--height", type=int, default=352, help="model input height, a multiple of 32 (default 352)")
+    init.add_argument("--width", type=int, default=480, help="model input width, a multiple of 32 (default 480)")
     init.add_argument(
         "--encoder-weights",
         default=None,
@@ -320,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     demo.set_defaults(func=cmd_demo)
     runs = sub.add_parser(
-        "runs", help="what the runs on a labelling output did, who is writing it now, frames per model"
+        "runs",
+        help="what the runs on a labelling output did, who is writing it now, frames per model",
+        epilog=EXIT_CODES,
     )
     runs.add_argument("output", help="labelling output folder or s3:// prefix")
     runs.set_defaults(func=cmd_runs)
@@ -330,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser(
         "compact",
         help="rewrite stats/ as a few large Parquet files, one row per frame and model (takes the output's lease)",
+        epilog=EXIT_CODES + "; 2 also when a run is writing the output",
     )
     comp.add_argument("output", help="labelling output folder or s3:// prefix")
     comp.add_argument(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from segray.exit_codes import EXIT_CODES
+
 #: command-line flag -> ConvertOptions field, for the per-format option check
 FLAGS = {
     "--target": "target",
@@ -37,7 +39,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     from segray.datasets.eda import format_table, write_stats
 
     splits = [s for s in a.splits.split(",") if s] if a.splits else None
-    stats, out = write_stats(a.root, a.out, splits, a.previews, a.labels)
+    stats, out = write_stats(a.root, a.output, splits, a.previews, a.labels)
     print(format_table(stats))
     print(f"figures and tables written to {out}")
     return 0
@@ -47,7 +49,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``data convert`` / ``data stats`` to the ``segray`` command's sub-parsers."""
     from segray.datasets.formats.registry import FORMATS
 
-    data = sub.add_parser("data", help="datasets: convert to the canonical layout, exploratory stats")
+    data = sub.add_parser(
+        "data", help="datasets: convert to the canonical layout, exploratory stats", epilog=EXIT_CODES
+    )
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     conv = dsub.add_parser(
@@ -76,7 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     stats = dsub.add_parser("stats", help="frame counts, sizes, class frequencies, charts and previews")
     stats.add_argument("root", help="canonical dataset root (folder or s3:// prefix)")
-    stats.add_argument("--out", default=None, help="where figures go (default <root>/_eda)")
+    stats.add_argument("--output", default=None, help="where figures go (default <root>/_eda)")
+    stats.add_argument("--out", dest="output", default=None, help=argparse.SUPPRESS)  # the earlier spelling
     stats.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
     stats.add_argument("--labels", default=None, help="label map (default <root>/labels.json, else camvid)")
     stats.add_argument("--previews", type=int, default=4, help="frames in previews.png (0 = none, default 4)")

@@ -6,16 +6,20 @@ import argparse
 import json
 import sys
 
+from segray.exit_codes import EXIT_CODES
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("evaluate", help="score an artifact on a labelled split: metrics, confusion, overlays")
+    ev = sub.add_parser(
+        "evaluate", help="score an artifact on a labelled split: metrics, confusion, overlays", epilog=EXIT_CODES
+    )
     ev.add_argument("--model", required=True, help="model artifact folder or s3:// URI")
     add_data_args(ev)
     ev.add_argument("--output", required=True, help="folder or s3:// prefix for metrics.json/.parquet and pictures")
     ev.add_argument("--overlays", type=int, default=6, help="frame | truth | prediction pictures to write (default 6)")
     ev.set_defaults(func=cmd_evaluate)
 
-    cp = sub.add_parser("compare", help="evaluate several artifacts on one split; Markdown table")
+    cp = sub.add_parser("compare", help="evaluate several artifacts on one split; Markdown table", epilog=EXIT_CODES)
     cp.add_argument("--models", nargs="+", required=True, help="model artifacts (folders or s3:// URIs)")
     add_data_args(cp)
     cp.add_argument(

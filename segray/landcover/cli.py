@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from segray.exit_codes import EXIT_CODES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "landcover",
+        epilog=EXIT_CODES,
         help="area and share per class and group, from labelling stats (Ray Data); Parquet totals and charts",
         description="IN is a labelling job's output (or its stats/ folder), local or s3://; several may be "
         "given (e.g. one per nightly date). OUT receives totals/date=<date>/part-0.parquet (area and share "

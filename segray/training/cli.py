@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from segray.exit_codes import EXIT_CODES
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    tr = sub.add_parser("train", help="train a UNet/PSPNet on Ray Train from a YAML recipe; exports an artifact")
+    tr = sub.add_parser(
+        "train", help="train a UNet/PSPNet on Ray Train from a YAML recipe; exports an artifact", epilog=EXIT_CODES
+    )
     tr.add_argument("--config", required=True, help="recipe YAML (local or s3://), e.g. configs/camvid-unet-cpu.yaml")
     tr.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. run.epochs=5 optim.lr=3e-4"
