@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout / --working-dir
 
-from segray.cli import main  # noqa: E402
+from segray.cli import job_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["data", "convert", *sys.argv[1:]]))
+    sys.exit(job_main("jobs/convert_dataset.py", ["data", "convert"], sys.argv[1:]))

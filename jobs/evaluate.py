@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout / --working-dir
 
-from segray.cli import main  # noqa: E402
+from segray.cli import job_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(job_main("jobs/evaluate.py", ["evaluate"], sys.argv[1:]))

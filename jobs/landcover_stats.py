@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout / --working-dir
 
-from segray.cli import main  # noqa: E402
+from segray.cli import job_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["landcover", *sys.argv[1:]]))
+    sys.exit(job_main("jobs/landcover_stats.py", ["landcover"], sys.argv[1:]))

@@ -120,6 +120,12 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded); a URI with a scheme unchanged. For paths that
+    travel to Ray workers, which may run in another working directory than the driver."""
+    return uri if "://" in uri else str(Path(uri).expanduser().absolute())
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI with '/' (works for s3:// and local folders alike)."""
     base = uri.rstrip("/")

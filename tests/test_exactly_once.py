@@ -377,6 +377,7 @@ def test_runs_report(tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixt
     assert cli_main(["runs", out]) == 0
     text = capsys.readouterr().out
     assert f"lease: free (last released by run {s.run_id})" in text
-    assert re.search(rf"{s.run_id} .* {re.escape(s.model_id)} +8 +0 +0 ", text), text
+    # frames in, labelled, failed, skipped, frames/s, status
+    assert re.search(rf"{s.run_id} .* {re.escape(s.model_id)} +8 +8 +0 +0 +[\d.]+ +complete\n", text), text
     assert f"stats: 11 rows in 2 files\n  {s.model_id}: 8 frames (one row each)" in text
     assert "3 superseded rows are ignored" in text

@@ -28,6 +28,28 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> str:
     return write_shapes_dataset(str(tmp_path_factory.mktemp("shapes")), {"train": 6, "val": 2})
 
 
+def test_auto_class_weights_are_median_frequency_of_the_training_masks(
+    shapes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segray.datasets.eda import compute_stats
+    from segray.training.job import resolve_auto_weights
+
+    template = Path(__file__).resolve().parents[1] / "configs" / "template.yaml"
+    cfg = load_config(str(template), [f"data.root={shapes}"])
+    assert cfg.loss[0].class_weights == "auto"
+    resolve_auto_weights(cfg, SHAPES)
+    stats, _ = compute_stats(shapes, SHAPES, ["train"])  # `segray data stats` on the same masks
+    expected = [round(r["median_freq_weight"], 4) for r in stats.class_rows()[: SHAPES.num_classes]]
+    assert cfg.loss[0].class_weights == cfg.class_weights == expected and 1.0 in expected
+    assert (
+        "loss[0].class_weights: auto -> median frequency over 6 training masks: background" in capsys.readouterr().out
+    )
+    with pytest.raises(ValueError, match=r"loss\[0\]\.class_weights 'median': give a list"):
+        load_config(None, ["loss.0.class_weights=median"])
+    with pytest.raises(ValueError, match=r"loss\[1\]\.class_weights: only a ce term"):
+        load_config(None, ["loss=[{type: ce}, {type: dice, class_weights: auto}]"])
+
+
 def test_recipes_load_and_bad_keys_are_named() -> None:
     root = Path(__file__).resolve().parents[1] / "configs"
     recipes = sorted(root.glob("camvid-*.yaml"))

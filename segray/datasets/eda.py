@@ -116,6 +116,35 @@ def _one(image_uri: str, mask_uri: str) -> tuple[tuple[int, int], np.ndarray]:
     return size, np.bincount(mask.ravel(), minlength=256)
 
 
+def _count(stats: DatasetStats, pairs: list[tuple[str, str]], workers: int) -> None:
+    """Adds the (image, mask) pairs' sizes and per-value pixel counts to ``stats``."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for (w, h), counts in pool.map(lambda im: _one(*im), pairs):
+            key = f"{w}x{h}"
+            stats.sizes[key] = stats.sizes.get(key, 0) + 1
+            stats.pixels += counts
+            present = counts > 0
+            stats.frames_with += present
+            stats.pixels_of_frames_with += present * (w * h)
+
+
+#: ``class_weights: auto`` reads at most this many training masks, evenly spread over the list:
+#: the weights are ratios of class frequencies, which a few thousand frames pin down.
+AUTO_WEIGHTS_MAX_MASKS = 2000
+
+
+def median_frequency_weights(pairs: list[tuple[str, str]], label_map: LabelMap, workers: int = 8) -> list[float]:
+    """SegNet's median-frequency class weights from training (image, mask) pairs, one per class;
+    1.0 for a class no mask holds (its weight then changes nothing)."""
+    if len(pairs) > AUTO_WEIGHTS_MAX_MASKS:
+        step = len(pairs) / AUTO_WEIGHTS_MAX_MASKS
+        pairs = [pairs[int(i * step)] for i in range(AUTO_WEIGHTS_MAX_MASKS)]
+    stats = DatasetStats("", label_map, frames={"train": len(pairs)})
+    _count(stats, pairs, workers)
+    rows = stats.class_rows()[: label_map.num_classes]
+    return [round(r["median_freq_weight"], 4) if r["median_freq_weight"] > 0 else 1.0 for r in rows]
+
+
 def compute_stats(
     root: str, label_map: LabelMap | None = None, splits: list[str] | None = None, workers: int = 8
 ) -> tuple[DatasetStats, list[tuple[str, str]]]:
@@ -133,14 +162,7 @@ def compute_stats(
         pairs = list_folder_pairs(storage.join(root, split), storage.join(root, f"{split}annot"))
         stats.frames[split] = len(pairs)
         seen.extend((p.image, p.mask) for p in pairs)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for (w, h), counts in pool.map(lambda im: _one(*im), seen):
-            key = f"{w}x{h}"
-            stats.sizes[key] = stats.sizes.get(key, 0) + 1
-            stats.pixels += counts
-            present = counts > 0
-            stats.frames_with += present
-            stats.pixels_of_frames_with += present * (w * h)
+    _count(stats, seen, workers)
     bad = np.nonzero(stats.pixels[lm.num_classes :])[0] + lm.num_classes
     bad = bad[bad != lm.ignore_index]
     if bad.size:

@@ -48,9 +48,14 @@ def confusion_png(cm: np.ndarray, names: list[str], title: str = "") -> bytes:
     return buf.getvalue()
 
 
+def overlay_strip(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map: LabelMap) -> np.ndarray:
+    """Frame | ground truth | prediction side by side (RGB) in the label map's colours (ignore in its own)."""
+    return np.concatenate([image, label_map.colorize(truth), label_map.colorize(pred)], axis=1)
+
+
 def overlay_png(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map: LabelMap) -> bytes:
-    """Frame | ground truth | prediction side by side in the label map's colours (ignore in its own)."""
-    strip = np.concatenate([image, label_map.colorize(truth), label_map.colorize(pred)], axis=1)
+    """:func:`overlay_strip` as PNG bytes."""
+    strip = overlay_strip(image, truth, pred, label_map)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("could not encode overlay PNG")

@@ -14,7 +14,7 @@ so a second run on the same output exits with LeaseHeld instead of labelling fra
 Reruns: frames that already have a ``stats/`` row from the same model id are skipped, so rerunning
 a finished job labels nothing and rerunning an interrupted one finishes the rest; ``errors/``
 describes the latest completed run (earlier runs' error parts are removed when a run completes,
-since every frame without a stats row was retried).
+since every frame without a stats row was retried; a run cut short by ``limit`` keeps them).
 """
 
 from __future__ import annotations
@@ -91,8 +91,12 @@ class LabelOptions:
     pixel_size: float | None = None
     #: Look for world files (.pgw/.jgw/.tfw...) beside each frame (one existence check per candidate).
     world_files: bool = True
+    #: Label at most this many of the frames not yet labelled (in listing order); the next run goes on.
+    limit: int | None = None
 
     def __post_init__(self) -> None:
+        # Workers resolve these paths, and they may run in another working directory.
+        self.model, self.input, self.output = (storage.absolute(u) for u in (self.model, self.input, self.output))
         if self.batch_size < 1 or self.read_batch_size < 1 or self.write_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         lo, hi = self.min_actors, self.max_actors
@@ -112,6 +116,8 @@ class LabelOptions:
             raise ValueError(f"pixel_size must be a positive number of metres, got {self.pixel_size}")
         if self.tile_overlap is not None and self.tile_overlap < 0:
             raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
 @dataclass
@@ -132,6 +138,11 @@ class RunSummary:
     options: dict[str, Any] = field(default_factory=dict)
     #: failed / (labelled + failed) of this run; 0 when nothing was attempted.
     failed_fraction: float = 0.0
+    #: Frames still to label that ``limit`` left for a later run.
+    left_by_limit: int = 0
+    #: ``complete`` (every frame labelled or recorded as failed), ``limited`` (--limit left frames
+    #: for a later run) or ``over failure budget`` (exit 3).
+    status: str = "complete"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -146,6 +157,35 @@ class FailureBudgetExceeded(RuntimeError):
             f"({summary.failed_fraction:.1%}), above the allowed {limit:.1%}; see {summary.output}/errors"
         )
         self.summary = summary
+
+
+@dataclass
+class LabelPlan:
+    """What a run would do now (``segray label --dry-run``): nothing is started or written."""
+
+    model_id: str
+    frames_in: int
+    done: int
+    to_label: int
+    left_by_limit: int
+    first: list[str]
+    lease: str
+
+
+def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan:
+    """Lists the input and the output's stats as a run would, and reads who holds the output."""
+    from segray.labelling.lease import read_lease
+
+    table, total, skipped = _frames_table(opts, done_frames(opts.output, info.model_id))
+    todo = 0 if table is None else table.num_rows
+    n = todo if opts.limit is None else min(todo, opts.limit)
+    first = [] if table is None else table.column("relative_path").slice(0, min(n, show)).to_pylist()
+    held = read_lease(opts.output)
+    if held is None or held.released or held.is_free():
+        lease = "free: a run now would take it"
+    else:
+        lease = f"held by {held.describe()}: a run now would exit 2"
+    return LabelPlan(info.model_id, total, skipped, n, todo - n, first, lease)
 
 
 def new_run_id() -> str:
@@ -295,14 +335,19 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
 
     done = done_frames(opts.output, info.model_id)
     table, total, skipped = _frames_table(opts, done)
+    left_by_limit = 0
+    if table is not None and opts.limit is not None and table.num_rows > opts.limit:
+        left_by_limit = table.num_rows - opts.limit
+        table = table.slice(0, opts.limit)
     log.info(
-        "run %s: %d frames under %s, %d already labelled by %s, %d to do",
+        "run %s: %d frames under %s, %d already labelled by %s, %d to do%s",
         run_id,
         total,
         opts.input,
         skipped,
         info.model_id,
-        total - skipped,
+        total - skipped - left_by_limit,
+        f" (--limit {opts.limit}: {left_by_limit} left for a later run)" if left_by_limit else "",
     )
     labelled = failed = 0
     first_output: float | None = None
@@ -366,7 +411,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
                 "label_map": info.label_map.to_dict(),
             },
         )
-        todo = total - skipped
+        todo = table.num_rows
         last = time.time()
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             lease.check()  # taken over: stop writing at once (what was written stays, once per frame)
@@ -386,8 +431,11 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
                 "outputs are incomplete, rerun the same command to finish"
             )
     lease.check()
-    _drop_old_error_parts(opts.output, run_id)
+    if not left_by_limit:  # every frame without a stats row was tried again in this run
+        _drop_old_error_parts(opts.output, run_id)
     seconds = time.time() - started
+    failed_fraction = round(failed / (labelled + failed), 6) if labelled + failed else 0.0
+    over = opts.max_failed_fraction is not None and failed_fraction > opts.max_failed_fraction
     summary = RunSummary(
         run_id=run_id,
         model_id=info.model_id,
@@ -402,7 +450,9 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         first_output_s=None if first_output is None else round(first_output, 3),
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
         options={k: v for k, v in asdict(opts).items() if k not in {"run_id"}},
-        failed_fraction=round(failed / (labelled + failed), 6) if labelled + failed else 0.0,
+        failed_fraction=failed_fraction,
+        left_by_limit=left_by_limit,
+        status="over failure budget" if over else "limited" if left_by_limit else "complete",
     )
     storage.write_bytes(storage.join(opts.output, "_runs", f"{run_id}.json"), summary.to_json().encode())
     log.info(
@@ -414,8 +464,8 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         seconds,
         summary.frames_per_s,
     )
-    if opts.max_failed_fraction is not None and summary.failed_fraction > opts.max_failed_fraction:
-        raise FailureBudgetExceeded(summary, opts.max_failed_fraction)
+    if over:
+        raise FailureBudgetExceeded(summary, float(opts.max_failed_fraction or 0.0))
     return summary
 
 

@@ -50,23 +50,34 @@ def output_report(output: str) -> OutputReport:
     return OutputReport(output, runs, lease, keys.rows, frames, len(parts))
 
 
+def run_status(run: dict[str, Any]) -> str:
+    """How a finished run ended (a run that died wrote no record; the lease line tells of it)."""
+    status = str(run.get("status", "complete"))  # records written before status existed ended complete
+    if status == "limited":
+        return f"limited ({run.get('left_by_limit', 0)} left)"
+    if status == "over failure budget":
+        return "exit 3: over the failure budget"
+    return status
+
+
 def format_report(r: OutputReport) -> str:
     lines = [f"output {r.output}", f"lease: {r.lease}", ""]
     head = (
-        f"{'run':<33} {'started (UTC)':<20} {'model':<34} {'labelled':>9} {'failed':>7} {'skipped':>8} {'frames/s':>9}"
+        f"{'run':<33} {'started (UTC)':<20} {'model':<34} {'frames in':>9} {'labelled':>9} {'failed':>7} "
+        f"{'skipped':>8} {'frames/s':>9}  status"
     )
     lines += [head, "-" * len(head)]
     for run in r.runs:
         if "compact_id" in run:
             lines.append(
-                f"{run['run_id']:<33} {'':<20} {'(compaction)':<34} {run['rows_after']:>9} {'':>7} "
-                f"{'':>8} {'':>9}  {run['parts_before']} parts -> {run['files_after']} files"
+                f"{run['run_id']:<33} {'':<20} {'(compaction)':<34} {run['rows_before']:>9} {run['rows_after']:>9} "
+                f"{'':>7} {'':>8} {'':>9}  {run['parts_before']} parts -> {run['files_after']} files"
             )
             continue
         lines.append(
             f"{run['run_id']:<33} {str(run.get('started_at', ''))[:19]:<20} {str(run.get('model_id', '')):<34} "
-            f"{run.get('labelled', 0):>9} {run.get('failed', 0):>7} {run.get('skipped_done', 0):>8} "
-            f"{run.get('frames_per_s', 0):>9.2f}"
+            f"{run.get('frames_in', 0):>9} {run.get('labelled', 0):>9} {run.get('failed', 0):>7} "
+            f"{run.get('skipped_done', 0):>8} {run.get('frames_per_s', 0):>9.2f}  {run_status(run)}"
         )
     if not r.runs:
         lines.append("(no finished runs)")

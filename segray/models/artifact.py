@@ -6,6 +6,7 @@ Layout::
                        or for non-smp models (torchvision's FCN) the same keys written by segray
     model.safetensors  weights: safetensors only, so loading never unpickles anything
     segray.json        name, architecture, label map, preprocessing, weights SHA-256, metrics
+    recipe.yaml        the training recipe, when ``segray train`` exported the artifact
 
 The weights checksum is recorded at save time and verified at load time; the model id that stats
 rows carry is ``<name>@<first 12 hex of the SHA-256>``, so rows say exactly which weights made them,
@@ -39,6 +40,8 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 META = "segray.json"
+#: The resolved training recipe, beside the weights of an artifact that ``segray train`` exported.
+RECIPE = "recipe.yaml"
 #: File names that hold pickled weights; an artifact carrying one instead of safetensors is refused.
 PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
 
@@ -94,8 +97,8 @@ class ModelArtifact:
     def load(cls, uri: str, map_location: str | torch.device = "cpu") -> ModelArtifact:
         from safetensors.torch import load as st_load
 
-        meta = _read_json(uri, META)
-        config = _read_json(uri, CONFIG)
+        meta = read_json(uri, META)
+        config = read_json(uri, CONFIG)
         if not storage.exists(storage.join(uri, WEIGHTS)):
             pickled = [n for n in PICKLE_NAMES if storage.exists(storage.join(uri, n))]
             if pickled:
@@ -174,7 +177,7 @@ def model_config(model: nn.Module) -> bytes:
     return json.dumps(config, indent=2).encode()
 
 
-def _read_json(uri: str, name: str) -> dict[str, Any]:
+def read_json(uri: str, name: str) -> dict[str, Any]:
     target = storage.join(uri, name)
     if not storage.exists(target):
         if not storage.exists(uri):
@@ -339,7 +342,7 @@ def model_id(name: str, weights_sha256: str, pre: Preprocessing) -> str:
 
 
 def read_info(uri: str) -> ArtifactInfo:
-    meta = _read_json(uri, META)
+    meta = read_json(uri, META)
     try:
         return ArtifactInfo(
             uri,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from segray.exit_codes import EXIT_CODES
@@ -39,9 +40,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = load_config(a.config, a.overrides)
     if a.print_config:
-        from segray.training.job import absolutise
+        from segray.datasets.pairs import dataset_label_map
+        from segray.training.job import absolutise, resolve_auto_weights
 
         absolutise(cfg)  # as the run folder's recipe.yaml has it
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the recipe alone
+            resolve_auto_weights(cfg, dataset_label_map(cfg.data.root, cfg.data.labels))
         sys.stdout.write(cfg.to_yaml())
         return 0
     if not a.no_ray:

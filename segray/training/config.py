@@ -131,14 +131,19 @@ class OptimConfig:
             raise ValueError("optim.poly_power must be > 0 and optim.min_lr_factor in [0, 1]")
 
 
+#: ``loss[i].class_weights: auto``: computed from the training masks (``resolve_auto_weights``).
+AUTO = "auto"
+
+
 @dataclass
 class LossTerm:
     """One weighted term of the loss (``segray.training.losses.LOSSES`` names the types)."""
 
     type: str = "ce"
     weight: float = 1.0
-    #: ``ce`` only: one weight per class (the label map's order), or null.
-    class_weights: list[float] | None = None
+    #: ``ce`` only: one weight per class (the label map's order); ``auto``: SegNet's median-frequency
+    #: weights computed from the training masks when the run starts (and saved in recipe.yaml); or null.
+    class_weights: list[float] | str | None = None
 
     def check(self, key: str) -> None:
         from segray.training.losses import LOSSES
@@ -150,7 +155,17 @@ class LossTerm:
         if self.class_weights is not None:
             if self.type != "ce":
                 raise ValueError(f"{key}.class_weights: only a ce term takes class weights")
-            if not self.class_weights or any(isinstance(w, bool) or not w > 0 for w in self.class_weights):
+            if isinstance(self.class_weights, str):
+                if self.class_weights != AUTO:
+                    raise ValueError(
+                        f"{key}.class_weights {self.class_weights!r}: give a list (one weight per class), auto, or null"
+                    )
+                return
+            if (
+                not isinstance(self.class_weights, list)
+                or not self.class_weights
+                or any(isinstance(w, bool) or not w > 0 for w in self.class_weights)
+            ):
                 raise ValueError(f"{key}.class_weights: give one positive weight per class, or null")
 
 
@@ -233,8 +248,12 @@ class TrainConfig:
 
     @property
     def class_weights(self) -> list[float] | None:
-        """The ce term's class weights (what the logit adjustment undoes), or None."""
-        return next((t.class_weights for t in self.loss if t.type == "ce" and t.class_weights), None)
+        """The ce term's class weights (what the logit adjustment undoes), or None; ``auto`` must
+        have been resolved (the driver does it before any worker starts)."""
+        w = next((t.class_weights for t in self.loss if t.type == "ce" and t.class_weights), None)
+        if isinstance(w, str):
+            raise ValueError(f"loss class_weights {w!r} not resolved yet")
+        return w
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -265,13 +284,13 @@ class TrainConfig:
             section.check()
         for i, term in enumerate(self.loss):
             term.check(f"loss[{i}]")
-        if self.export.logit_adjustment and not self.class_weights:
+        if self.export.logit_adjustment and not any(t.type == "ce" and t.class_weights for t in self.loss):
             raise ValueError("export.logit_adjustment needs class weights on the loss's ce term")
 
     def check_data(self, num_classes: int, label_map_name: str) -> None:
         """Checks against the data's label map, on the driver before any worker starts."""
         for i, term in enumerate(self.loss):
-            if term.class_weights is not None and len(term.class_weights) != num_classes:
+            if isinstance(term.class_weights, list) and len(term.class_weights) != num_classes:
                 raise ValueError(
                     f"loss[{i}].class_weights has {len(term.class_weights)} values, but label map "
                     f"{label_map_name!r} has {num_classes} classes"

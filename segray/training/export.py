@@ -16,13 +16,11 @@ import torch
 from segray import storage
 from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
+from segray.models.artifact import RECIPE
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.init import model_kwargs
 from segray.training.logit_adjust import fold_offsets, logit_offsets
-
-#: The resolved recipe, in the run folder and in the exported artifact.
-RECIPE = "recipe.yaml"
 
 
 def export_checkpoint(

@@ -49,7 +49,7 @@ def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
     """Every check that can fail, before any worker starts; records (or checks) the run's identity
     and saves the resolved recipe in the run folder."""
     from segray.datasets.pairs import read_pair
-    from segray.training.export import RECIPE
+    from segray.models.artifact import RECIPE
     from segray.training.init import describe_init
     from segray.training.resume import check_or_record
 
@@ -59,6 +59,7 @@ def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
     cfg.check_data(label_map.num_classes, label_map.name)
     train_pairs = list_pairs(cfg.data.source("train"))
     val_pairs = list_pairs(cfg.data.source("val"))
+    resolve_auto_weights(cfg, label_map, train_pairs)
     # One pair of each split decoded here: a colour mask or a foreign label map fails in seconds.
     read_pair(train_pairs[0], label_map)
     read_pair(val_pairs[0], label_map)
@@ -69,6 +70,27 @@ def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
     check_or_record(cfg, label_map, runner)
     storage.write_bytes(storage.join(cfg.run_uri, RECIPE), cfg.to_yaml().encode())
     return Plan(label_map, train_pairs, val_pairs, init)
+
+
+def resolve_auto_weights(cfg: TrainConfig, label_map: LabelMap, train_pairs: list[Pair] | None = None) -> None:
+    """``class_weights: auto`` -> median-frequency weights from the training masks, printed, and
+    written into the recipe (so recipe.yaml and the run's identity hold the numbers used)."""
+    from segray.datasets.eda import AUTO_WEIGHTS_MAX_MASKS, median_frequency_weights
+    from segray.training.config import AUTO
+
+    terms = [(i, t) for i, t in enumerate(cfg.loss) if t.class_weights == AUTO]
+    if not terms:
+        return
+    pairs = train_pairs if train_pairs is not None else list_pairs(cfg.data.source("train"))
+    weights = median_frequency_weights([(p.image, p.mask) for p in pairs], label_map)
+    used = min(len(pairs), AUTO_WEIGHTS_MAX_MASKS)
+    for i, term in terms:
+        term.class_weights = list(weights)
+        print(
+            f"loss[{i}].class_weights: auto -> median frequency over {used} training masks: "
+            + ", ".join(f"{c.name} {w:g}" for c, w in zip(label_map.classes, weights, strict=True)),
+            flush=True,
+        )
 
 
 def is_weights_file(value: str) -> bool:
@@ -82,9 +104,7 @@ def absolutise(cfg: TrainConfig) -> None:
     """Local paths made absolute on the driver: Ray workers may run in another working directory."""
 
     def fix(uri: str | None) -> str | None:
-        if uri is None or "://" in uri:
-            return uri
-        return storage.resolve(uri)[1]
+        return None if uri is None else storage.absolute(uri)
 
     cfg.run.storage = fix(cfg.run.storage) or cfg.run.storage
     cfg.run.export_to = fix(cfg.run.export_to)
