@@ -76,6 +76,13 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--uri-column", default="uri", help="manifest column holding frame URIs (default uri)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if torch sees one), cpu, cuda")
+    p.add_argument(
+        "--decode",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where JPEG frames are decoded: cpu (the read tasks) or gpu (nvJPEG in the inference actors, which "
+        "then need GPUs; other formats stay on CPUs) (default cpu)",
+    )
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--print-table", action="store_true", help="print the per-class area table at the end")
     p.add_argument(
@@ -109,7 +116,8 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
         "--tile-above",
         type=float,
         default=2.0,
-        help="label frames with a side above this many times the model input's side in windows (default 2)",
+        help="label a frame in windows at its own resolution when a side is above this many times the size the "
+        "model was trained on (recorded by segray train; else its input size); others are resized (default 2)",
     )
     tiles.add_argument(
         "--window", type=parse_window, default=None, help="window HxW for large frames (default: the model input)"
@@ -171,6 +179,7 @@ def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the
         pixel_size=a.pixel_size,
         world_files=not a.no_world_files,
         limit=a.limit,
+        decode=a.decode,
     )
 
 
@@ -219,8 +228,9 @@ def print_plan(opts, info) -> None:  # noqa: ANN001 - LabelOptions, ArtifactInfo
 
 def print_summary(s) -> None:  # noqa: ANN001 - RunSummary, imported lazily
     left = f", {s.left_by_limit} left by --limit (rerun to go on)" if s.left_by_limit else ""
+    windows = f" ({s.windowed} in windows: above --tile-above)" if s.windowed else ""
     print(
-        f"run {s.run_id}: {s.labelled} labelled, {s.failed} failed, {s.skipped_done} already done{left}, "
+        f"run {s.run_id}: {s.labelled} labelled{windows}, {s.failed} failed, {s.skipped_done} already done{left}, "
         f"{s.seconds:.1f} s, {s.frames_per_s:.2f} frames/s -> {s.output}"
     )
 

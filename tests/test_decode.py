@@ -3,6 +3,7 @@ raises FrameError with a reason; decompression bombs are refused from the header
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import tracemalloc
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame
+from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame, decode_resized, reduction, resize
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
@@ -325,3 +326,53 @@ def test_property_mutated_real_images(seed: bytes, flips: list[tuple[int, int]],
     for pos, val in flips:
         data[pos % len(data)] = val
     check_decode_contract(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+def _jpeg(h: int, w: int, exif_orientation: int | None = None) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+    rgb = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)  # smooth, as photos are
+    im = Image.fromarray(rgb)
+    buf = io.BytesIO()
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        im.save(buf, format="JPEG", quality=90, exif=exif)
+    else:
+        im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_reduction_keeps_both_sides_at_or_above_the_target() -> None:
+    assert reduction(2048, 1024, 1024, 512) == 2
+    assert reduction(2048, 1024, 512, 256) == 4
+    assert reduction(2048, 1024, 480, 352) == 2  # 1/4 would make the height 256 < 352
+    assert reduction(4000, 3000, 480, 352) == 8
+    assert reduction(640, 480, 480, 352) == 1
+
+
+@pytest.mark.parametrize("target", [(512, 1024), (256, 512), (352, 480)])
+def test_reduced_jpeg_decode_matches_full_decode_then_resize(target: tuple[int, int]) -> None:
+    data = _jpeg(1024, 2048)
+    small, w, h = decode_resized(data, *target)
+    full = resize(decode_frame(data), *target)
+    assert (w, h) == (2048, 1024) and small.shape == (*target, 3) and small.dtype == np.uint8
+    diff = np.abs(small.astype(np.int16) - full.astype(np.int16))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
+
+
+def test_reduced_decode_ignores_exif_orientation_as_the_full_decode_does() -> None:
+    data = _jpeg(256, 512, exif_orientation=6)  # "rotate 90": the header's size stays 512x256
+    small, w, h = decode_resized(data, 64, 128)
+    assert (w, h) == (512, 256) and small.shape == (64, 128, 3)
+    assert decode_frame(data).shape == (256, 512, 3)
+
+
+def test_decode_resized_refuses_what_decode_frame_refuses() -> None:
+    data = _jpeg(256, 512)
+    with pytest.raises(FrameError, match="truncated JPEG"):
+        decode_resized(data[: len(data) // 2], 64, 128)
+    with pytest.raises(FrameError, match="above the limit"):
+        decode_resized(data, 64, 128, max_pixels=1000)

@@ -117,3 +117,37 @@ def test_job_option_pixel_size_and_tiling_threshold(tmp_path: Path) -> None:
         LabelOptions(model=model, input="x", output="y", pixel_size=0)
     with pytest.raises(ValueError, match="multiples of 32"):
         run_label_job(LabelOptions(model=model, input=str(tmp_path / "in"), output=str(out), tile_window=(100, 64)))
+
+
+def trained_at(uri: str, frame_size: list[int] | None) -> str:
+    """A 64x128-input artifact as `segray train` exports it after training on frames of ``frame_size``."""
+    art = init_artifact("unet", TINY_ENCODER, CAMVID, name="trained", height=64, width=128)
+    if frame_size:
+        art.metrics = {"source": "segray train", "train_frame_size": frame_size}
+    art.save(uri)
+    return uri
+
+
+def test_frames_the_size_the_model_was_trained_on_are_resized_not_windowed(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(3):  # 4x the model input on each side, the size of the training frames
+        (tmp_path / "in" / f"f{i}.png").write_bytes(png(256, 512, i))
+    trained = trained_at(str(tmp_path / "trained"), [256, 512])
+    unknown = trained_at(str(tmp_path / "unknown"), None)
+    runs = {
+        "trained, default": LabelOptions(model=trained, input=str(tmp_path / "in"), output=str(tmp_path / "a")),
+        "trained, windows asked for": LabelOptions(
+            model=trained, input=str(tmp_path / "in"), output=str(tmp_path / "b"), tile_above=0.5
+        ),
+        "no record: the model input is the reference": LabelOptions(
+            model=unknown, input=str(tmp_path / "in"), output=str(tmp_path / "c")
+        ),
+    }
+    windowed = {name: run_label_job(opts).windowed for name, opts in runs.items()}
+    assert windowed == {
+        "trained, default": 0,
+        "trained, windows asked for": 3,
+        "no record: the model input is the reference": 3,
+    }
+    for out in ("a", "b", "c"):  # every way, masks at the frames' own size
+        assert Image.open(tmp_path / out / "masks" / "f0.png.png").size == (512, 256)

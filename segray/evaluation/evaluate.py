@@ -118,7 +118,7 @@ def evaluate(opts: EvalOptions) -> EvalResult:
             if len(batch) == opts.batch_size or i == len(pairs) - 1:
                 t = time.monotonic()
                 logits = predictor.predict_logits(np.stack([pre.resize(im) for _, im, _ in batch]))
-                preds = [upsample_argmax(logits[k : k + 1], *m.shape)[0] for k, (_, _, m) in enumerate(batch)]
+                preds = [upsample_argmax(logits[k : k + 1], *m.shape)[0][0] for k, (_, _, m) in enumerate(batch)]
                 model_s += time.monotonic() - t
                 for (j, im, m), pr in zip(batch, preds, strict=True):
                     cm += confusion_matrix(pr, m, c)

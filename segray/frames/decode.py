@@ -13,7 +13,7 @@ import warnings
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 #: Default ceiling on declared pixels (width * height): 16k x 16k. Larger needs --max-pixels.
 DEFAULT_MAX_PIXELS = 16_384 * 16_384
@@ -36,14 +36,26 @@ def _header(data: bytes) -> tuple[str, int, int]:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 return str(im.format), int(im.width), int(im.height)
+        except UnidentifiedImageError as e:  # its message names a memory address, not the file
+            raise FrameError("decode", "not a recognised image (no known image format's header)") from e
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad headers
             raise FrameError("decode", f"not a recognised image ({type(e).__name__}: {e})") from e
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an encoded image into an (H, W, 3) uint8 RGB array."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, or None when the header is unreadable."""
+    try:
+        _, w, h = _header(data)
+    except FrameError:
+        return None
+    return w, h
+
+
+def check_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) from the header, or a :class:`FrameError`: empty, unreadable,
+    declaring more than ``max_pixels``, or cut short (PNG/JPEG end marker missing)."""
     if len(data) == 0:
         raise FrameError("decode", "empty file (0 bytes)")
     fmt, w, h = _header(data)
@@ -61,10 +73,60 @@ def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise FrameError("decode", "truncated PNG (no IEND chunk at the end)")
     if fmt == "JPEG" and b"\xff\xd9" not in tail:
         raise FrameError("decode", "truncated JPEG (no end-of-image marker)")
+    return fmt, w, h
+
+
+def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image into an (H, W, 3) uint8 RGB array."""
+    fmt, _, _ = check_frame(data, max_pixels)
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise FrameError("decode", f"{fmt} data could not be decoded (corrupt or unsupported variant)")
     return to_rgb8(img)
+
+
+#: JPEG decoding at 1/2, 1/4 or 1/8 of the size (libjpeg's DCT scaling: the cheap part of a decode
+#: that would be thrown away by the resize anyway), without applying EXIF orientation, as
+#: IMREAD_UNCHANGED does not either.
+_REDUCED = {
+    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
+}
+
+
+def reduction(width: int, height: int, to_width: int, to_height: int) -> int:
+    """The largest JPEG scale-down (8, 4, 2, else 1) that keeps both sides at or above the target."""
+    return next((f for f in _REDUCED if width // f >= to_width and height // f >= to_height), 1)
+
+
+def decode_resized(
+    data: bytes, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, int, int]:
+    """An encoded frame -> (RGB uint8 at ``height`` x ``width``, the frame's own width, its height).
+
+    A JPEG at least twice the target on both sides is decoded at a reduced scale first; every
+    frame is resized with area averaging when shrinking, and colour-converted after the resize, so
+    no full-size copy is made beyond the decoder's own. The same checks as :func:`decode_frame`.
+    """
+    fmt, w, h = check_frame(data, max_pixels)
+    factor = reduction(w, h, width, height) if fmt == "JPEG" else 1
+    if factor == 1:
+        rgb = decode_frame(data, max_pixels)
+        return resize(rgb, height, width), w, h
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED[factor])
+    if bgr is None or bgr.size == 0:
+        raise FrameError("decode", f"{fmt} data could not be decoded (corrupt or unsupported variant)")
+    return cv2.cvtColor(resize(bgr, height, width), cv2.COLOR_BGR2RGB), w, h
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3): area averaging when shrinking both sides, else bilinear."""
+    h, w = img.shape[:2]
+    if (h, w) == (height, width):
+        return img
+    interp = cv2.INTER_AREA if h > height and w > width else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
 
 
 def to_rgb8(img: np.ndarray) -> np.ndarray:

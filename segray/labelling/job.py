@@ -25,22 +25,21 @@ import math
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from segray import storage
 from segray.frames.decode import DEFAULT_MAX_PIXELS
-from segray.frames.listing import (
-    is_manifest,
-    list_folder,
-    relative_path_from_uri,
-    resolve_manifest_uri,
-)
+from segray.frames.listing import is_manifest, list_folder, relative_paths_from_uris, resolve_manifest_uris
 from segray.labelling.lease import OutputLease
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
@@ -54,6 +53,10 @@ LISTING_BLOCK_ROWS = 64
 #: The smallest block the end of a job is cut into, unless the read step's batch is set otherwise
 #: (a block smaller than that batch would be bundled with the next one anyway).
 TAIL_BLOCK_ROWS = 16
+#: Stats parts read at once by the done-check (object stores are latency-bound).
+DONE_READ_THREADS = 16
+#: The done-check lists ``stats/`` again when a part is gone before it is read, this many times at most.
+DONE_READ_ATTEMPTS = 3
 
 
 @dataclass
@@ -81,7 +84,8 @@ class LabelOptions:
     tags: dict[str, str] = field(default_factory=dict)
     #: End the run with :class:`FailureBudgetExceeded` (after writing everything) above this share.
     max_failed_fraction: float | None = None
-    #: Frames with a side above this many times the model's input side are labelled in windows.
+    #: Frames with a side above this many times the reference size (the training frames' size the
+    #: artifact records, else the model input) are labelled in windows; the others are resized.
     tile_above: float = DEFAULT_TILE_ABOVE
     #: Window (height, width) for large frames; None: the model's input size.
     tile_window: tuple[int, int] | None = None
@@ -93,6 +97,9 @@ class LabelOptions:
     world_files: bool = True
     #: Label at most this many of the frames not yet labelled (in listing order); the next run goes on.
     limit: int | None = None
+    #: Where JPEG frames are decoded: ``cpu`` (the read tasks) or ``gpu`` (nvJPEG in the inference
+    #: actors; the read tasks only fetch and check them). Other formats are always decoded on CPUs.
+    decode: str = "cpu"
 
     def __post_init__(self) -> None:
         # Workers resolve these paths, and they may run in another working directory.
@@ -118,6 +125,8 @@ class LabelOptions:
             raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.decode not in ("cpu", "gpu"):
+            raise ValueError(f"decode {self.decode!r}: choose cpu or gpu")
 
 
 @dataclass
@@ -140,6 +149,8 @@ class RunSummary:
     failed_fraction: float = 0.0
     #: Frames still to label that ``limit`` left for a later run.
     left_by_limit: int = 0
+    #: Labelled frames that were labelled in windows at their own resolution (the rest were resized).
+    windowed: int = 0
     #: ``complete`` (every frame labelled or recorded as failed), ``limited`` (--limit left frames
     #: for a later run) or ``over failure budget`` (exit 3).
     status: str = "complete"
@@ -176,7 +187,7 @@ def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan
     """Lists the input and the output's stats as a run would, and reads who holds the output."""
     from segray.labelling.lease import read_lease
 
-    table, total, skipped = _frames_table(opts, done_frames(opts.output, info.model_id))
+    table, total, skipped = _frames_table(opts, info.model_id)
     todo = 0 if table is None else table.num_rows
     n = todo if opts.limit is None else min(todo, opts.limit)
     first = [] if table is None else table.column("relative_path").slice(0, min(n, show)).to_pylist()
@@ -192,63 +203,101 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def done_frames(output: str, model_id: str) -> set[str]:
-    """Relative paths that already have a stats row from this model (columns read, not rows kept)."""
+def _done_paths(output: str, model_id: str) -> pa.Array | None:
+    """The ``relative_path`` of every stats row from this model, as one Arrow column: the done-check
+    is a columnar anti-join (:func:`_frames_table`), with no Python string per frame. None when
+    ``stats/`` holds no row from this model.
+
+    Each part is read on its own and let go (a dataset over ``stats/`` keeps every part's footer
+    for as long as it lives: about 150 KB per part of a few hundred rows), several at a time since
+    object stores are latency-bound. A part that is gone between listing and reading (replaced by a
+    ``segray compact`` during a dry run) makes it list again.
+    """
     stats_uri = storage.join(output, "stats")
-    if not storage.exists(stats_uri):
-        return set()
-    fs, path = storage.resolve(stats_uri)
-    ds = pads.dataset(path, filesystem=fs, format="parquet")
-    done: set[str] = set()
-    for b in ds.to_batches(columns=["relative_path", "model_id"], filter=pads.field("model_id") == model_id):
-        done.update(b.column(0).to_pylist())
-    return done
+    fs = storage.resolve(stats_uri)[0]
+    for attempt in range(DONE_READ_ATTEMPTS):
+        parts = storage.list_files(stats_uri, (".parquet",))
+        if not parts:
+            return None
+        try:
+            with ThreadPoolExecutor(min(DONE_READ_THREADS, len(parts))) as pool:
+                done = list(pool.map(lambda path: _done_in_part(fs, path, model_id), parts))
+        except FileNotFoundError:
+            if attempt == DONE_READ_ATTEMPTS - 1:
+                raise
+            continue
+        # One array for the lookup; large_string so that more than 2 GiB of paths still fit in one.
+        done_paths = pa.concat_arrays(done)
+        return done_paths if len(done_paths) else None
+    raise AssertionError("unreachable")
 
 
-def _frames_table(opts: LabelOptions, done: set[str]) -> tuple[pa.Table | None, int, int]:
-    """The frames still to label as a table of (uri, relative_path, extra manifest columns...)."""
-    if is_manifest(opts.input):
-        fs, path = storage.resolve(opts.input)
-        fmt = "csv" if opts.input.lower().endswith(".csv") else "parquet"
-        table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
-        if opts.uri_column not in table.column_names:
-            raise ValueError(
-                f"{opts.input}: manifest has no {opts.uri_column!r} column (columns: {table.column_names}); "
-                "name it with --uri-column"
-            )
-        uris = [resolve_manifest_uri(opts.input, str(u)) for u in table.column(opts.uri_column).to_pylist()]
-        rels = (
-            [str(r) for r in table.column("relative_path").to_pylist()]
-            if "relative_path" in table.column_names
-            else [relative_path_from_uri(u) for u in uris]
+def _done_in_part(fs: pafs.FileSystem, path: str, model_id: str) -> pa.Array:
+    """The relative paths of one stats part's rows from ``model_id`` (two columns read)."""
+    with fs.open_input_file(path) as f:
+        t = pq.ParquetFile(f).read(columns=["relative_path", "model_id"])
+    rels = t.column("relative_path").filter(pc.equal(t.column("model_id"), model_id))
+    return rels.cast(pa.large_string()).combine_chunks()
+
+
+def _manifest_table(opts: LabelOptions) -> pa.Table:
+    """A manifest's rows as (extra columns..., uri, relative_path). The ``uri`` column holds the
+    URIs as written: :func:`_frames_table` resolves them for the frames still to label only."""
+    fs, path = storage.resolve(opts.input)
+    fmt = "csv" if opts.input.lower().endswith(".csv") else "parquet"
+    table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
+    if opts.uri_column not in table.column_names:
+        raise ValueError(
+            f"{opts.input}: manifest has no {opts.uri_column!r} column (columns: {table.column_names}); "
+            "name it with --uri-column"
         )
-        table = table.drop_columns([c for c in (opts.uri_column, "relative_path") if c in table.column_names])
-        table = table.append_column("uri", pa.array(uris, pa.string()))
-        table = table.append_column("relative_path", pa.array(rels, pa.string()))
+
+    def as_text(column: str) -> pa.ChunkedArray:  # what str() of each value gave, None included
+        return pc.fill_null(table.column(column).cast(pa.string()), "None")
+
+    uris = as_text(opts.uri_column)
+    if "relative_path" in table.column_names:
+        rels = as_text("relative_path")
     else:
-        table = list_folder(opts.input)
-    for key, value in opts.tags.items():
+        rels = relative_paths_from_uris(resolve_manifest_uris(opts.input, uris))
+    table = table.drop_columns([c for c in (opts.uri_column, "relative_path") if c in table.column_names])
+    return table.append_column("uri", uris).append_column("relative_path", rels)
+
+
+def _frames_table(opts: LabelOptions, model_id: str) -> tuple[pa.Table | None, int, int]:
+    """The frames still to label, in listing order, as a table of (uri, relative_path, extra
+    manifest columns..., tags...), with the number of frames listed and of those already done."""
+    manifest = is_manifest(opts.input)
+    table = _manifest_table(opts) if manifest else list_folder(opts.input)
+    for key in opts.tags:
         if key in table.column_names:
             raise ValueError(f"{opts.input}: tag {key!r} clashes with an input column of the same name")
-        table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     rels = table.column("relative_path")
     if pc.count_distinct(rels).as_py() != table.num_rows:
         # A manifest that names a frame twice: label it once (the first row's columns are kept).
-        indexed = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
+        indexed = pa.table({"relative_path": rels, "_i": np.arange(table.num_rows, dtype=np.int64)})
         first = indexed.group_by(["relative_path"], use_threads=False).aggregate([("_i", "min")])
         log.warning(
             "%s: %d rows repeat a relative_path already listed; each frame is labelled once",
             opts.input,
             table.num_rows - first.num_rows,
         )
-        table = table.take(pa.array(sorted(first.column("_i_min").to_pylist()), pa.int64()))
+        table = table.take(np.sort(first.column("_i_min").to_numpy()))
+    del rels
     total = table.num_rows
-    if done:
-        keep = pa.array([r not in done for r in table.column("relative_path").to_pylist()])
-        table = table.filter(keep)
+    done = _done_paths(opts.output, model_id)
+    if done is not None:  # anti-join on relative_path; a filter keeps the listing order
+        table = table.filter(pc.invert(pc.is_in(table.column("relative_path"), value_set=done)))
+        del done
     skipped = total - table.num_rows
     if table.num_rows == 0:
         return None, total, skipped
+    # Row by row, so the same whether before or after the done-check; after it, only for what is left.
+    if manifest:
+        uris = resolve_manifest_uris(opts.input, table.column("uri"))
+        table = table.set_column(table.column_names.index("uri"), "uri", uris)
+    for key, value in opts.tags.items():
+        table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
     return table, total, skipped
 
 
@@ -333,8 +382,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
     from segray.labelling.read import read_frames
     from segray.labelling.write import write_outputs
 
-    done = done_frames(opts.output, info.model_id)
-    table, total, skipped = _frames_table(opts, done)
+    table, total, skipped = _frames_table(opts, info.model_id)
     left_by_limit = 0
     if table is not None and opts.limit is not None and table.num_rows > opts.limit:
         left_by_limit = table.num_rows - opts.limit
@@ -349,11 +397,16 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         total - skipped - left_by_limit,
         f" (--limit {opts.limit}: {left_by_limit} left for a later run)" if left_by_limit else "",
     )
-    labelled = failed = 0
+    labelled = failed = windowed = 0
     first_output: float | None = None
     if table is not None:
         cap = cluster_capacity()
         gpus = gpus_per_actor(opts.gpus_per_actor, cap)
+        if opts.decode == "gpu" and not gpus:
+            raise ValueError(
+                "--decode gpu: the inference actors get no GPU (the cluster has none, and no node type with "
+                "GPUs to add); use --decode cpu"
+            )
         # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
         # stays small so that reads and writes still get scheduled (an actor pool that reserved
         # every CPU of a 2-CPU node left none for them, and the job stalled).
@@ -372,6 +425,19 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
             cap.gpus_now,
             "unknown" if cap.gpus_max is None else f"{cap.gpus_max:g}",
         )
+        pre = info.preprocessing
+        reference = info.train_frame_size or (pre.height, pre.width)
+        log.info(
+            "run %s: frames up to %gx %dx%d (%s) are resized to the model input %dx%d; larger ones are labelled "
+            "in %s windows at their own resolution (--tile-above)",
+            run_id,
+            opts.tile_above,
+            *reference,
+            "the frames the model was trained on" if info.train_frame_size else "the model input",
+            pre.height,
+            pre.width,
+            "x".join(str(v) for v in (opts.tile_window or (pre.height, pre.width))),
+        )
         ds = ds.map_batches(
             read_frames,
             batch_size=opts.read_batch_size,
@@ -382,6 +448,8 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
                 "tile_above": opts.tile_above,
                 "pixel_size": opts.pixel_size,
                 "world_files": opts.world_files,
+                "tile_reference": reference,
+                "decode": opts.decode,
             },
         )
         ds = ds.map_batches(
@@ -398,6 +466,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
                 "tile_overlap": opts.tile_overlap,
                 "tile_batch_size": opts.batch_size,
                 "max_pixels": opts.max_pixels,
+                "decode": opts.decode,
             },
         )
         ds = ds.map_batches(
@@ -419,6 +488,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
                 first_output = time.time() - started
             labelled += int(b["labelled"].sum())
             failed += int(b["failed"].sum())
+            windowed += int(b["windowed"].sum())
             if time.time() - last > 15:
                 last = time.time()
                 rate = (labelled + failed) / (last - started)
@@ -452,6 +522,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         options={k: v for k, v in asdict(opts).items() if k not in {"run_id"}},
         failed_fraction=failed_fraction,
         left_by_limit=left_by_limit,
+        windowed=windowed,
         status="over failure budget" if over else "limited" if left_by_limit else "complete",
     )
     storage.write_bytes(storage.join(opts.output, "_runs", f"{run_id}.json"), summary.to_json().encode())

@@ -31,8 +31,11 @@ from segray.tiles.windows import TileSpec, label_tile
 
 log = logging.getLogger(__name__)
 
-#: Upper bound on the float32 logits held at full resolution while resizing one frame.
+#: Upper bound on the float32 logits held at full resolution while resizing one frame on a CPU
+#: (the actor's memory is the node's); on a GPU the bound is larger, so that a 1024x2048 frame's
+#: logits (92 MB at 11 classes) are resized in one call rather than in stripes.
 STRIPE_BYTES = 64 * 2**20
+GPU_STRIPE_BYTES = 1024 * 2**20
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -52,8 +55,10 @@ def mean_confidence(logits: torch.Tensor, stride: int = CONFIDENCE_STRIDE) -> np
     return sample.softmax(dim=1).amax(dim=1).mean(dim=(1, 2), dtype=torch.float64).cpu().numpy()
 
 
-def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """(N, C, h, w) logits of same-sized frames -> (N, height, width) uint8 class masks.
+def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, h, w) logits of same-sized frames -> (N, height, width) uint8 class masks and their
+    (N, C) int64 class counts, both computed where the logits are (on the GPU when there is one),
+    so only the uint8 masks cross to the host.
 
     Bilinear resampling of the logits (``align_corners=False``), then argmax. Frames are resized
     together in chunks whose full-size logits fit in ``STRIPE_BYTES`` (channels-last, the fast
@@ -63,21 +68,21 @@ def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray
     n, c = logits.shape[:2]
     src = logits.float()
     frame_bytes = c * height * width * 4
-    per_chunk = STRIPE_BYTES // frame_bytes
+    limit = GPU_STRIPE_BYTES if logits.device.type == "cuda" else STRIPE_BYTES
+    per_chunk = limit // frame_bytes
+    counts = torch.zeros((n, c), dtype=torch.int64, device=logits.device)
     if per_chunk >= 1:
-        return np.concatenate(
-            [
-                F.interpolate(src[i : i + per_chunk], size=(height, width), mode="bilinear", align_corners=False)
-                .argmax(dim=1)
-                .to(torch.uint8)
-                .cpu()
-                .numpy()
-                for i in range(0, n, per_chunk)
-            ]
-        )
+        masks = []
+        for i in range(0, n, per_chunk):
+            up = F.interpolate(src[i : i + per_chunk], size=(height, width), mode="bilinear", align_corners=False)
+            m = up.argmax(dim=1).to(torch.uint8)
+            for k in range(m.shape[0]):
+                counts[i + k] = torch.bincount(m[k].flatten(), minlength=c)[:c]
+            masks.append(m.cpu().numpy())
+        return np.concatenate(masks), counts.cpu().numpy()
     dev = logits.device
-    masks = np.empty((n, height, width), dtype=np.uint8)
-    rows = max(1, STRIPE_BYTES // (c * width * 4))
+    out = np.empty((n, height, width), dtype=np.uint8)
+    rows = max(1, limit // (c * width * 4))
     xs = (torch.arange(width, device=dev, dtype=torch.float32) * 2 + 1) / width - 1
     for i in range(n):
         for y0 in range(0, height, rows):
@@ -86,8 +91,10 @@ def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray
             gy, gx = torch.meshgrid(ys, xs, indexing="ij")
             grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
             part = F.grid_sample(src[i : i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
-            masks[i, y0:y1] = part[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-    return masks
+            m = part[0].argmax(dim=0).to(torch.uint8)
+            counts[i] += torch.bincount(m.flatten(), minlength=c)[:c]
+            out[i, y0:y1] = m.cpu().numpy()
+    return out, counts.cpu().numpy()
 
 
 class Predictor:
@@ -104,10 +111,18 @@ class Predictor:
         tile_batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fold_bn: bool = True,
+        decode: str = "cpu",
     ) -> None:
         self.torch_threads = torch_threads
         self._apply_threads()
         self.device = pick_device(device)
+        if decode not in ("cpu", "gpu"):
+            raise ValueError(f"decode {decode!r}: choose cpu or gpu")
+        if decode == "gpu" and self.device.type != "cuda":
+            raise ValueError(
+                f"--decode gpu needs a GPU in the inference actor, and this one runs on {self.device}; "
+                "use --decode cpu on nodes without GPUs"
+            )
         art = ModelArtifact.load(model_uri, map_location=self.device)
         pre = art.preprocessing
         probe = torch.randn((1, 3, pre.height, pre.width), generator=torch.Generator().manual_seed(0))
@@ -116,10 +131,12 @@ class Predictor:
         self.num_classes = art.label_map.num_classes
         self.hflip_average = pre.hflip_average
         self.mean, self.std = pixel_stats(pre.mean, pre.std, self.device)
+        self.input_size = (pre.height, pre.width)
         # Windows default to the model's input size (see TileSpec.for_model).
         self.tile_spec = TileSpec.for_model(pre.height, pre.width, tile_window, tile_overlap)
         self.tile_batch_size = tile_batch_size
         self.max_pixels = max_pixels
+        self._told_windows = False
         cuda = self.device.type == "cuda"
         self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and amp else None
         log.info(
@@ -143,13 +160,34 @@ class Predictor:
     @torch.inference_mode()
     def predict_logits(self, images: np.ndarray) -> torch.Tensor:
         """(N, H, W, 3) uint8 at the model's input size -> (N, C, H, W) float32 logits."""
-        self._apply_threads()
         x = torch.from_numpy(images).to(self.device, non_blocking=True)
-        x = normalise(x.permute(0, 3, 1, 2), self.mean, self.std)
+        return self.logits_of(x.permute(0, 3, 1, 2))
+
+    @torch.inference_mode()
+    def logits_of(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) uint8 on the device, at the model's input size -> (N, C, H, W) float32 logits."""
+        self._apply_threads()
+        x = normalise(x, self.mean, self.std)
         if self.amp_dtype is not None:
             with torch.autocast("cuda", dtype=self.amp_dtype):
                 return forward(self.model, x, self.hflip_average).float()
         return forward(self.model, x, self.hflip_average)
+
+    def _decode_on_device(
+        self, encoded: np.ndarray, on_device: np.ndarray, errors: np.ndarray, stages: np.ndarray
+    ) -> torch.Tensor:
+        """The rows marked ``on_device`` decoded and resized on the device, in row order; a row that
+        fails becomes an error row and is unmarked (``on_device``, ``errors`` and ``stages`` change)."""
+        from segray.labelling.device_decode import decode_jpegs
+
+        rows = np.flatnonzero(on_device)
+        images, failed = decode_jpegs([bytes(encoded[i]) for i in rows], self.device, *self.input_size, self.max_pixels)
+        for i, f in zip(rows, failed, strict=True):
+            if f is not None:
+                stages[i], errors[i] = f
+                on_device[i] = False
+        keep = torch.tensor([f is None for f in failed], device=images.device)
+        return images[keep]
 
     @torch.inference_mode()
     def label_large(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -163,24 +201,38 @@ class Predictor:
         errors = np.array([str(e) for e in batch["error"]], dtype=object)
         stages = np.array([str(s) for s in batch["error_stage"]], dtype=object)
         encoded = batch["encoded"] if "encoded" in batch else np.full(n, b"", dtype=object)
-        large = np.array([not errors[i] and len(encoded[i]) > 0 for i in range(n)], dtype=bool)
+        on_device = np.asarray(batch["on_device"], dtype=bool).copy() if "on_device" in batch else np.zeros(n, bool)
+        decoded = self._decode_on_device(encoded, on_device, errors, stages) if on_device.any() else None
+        large = np.array([not errors[i] and len(encoded[i]) > 0 for i in range(n)], dtype=bool) & ~on_device
         ok = np.array([not e for e in errors], dtype=bool) & ~large
         masks = np.empty(n, dtype=object)
         counts = np.zeros((n, self.num_classes), dtype=np.int64)
         confidence = np.full(n, np.nan, dtype=np.float64)
         idx = np.flatnonzero(ok)
         if len(idx):
-            logits = self.predict_logits(np.ascontiguousarray(batch["image"][idx]))
+            x = torch.from_numpy(np.ascontiguousarray(batch["image"][idx])).to(self.device).permute(0, 3, 1, 2)
+            if decoded is not None:  # the rows decoded on the device, in row order as ``idx`` is
+                x = x.clone()  # on a CPU device x would share the batch's (read-only) array
+                x[torch.from_numpy(np.flatnonzero(on_device[idx])).to(self.device)] = decoded
+            logits = self.logits_of(x)
             confidence[idx] = mean_confidence(logits)
             sizes = [(int(batch["height"][i]), int(batch["width"][i])) for i in idx]
             for size in dict.fromkeys(sizes):  # frames of one size are resized together
                 group = [j for j, s in enumerate(sizes) if s == size]
-                m = upsample_argmax(logits[group], *size)
+                # Indexing copies the logits: only when the batch mixes frame sizes.
+                m, c = upsample_argmax(logits if len(group) == len(sizes) else logits[group], *size)
                 for k, j in enumerate(group):
-                    i = idx[j]
-                    masks[i] = m[k]
-                    counts[i] = np.bincount(m[k].ravel(), minlength=self.num_classes)[: self.num_classes]
+                    masks[idx[j]], counts[idx[j]] = m[k], c[k]
         for i in np.flatnonzero(large):  # one at a time: a frame's pixels are freed before the next
+            if not self._told_windows:
+                self._told_windows = True
+                log.info(
+                    "%s is %dx%d, above --tile-above times the reference size: labelled in windows at its own "
+                    "resolution (the run's summary counts such frames)",
+                    batch["relative_path"][i],
+                    int(batch["width"][i]),
+                    int(batch["height"][i]),
+                )
             try:
                 rgb = decode_frame(bytes(encoded[i]), self.max_pixels)
             except FrameError as e:
@@ -200,4 +252,5 @@ class Predictor:
         out["mask"] = masks
         out["class_pixels"] = counts
         out["mean_confidence"] = confidence
+        out["windowed"] = large & (errors == "")
         return out

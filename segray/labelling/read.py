@@ -1,12 +1,17 @@
 """Stage 1 (CPU tasks): fetch each frame's bytes, decode, resize to the model's input size.
 
 A frame that cannot be fetched or decoded stays in the batch with its ``error`` set (and a blank
-image), so it flows on to ``errors/`` instead of disappearing.
+image), so it flows on to ``errors/`` instead of disappearing. A JPEG at least twice the model
+input is decoded at a reduced scale (segray.frames.decode.decode_resized); the mask is still
+written at the frame's own size.
 
-Large frames (either side above ``tile_above`` x the model's input side) are not decoded here:
-their encoded bytes travel on (``encoded``) and the inference actor decodes them and labels them
-window by window at native resolution (segray.tiles.windows). So a 12,000 x 12,000 frame crosses
-the object store as its compressed file, not as 432 MB of RGB, and is decoded once, where it is used.
+Resized or windowed: a frame is resized to the model input unless either side is above
+``tile_above`` x the matching side of the reference size: the frames the model was trained on
+(recorded by ``segray train`` in the artifact), else the model input itself. So a model trained at
+512x1024 on 1024x2048 frames labels 1024x2048 frames whole, as it was trained, while a
+12,000 x 12,000 orthomosaic is labelled window by window at native resolution. Such large frames
+are not decoded here: their encoded bytes travel on (``encoded``) and the inference actor decodes
+them (segray.tiles.windows), so they cross the object store as compressed files, decoded once.
 
 Each frame's ground area per pixel (``pixel_area_m2``, NaN when unknown) comes from the manifest's
 ``pixel_size_m`` column, else a world file beside the image, else the job's ``pixel_size`` option.
@@ -14,24 +19,21 @@ Each frame's ground area per pixel (``pixel_area_m2``, NaN when unknown) comes f
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from segray import storage
-from segray.frames.decode import FrameError, decode_frame
+from segray.frames.decode import FrameError, check_frame, decode_resized, header_size
 from segray.models.preprocessing import Preprocessing
 from segray.tiles.pixel_size import MANIFEST_COLUMN, pixel_area
 
 #: Concurrent fetches per task: object-store reads are latency-bound, decode releases the GIL.
 FETCH_THREADS = 8
-#: Default: frames with a side above this many times the model's input side are labelled in windows.
+#: Default: frames with a side above this many times the reference size are labelled in windows.
 DEFAULT_TILE_ABOVE = 2.0
 
 
@@ -45,29 +47,22 @@ class _Loaded:
     error: str = ""
     pixel_area: float = math.nan
     pixel_source: str = ""
+    #: The encoded JPEG travels on to be decoded on the actor's GPU (``decode="gpu"``).
+    on_device: bool = False
 
 
-def peek_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header alone, or None (decode_frame then says what is wrong)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return int(im.width), int(im.height)
-        except Exception:  # noqa: BLE001 - any unreadable header goes through decode_frame's checks
-            return None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
-
-
-def is_large(width: int, height: int, pre: Preprocessing, tile_above: float) -> bool:
-    return height > tile_above * pre.height or width > tile_above * pre.width
+def is_large(width: int, height: int, reference: tuple[int, int], tile_above: float) -> bool:
+    """Either side above ``tile_above`` x the reference (height, width): labelled in windows."""
+    return height > tile_above * reference[0] or width > tile_above * reference[1]
 
 
 def _load_one(
-    uri: str, pre: Preprocessing, max_pixels: int, tile_above: float, georef: tuple[object, float | None, bool]
+    uri: str,
+    pre: Preprocessing,
+    max_pixels: int,
+    tile_rule: tuple[float, tuple[int, int]],
+    georef: tuple[object, float | None, bool],
+    decode: str = "cpu",
 ) -> _Loaded:
     try:
         data = storage.read_bytes(uri)
@@ -78,18 +73,25 @@ def _load_one(
         area, source = pixel_area(uri, manifest_value, option, world_files)
     except Exception as e:  # noqa: BLE001 - a malformed world file or manifest value fails the frame, named
         return _Loaded(stage="read", error=f"pixel size: {e}")
-    size = peek_size(data)
-    if size is not None and size[0] * size[1] <= max_pixels and is_large(*size, pre, tile_above):
+    size = header_size(data)
+    tile_above, reference = tile_rule
+    if size is not None and size[0] * size[1] <= max_pixels and is_large(*size, reference, tile_above):
         # Decoded (and checked again) by the actor, the only place that needs the pixels.
         return _Loaded(None, data, size[0], size[1], "", "", math.nan if area is None else area, source)
+    if decode == "gpu":
+        try:
+            fmt, w, h = check_frame(data, max_pixels)
+        except FrameError as e:
+            return _Loaded(stage=e.stage, error=e.reason)
+        if fmt == "JPEG":  # checked here, decoded on the GPU; other formats are decoded below
+            return _Loaded(None, data, w, h, "", "", math.nan if area is None else area, source, on_device=True)
     try:
-        rgb = decode_frame(data, max_pixels)
+        rgb, w, h = decode_resized(data, pre.height, pre.width, max_pixels)
     except FrameError as e:
         return _Loaded(stage=e.stage, error=e.reason)
     except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
         return _Loaded(stage="decode", error=f"{type(e).__name__}: {e}")
-    h, w = rgb.shape[:2]
-    return _Loaded(pre.resize(rgb), b"", w, h, "", "", math.nan if area is None else area, source)
+    return _Loaded(rgb, b"", w, h, "", "", math.nan if area is None else area, source)
 
 
 def read_frames(
@@ -99,14 +101,19 @@ def read_frames(
     tile_above: float = DEFAULT_TILE_ABOVE,
     pixel_size: float | None = None,
     world_files: bool = True,
+    tile_reference: tuple[int, int] | None = None,
+    decode: str = "cpu",
 ) -> dict[str, np.ndarray]:
+    """``tile_reference``: (height, width) that ``tile_above`` multiplies (default: the model input).
+    ``decode="gpu"``: JPEG frames are only fetched and checked here (segray.labelling.device_decode)."""
     pre = Preprocessing.from_dict(preprocessing)
+    rule = (tile_above, tuple(tile_reference) if tile_reference else (pre.height, pre.width))
     uris = [str(u) for u in batch["uri"]]
     sizes = list(batch[MANIFEST_COLUMN]) if MANIFEST_COLUMN in batch else [None] * len(uris)
     with ThreadPoolExecutor(min(FETCH_THREADS, max(1, len(uris)))) as pool:
         results = list(
             pool.map(
-                lambda a: _load_one(a[0], pre, max_pixels, tile_above, (a[1], pixel_size, world_files)),
+                lambda a: _load_one(a[0], pre, max_pixels, rule, (a[1], pixel_size, world_files), decode),
                 zip(uris, sizes, strict=True),
             )
         )
@@ -123,4 +130,5 @@ def read_frames(
     out["error"] = np.array([r.error for r in results], dtype=object)
     out["pixel_area_m2"] = np.array([r.pixel_area for r in results], dtype=np.float64)
     out["pixel_size_source"] = np.array([r.pixel_source for r in results], dtype=object)
+    out["on_device"] = np.array([r.on_device for r in results], dtype=bool)
     return out

@@ -50,6 +50,8 @@ PIPELINE_COLUMNS = {
     "encoded",
     "pixel_area_m2",
     "pixel_size_source",
+    "windowed",
+    "on_device",
 }
 
 ERRORS_SCHEMA = pa.schema(

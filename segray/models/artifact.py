@@ -330,6 +330,8 @@ class ArtifactInfo:
     label_map: LabelMap
     preprocessing: Preprocessing
     weights_sha256: str
+    #: (height, width) of the frames the model was trained on, when ``segray train`` recorded it.
+    train_frame_size: tuple[int, int] | None = None
 
     @property
     def model_id(self) -> str:
@@ -350,6 +352,11 @@ def read_info(uri: str) -> ArtifactInfo:
             LabelMap.from_dict(meta["label_map"], f"{uri}/{META}"),
             Preprocessing.from_dict(meta["preprocessing"]),
             str(meta["weights_sha256"]),
+            _size(meta.get("metrics", {}).get("train_frame_size")),
         )
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise ArtifactError(f"{uri}/{META}: malformed ({e})") from e
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    return None if not value else (int(value[0]), int(value[1]))

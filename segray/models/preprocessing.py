@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,11 +40,9 @@ class Preprocessing:
 
     def resize(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB (H, W, 3) at any size -> uint8 (height, width, 3)."""
-        h, w = rgb.shape[:2]
-        if (h, w) == (self.height, self.width):
-            return rgb
-        interp = cv2.INTER_AREA if h > self.height and w > self.width else cv2.INTER_LINEAR
-        return cv2.resize(rgb, (self.width, self.height), interpolation=interp)
+        from segray.frames.decode import resize
+
+        return resize(rgb, self.height, self.width)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

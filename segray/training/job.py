@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from segray import storage
 from segray.datasets.pairs import Pair, dataset_label_map, list_pairs
 from segray.labels import LabelMap
@@ -43,6 +45,9 @@ class Plan:
     train_pairs: list[Pair]
     val_pairs: list[Pair]
     init: str
+    #: (height, width) of the training frames (the median of a sample): labelling resizes frames up
+    #: to ``tile_above`` times this size rather than windowing them.
+    train_frame_size: tuple[int, int] | None = None
 
 
 def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
@@ -69,7 +74,26 @@ def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
     storage.check_writable(cfg.run.storage)
     check_or_record(cfg, label_map, runner)
     storage.write_bytes(storage.join(cfg.run_uri, RECIPE), cfg.to_yaml().encode())
-    return Plan(label_map, train_pairs, val_pairs, init)
+    return Plan(label_map, train_pairs, val_pairs, init, frame_size(train_pairs))
+
+
+#: Training frames whose headers are read for :func:`frame_size`.
+FRAME_SIZE_SAMPLE = 50
+
+
+def frame_size(pairs: list[Pair], sample: int = FRAME_SIZE_SAMPLE) -> tuple[int, int] | None:
+    """The median (height, width) of up to ``sample`` frames evenly spread over ``pairs``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segray.frames.decode import header_size
+
+    step = max(1, len(pairs) // sample)
+    chosen = pairs[::step][:sample]
+    with ThreadPoolExecutor(8) as pool:
+        sizes = [s for s in pool.map(lambda p: header_size(storage.read_bytes(p.image)), chosen) if s]
+    if not sizes:
+        return None
+    return int(np.median([h for _, h in sizes])), int(np.median([w for w, _ in sizes]))
 
 
 def resolve_auto_weights(cfg: TrainConfig, label_map: LabelMap, train_pairs: list[Pair] | None = None) -> None:
@@ -233,6 +257,7 @@ def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
             "train_pairs": len(p.train_pairs),
             "val_data": cfg.data.source("val").describe(),
             "val_pairs": len(p.val_pairs),
+            "train_frame_size": list(p.train_frame_size) if p.train_frame_size else None,
         },
         pairs=(p.train_pairs, p.val_pairs),
     )
