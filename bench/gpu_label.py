@@ -272,7 +272,15 @@ class Bench:
         from segray.models.artifact import init_artifact
 
         a = self.a
-        init_artifact("unet", a.encoder, CAMVID, height=a.height, width=a.width).save(self.model)
+        if a.model:  # a trained artifact: its own input size
+            from segray.models.artifact import read_info
+
+            self.model, pre = a.model, read_info(a.model).preprocessing
+            a.height, a.width = pre.height, pre.width
+            self.model_note = f"model {a.model}"
+        else:
+            init_artifact("unet", a.encoder, CAMVID, height=a.height, width=a.width).save(self.model)
+            self.model_note = "an untrained UNet: pass --model with a trained artifact for the fair figure"
         rng = np.random.default_rng(0)
         h, w = a.frame_size
         jpegs = []
@@ -457,6 +465,30 @@ class Bench:
             attempt(row, lambda: functools.partial(self.gpu_batch, p, one_shot=False), bench_parts)
         row = Row("b", "gpu-decode-1step", f"{what}: nvJPEG in the bench, logits resized and counted in one step", b)
         attempt(row, lambda: functools.partial(self.gpu_batch, p, one_shot=True), bench_parts)
+
+    def run_agreement(self, p: Any) -> None:
+        """The masks of the same frames decoded on the GPU and on the CPU: the share of pixels that
+        agree (the decoders and resizes differ slightly; a trained model, ``--model``, is the fair test)."""
+        import numpy as np
+
+        from segray.labelling.read import read_frames
+
+        row = Row("b", "gpu-vs-cpu-decode masks", "pixels whose class agrees, GPU decode vs CPU decode", None)
+        if not self.cuda:
+            self.skipped(row, NO_GPU)
+            return
+        pre = self.pre_dict()
+        paths = self.frame_paths[: min(32, len(self.frame_paths))]
+        uris = np.array([str(q) for q in paths], dtype=object)
+        cpu = p(read_frames({"uri": uris, "relative_path": uris.copy()}, pre, 2**28, world_files=False))
+        gpu_p = self.predictor("gpu")
+        gpu = gpu_p(
+            read_frames({"uri": uris, "relative_path": uris.copy()}, pre, 2**28, world_files=False, decode="gpu")
+        )
+        same = sum(int((a == b).sum()) for a, b in zip(cpu["mask"], gpu["mask"], strict=True))
+        total = sum(int(a.size) for a in cpu["mask"])
+        row.frames, row.note = len(paths), f"{100 * same / total:.2f}% of {total:,} pixels agree ({self.model_note})"
+        self.add(row)
 
     def pre_dict(self) -> dict[str, Any]:
         from segray.models.artifact import read_info
@@ -752,6 +784,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_label.json"), help="the table as JSON")
     ap.add_argument("--tiny", action="store_true", help="tiny encoder, 64x128 input, few frames: CPU, seconds")
+    ap.add_argument("--model", help="a trained artifact to measure instead of an untrained UNet (its input size)")
     ap.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU), cuda or cpu")
     ap.add_argument("--encoder", help="default resnet34; tiny: " + TINY_ENCODER)
     ap.add_argument("--height", type=int, help="model input height (default 512; tiny 64)")
@@ -815,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         p = bench.predictor()
         bench.run_a(p)  # no table without (a): an error here ends the run
         bench.guarded("b", functools.partial(bench.run_b, p))
+        bench.guarded("b", functools.partial(bench.run_agreement, p))
         del p
         if bench.cuda:
             bench.torch.cuda.empty_cache()

@@ -56,7 +56,8 @@ def test_tiny_run_measures_a_b_and_c_and_names_what_needs_a_gpu(tmp_path: Path) 
         assert row["fps"] > 0 and row["frames"] == (16 if key[0] == "b" else 32) and row["batch"] == best["batch"]
         assert row["ratio"] == pytest.approx(row["fps"] / best["fps"])
     assert "without Ray" in rows[("c", "threads")][0]["what"]
-    for key in (("a", "cudnn-benchmark"), ("b", "gpu-decode"), ("b", "gpu-decode-1step"), ("c", "threads-gpu-decode")):
+    needs_gpu = [("a", "cudnn-benchmark"), ("b", "gpu-decode"), ("b", "gpu-decode-1step"), ("c", "threads-gpu-decode")]
+    for key in (*needs_gpu, ("b", "gpu-vs-cpu-decode masks")):
         (row,) = rows[key]
         assert row["note"] == gpu_label.NO_GPU and row["fps"] is None
     assert rows[("a", "compile")][0]["note"] == "not run: --no-compile"
@@ -68,7 +69,7 @@ def test_tiny_run_measures_a_b_and_c_and_names_what_needs_a_gpu(tmp_path: Path) 
     lines = table.splitlines()
     assert lines[0].startswith("| row | variant | what |") and len(lines) == 2 + len(result["rows"])
     assert {line.split("|")[1].strip() for line in lines[2:]} == {"(a)", "(b)", "(c)"}
-    assert sum(gpu_label.NO_GPU in line for line in lines) == 4
+    assert sum(gpu_label.NO_GPU in line for line in lines) == 5
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
