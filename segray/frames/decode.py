@@ -9,6 +9,7 @@ before any pixel is decoded; decoding itself is OpenCV's (fast, and it keeps 16-
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import cv2
@@ -17,6 +18,11 @@ from PIL import Image, UnidentifiedImageError
 
 #: Default ceiling on declared pixels (width * height): 16k x 16k. Larger needs --max-pixels.
 DEFAULT_MAX_PIXELS = 16_384 * 16_384
+
+
+#: PIL's bomb guard is a process-wide setting: it is lifted only while this lock is held, so that
+#: the read stage's fetch threads never see each other's change (a header parse takes microseconds).
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class FrameError(Exception):
@@ -29,7 +35,7 @@ class FrameError(Exception):
 
 
 def _header(data: bytes) -> tuple[str, int, int]:
-    with warnings.catch_warnings():
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
