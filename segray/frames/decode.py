@@ -85,6 +85,10 @@ def check_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str,
 def decode_frame(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an encoded image into an (H, W, 3) uint8 RGB array."""
     fmt, _, _ = check_frame(data, max_pixels)
+    return _decode_full(data, fmt)
+
+
+def _decode_full(data: bytes, fmt: str) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise FrameError("decode", f"{fmt} data could not be decoded (corrupt or unsupported variant)")
@@ -107,19 +111,23 @@ def reduction(width: int, height: int, to_width: int, to_height: int) -> int:
 
 
 def decode_resized(
-    data: bytes, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    height: int,
+    width: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    header: tuple[str, int, int] | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """An encoded frame -> (RGB uint8 at ``height`` x ``width``, the frame's own width, its height).
 
     A JPEG at least twice the target on both sides is decoded at a reduced scale first; every
     frame is resized with area averaging when shrinking, and colour-converted after the resize, so
-    no full-size copy is made beyond the decoder's own. The same checks as :func:`decode_frame`.
+    no full-size copy is made beyond the decoder's own. The same checks as :func:`decode_frame`,
+    unless ``header`` is :func:`check_frame`'s result for ``data`` already.
     """
-    fmt, w, h = check_frame(data, max_pixels)
+    fmt, w, h = header or check_frame(data, max_pixels)
     factor = reduction(w, h, width, height) if fmt == "JPEG" else 1
     if factor == 1:
-        rgb = decode_frame(data, max_pixels)
-        return resize(rgb, height, width), w, h
+        return resize(_decode_full(data, fmt), height, width), w, h
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED[factor])
     if bgr is None or bgr.size == 0:
         raise FrameError("decode", f"{fmt} data could not be decoded (corrupt or unsupported variant)")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from segray import storage
-from segray.frames.decode import FrameError, check_frame, decode_resized, header_size
+from segray.frames.decode import FrameError, check_frame, decode_resized
 from segray.models.preprocessing import Preprocessing
 from segray.tiles.pixel_size import MANIFEST_COLUMN, pixel_area
 
@@ -73,25 +73,25 @@ def _load_one(
         area, source = pixel_area(uri, manifest_value, option, world_files)
     except Exception as e:  # noqa: BLE001 - a malformed world file or manifest value fails the frame, named
         return _Loaded(stage="read", error=f"pixel size: {e}")
-    size = header_size(data)
+    try:  # the header once: its size picks the path, its checks refuse what no path can label
+        header = check_frame(data, max_pixels)
+    except FrameError as e:
+        return _Loaded(stage=e.stage, error=e.reason)
+    fmt, w, h = header
     tile_above, reference = tile_rule
-    if size is not None and size[0] * size[1] <= max_pixels and is_large(*size, reference, tile_above):
-        # Decoded (and checked again) by the actor, the only place that needs the pixels.
-        return _Loaded(None, data, size[0], size[1], "", "", math.nan if area is None else area, source)
-    if decode == "gpu":
-        try:
-            fmt, w, h = check_frame(data, max_pixels)
-        except FrameError as e:
-            return _Loaded(stage=e.stage, error=e.reason)
-        if fmt == "JPEG":  # checked here, decoded on the GPU; other formats are decoded below
-            return _Loaded(None, data, w, h, "", "", math.nan if area is None else area, source, on_device=True)
+    area_m2 = math.nan if area is None else area
+    if is_large(w, h, reference, tile_above):
+        # Decoded by the actor, the only place that needs the pixels.
+        return _Loaded(None, data, w, h, "", "", area_m2, source)
+    if decode == "gpu" and fmt == "JPEG":  # decoded on the GPU; other formats are decoded below
+        return _Loaded(None, data, w, h, "", "", area_m2, source, on_device=True)
     try:
-        rgb, w, h = decode_resized(data, pre.height, pre.width, max_pixels)
+        rgb, w, h = decode_resized(data, pre.height, pre.width, max_pixels, header)
     except FrameError as e:
         return _Loaded(stage=e.stage, error=e.reason)
     except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
         return _Loaded(stage="decode", error=f"{type(e).__name__}: {e}")
-    return _Loaded(rgb, b"", w, h, "", "", math.nan if area is None else area, source)
+    return _Loaded(rgb, b"", w, h, "", "", area_m2, source)
 
 
 def read_frames(
