@@ -1,7 +1,8 @@
 """SegNet: VGG16-BN encoder, decoder that unpools with the encoder's pooling indices. What is special
 to it: sizes that are not multiples of 32, unpooling to the pooled positions, torchvision VGG16-BN
 encoder weights through ``convert-weights``, the width option, and a recipe run that exports an
-artifact the labelling job labels with. The shared architecture contract is in test_architectures.py."""
+artifact the labelling job labels with and ``compare`` scores. The shared architecture contract
+is in test_architectures.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 import torch
+from conftest import TINY_ENCODER
 from train_data import SHAPES, write_shapes_dataset
 
+from segray.datasets.pairs import PairSource
+from segray.evaluation.compare import compare
+from segray.evaluation.evaluate import EvalOptions
 from segray.labels import CAMVID
 from segray.models import build_model
 from segray.models.artifact import CONFIG, ArtifactError, ModelArtifact, init_artifact
@@ -146,7 +151,7 @@ def test_encoder_weights_from_torchvisions_vgg16_bn(tmp_path: Path) -> None:
         init_artifact("segnet", "vgg16_bn", CAMVID, height=64, width=64, encoder_weights=out, model_kwargs=NARROW)
 
 
-def test_trains_with_the_recipe_exports_and_labels(tmp_path: Path, ray_session: None) -> None:
+def test_trains_with_the_recipe_exports_labels_and_compares(tmp_path: Path, ray_session: None) -> None:
     """The CPU recipe's own options (width, progressive resizing, logit adjustment, fitted offsets) on
     tiny frames, without Ray for training; the exported artifact is labelled with by the job on Ray."""
     from segray.labelling.job import LabelOptions, run_label_job
@@ -184,3 +189,12 @@ def test_trains_with_the_recipe_exports_and_labels(tmp_path: Path, ray_session: 
     stats = pads.dataset(str(out / "stats"), format="parquet").to_table().to_pandas()
     assert len(stats) == 4 and set(stats["model_id"]) == {art.model_id}
     assert (stats["px_background"] + stats["px_box"] + stats["px_disc"] == 64 * 64).all()
+    # ... and `compare` puts it beside a UNet on the same frames.
+    unet = str(tmp_path / "unet")
+    init_artifact("unet", TINY_ENCODER, SHAPES, name="tiny-unet", height=64, width=64).save(unet)
+    md, rows = compare([s.artifact, unet], EvalOptions(model="", data=PairSource(root=data, split="val"), overlays=0))
+    assert [r["model_id"] for r in rows] == [art.model_id, ModelArtifact.load(unet).model_id]
+    segnet_row = rows[0]
+    assert segnet_row["params"] == sum(p.numel() for p in art.model.parameters())
+    assert segnet_row["gflops_per_frame"] > 0 and 0 <= segnet_row["miou"] <= 1
+    assert f"| `{art.model_id}` | 64x64 |" in md
