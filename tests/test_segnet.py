@@ -198,3 +198,21 @@ def test_trains_with_the_recipe_exports_labels_and_compares(tmp_path: Path, ray_
     assert segnet_row["params"] == sum(p.numel() for p in art.model.parameters())
     assert segnet_row["gflops_per_frame"] > 0 and 0 <= segnet_row["miou"] <= 1
     assert f"| `{art.model_id}` | 64x64 |" in md
+
+
+def test_fine_tunes_onto_other_classes_keeping_its_width(tmp_path: Path) -> None:
+    """Fine-tuning a SegNet artifact onto another label map re-initialises only its class convolution."""
+    from segray.labels import KITTI_ROAD
+    from segray.training.config import ModelConfig
+    from segray.training.init import describe_init, initial_model
+
+    src = init_artifact("segnet", "vgg16_bn", CAMVID, name="segnet-src", height=64, width=64, model_kwargs=NARROW)
+    src.save(str(tmp_path / "segnet"))
+    cfg = ModelConfig(arch="segnet", encoder="vgg16_bn", init_artifact=str(tmp_path / "segnet"), height=64, width=64)
+    assert "re-initialised" in describe_init(cfg, KITTI_ROAD)
+    model = initial_model(cfg, KITTI_ROAD)
+    assert isinstance(model, SegNet) and model.config["width_multiplier"] == NARROW["width_multiplier"]
+    new, old = model.state_dict(), src.model.state_dict()
+    assert new["segmentation_head.weight"].shape[0] == KITTI_ROAD.num_classes
+    assert torch.equal(new["encoder.features.0.weight"], old["encoder.features.0.weight"])  # kept
+    assert torch.equal(new["decoder.4.0.weight"], old["decoder.4.0.weight"])  # kept
