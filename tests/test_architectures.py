@@ -224,3 +224,40 @@ def test_fcn_fine_tunes_onto_other_classes(tmp_path: Path) -> None:
     assert new["classifier.4.weight"].shape[0] == KITTI_ROAD.num_classes
     assert torch.equal(new["classifier.0.weight"], old["classifier.0.weight"])  # kept
     assert torch.equal(new["backbone.conv1.weight"], old["backbone.conv1.weight"])
+
+
+def test_vgg_unet_recipe_trains_exports_and_labels(tmp_path: Path, ray_session: None) -> None:
+    """configs/camvid-vgg-unet-gpu.yaml on CPUs and tiny frames (its loss, augmentation and export
+    as written): smp's UNet on the VGG16-BN encoder trains, exports and is labelled with by the job."""
+    from train_data import SHAPES, write_shapes_dataset
+
+    from segray.labelling.job import LabelOptions, run_label_job
+    from segray.training.config import load_config
+    from segray.training.job import run_training
+
+    data = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 4})
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "camvid-vgg-unet-gpu.yaml"
+    cfg = load_config(
+        str(recipe),
+        [
+            f"data.root={data}",
+            f"run.storage={tmp_path / 'runs'}",
+            "model.height=64",
+            "model.width=64",
+            "loss=[{type: ce, class_weights: [0.5, 1.0, 2.0]}, {type: dice, weight: 0.5}]",
+            "data.loader_workers=0",
+            "run.epochs=1",
+            "run.batch_size=4",
+            "run.use_gpu=false",
+            "run.amp=false",
+            "run.torch_threads=2",
+            "run.max_failures=0",
+        ],
+    )
+    s = run_training(cfg, with_ray=False)
+    art = ModelArtifact.load(s.artifact)
+    assert s.completed and art.arch == "unet" and art.label_map == SHAPES
+    assert json.loads((Path(s.artifact) / CONFIG).read_text())["encoder_name"] == "vgg16_bn"
+    out = tmp_path / "labels"
+    job = run_label_job(LabelOptions(model=s.artifact, input=str(Path(data) / "val"), output=str(out)))
+    assert (job.labelled, job.failed, job.model_id) == (4, 0, art.model_id)
