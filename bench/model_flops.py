@@ -8,7 +8,7 @@ on a GPU; the model is built untrained, so nothing is downloaded.
 
     python bench/model_flops.py                               # the default table
     python bench/model_flops.py --models unet:resnet34:512x1024 --util 0.2 0.4
-    python bench/model_flops.py --models segnet:vgg16_bn:192x256:width_multiplier=0.375   # model arguments
+    python bench/model_flops.py --models segnet:vgg16_bn:192x256:width_multiplier=0.25    # model arguments
 
 The frames/s columns are an estimate: dense bf16 peak x utilisation / FLOPs per frame, for the
 peaks in ``GPUS`` (vendors' datasheets, dense, without sparsity). ``bench/gpu_label.sh`` measures

@@ -90,7 +90,9 @@ def test_refusals_name_the_bad_input() -> None:
         build_model("segnet", "resnet18", 3)
     with pytest.raises(ValueError, match=r"segnet width_multiplier must be in \(0, 1\], got 1.5"):
         build_model("segnet", "vgg16_bn", 3, width_multiplier=1.5)
-    with pytest.raises(ValueError, match="segnet takes width_multiplier only as a model argument"):
+    with pytest.raises(ValueError, match=r"segnet width_multiplier must be a number in \(0, 1\], got 'half'"):
+        build_model("segnet", "vgg16_bn", 3, width_multiplier="half")
+    with pytest.raises(ValueError, match=r"segnet takes width_multiplier only as a model argument, got \['decoder_"):
         build_model("segnet", "vgg16_bn", 3, decoder_channels=[16])
     with pytest.raises(ValueError, match=r"segnet takes encoder weights as a \.safetensors file only.*convert-weights"):
         init_artifact("segnet", "vgg16_bn", CAMVID, height=64, width=64, encoder_weights="imagenet")

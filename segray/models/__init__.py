@@ -63,10 +63,10 @@ def build_model(
 
         if encoder_weights is not None:
             check_encoder_weights(arch, encoder, encoder_weights)
-        try:
-            return SegNet(encoder, num_classes, **kwargs)
-        except TypeError as e:
-            raise ValueError(f"segnet takes width_multiplier only as a model argument ({e})") from e
+        unknown = sorted(set(kwargs) - {"width_multiplier"})
+        if unknown:
+            raise ValueError(f"segnet takes width_multiplier only as a model argument, got {unknown}")
+        return SegNet(encoder, num_classes, **kwargs)
     import segmentation_models_pytorch as smp
 
     weights = None if encoder_weights is None else check_encoder_weights(arch, encoder, encoder_weights)

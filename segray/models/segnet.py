@@ -75,6 +75,8 @@ class SegNet(nn.Module):
     def __init__(self, encoder_name: str = "vgg16_bn", classes: int = 11, width_multiplier: float = 1.0) -> None:
         if encoder_name not in SEGNET_ENCODERS:
             raise ValueError(f"unknown encoder {encoder_name!r} for segnet; it builds {list(SEGNET_ENCODERS)}")
+        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)):
+            raise ValueError(f"segnet width_multiplier must be a number in (0, 1], got {width_multiplier!r}")
         if not 0 < width_multiplier <= 1:
             raise ValueError(f"segnet width_multiplier must be in (0, 1], got {width_multiplier!r}")
         super().__init__()
