@@ -8,6 +8,7 @@ on a GPU; the model is built untrained, so nothing is downloaded.
 
     python bench/model_flops.py                               # the default table
     python bench/model_flops.py --models unet:resnet34:512x1024 --util 0.2 0.4
+    python bench/model_flops.py --models segnet:vgg16_bn:192x256:width_multiplier=0.25    # model arguments
 
 The frames/s columns are an estimate: dense bf16 peak x utilisation / FLOPs per frame, for the
 peaks in ``GPUS`` (vendors' datasheets, dense, without sparsity). ``bench/gpu_label.sh`` measures
@@ -20,8 +21,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,9 +44,11 @@ GPUS = {
 DEFAULT_MODELS = ["unet:resnet34:512x1024", "unet:resnet18:352x480", "pspnet:resnet34:512x1024"]
 
 
-def gflops_per_frame(arch: str, encoder: str, height: int, width: int, classes: int) -> tuple[float, float]:
+def gflops_per_frame(
+    arch: str, encoder: str, height: int, width: int, classes: int, **kwargs: Any
+) -> tuple[float, float]:
     """GFLOPs of one forward pass at batch 1, and the model's parameters in millions."""
-    model = build_model(arch, encoder, classes).eval()
+    model = build_model(arch, encoder, classes, **kwargs).eval()
     x = torch.zeros(1, 3, height, width)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
@@ -54,7 +59,9 @@ def gflops_per_frame(arch: str, encoder: str, height: int, width: int, classes: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="arch:encoder:HxW (smp names)")
+    ap.add_argument(
+        "--models", nargs="+", default=DEFAULT_MODELS, help="arch:encoder:HxW[:key=value]... (registry names)"
+    )
     ap.add_argument("--classes", type=int, default=11, help="output classes (CamVid: 11)")
     ap.add_argument("--util", nargs=2, type=float, default=[0.2, 0.4], metavar=("LOW", "HIGH"))
     a = ap.parse_args()
@@ -64,13 +71,15 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: |")
     rows = []
     for spec in a.models:
-        arch, encoder, size = spec.split(":")
+        arch, encoder, size, *options = spec.split(":")
         h, w = (int(v) for v in size.split("x"))
+        kwargs = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
         t = time.perf_counter()
-        g, params = gflops_per_frame(arch, encoder, h, w, a.classes)
+        g, params = gflops_per_frame(arch, encoder, h, w, a.classes, **kwargs)
         took = time.perf_counter() - t
-        print(f"| {arch} {encoder} | {h}x{w} | {params:.1f} M | {g:.1f} | {took:.1f} s |")
-        rows.append((f"{arch} {encoder} {h}x{w}", g))
+        name = " ".join([arch, encoder, *(f"{k}={v}" for k, v in kwargs.items())])
+        print(f"| {name} | {h}x{w} | {params:.1f} M | {g:.1f} | {took:.1f} s |")
+        rows.append((f"{name} {h}x{w}", g))
     head = " | ".join(f"{name} ({peak:g} TF)" for name, peak in GPUS.items())
     print(f"\nEstimated frames/s per GPU at {lo:.0%}-{hi:.0%} of the dense bf16 peak (FLOPs only):\n")
     print(f"| model | {head} |")

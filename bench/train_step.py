@@ -42,13 +42,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--classes", type=int, default=11)
     p.add_argument("--decoder-channels", type=int, nargs="*", default=None)
+    p.add_argument("--width-multiplier", type=float, default=None, help="segnet's channel scale")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--variants", nargs="+", default=["channels_last", "contiguous"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    kwargs = {"decoder_channels": a.decoder_channels} if a.decoder_channels else {}
+    kwargs: dict[str, object] = {"decoder_channels": a.decoder_channels} if a.decoder_channels else {}
+    if a.width_multiplier is not None:
+        kwargs["width_multiplier"] = a.width_multiplier
     x0 = torch.randn(a.batch, 3, a.height, a.width)
     y = torch.randint(0, a.classes, (a.batch, a.height, a.width))
     runs = {}

@@ -1,6 +1,7 @@
 """Every registered architecture: builds, returns plain logits and round-trips through the artifact;
-torchvision's FCN and one more smp architecture train a step on converted data and label frames
-with the job (which sees no difference between them and a UNet)."""
+torchvision's FCN, SegNet, a VGG-UNet and one more smp architecture train a step on converted data
+and label frames with the job (which sees no difference between them and a UNet). SegNet's own
+tests are in test_segnet.py."""
 
 from __future__ import annotations
 
@@ -26,30 +27,38 @@ from segray.models.fcn import TorchvisionFCN
 SIZE = 64
 #: PAN's pyramid pools its deepest feature map down 8 times further: it needs a bigger input.
 INPUT = {"pan": 256}
+#: A narrow SegNet (channels 8 ... 64): the same structure at a test's cost.
+NARROW_SEGNET = {"width_multiplier": 0.125}
 
 
-def test_registry_has_every_smp_architecture_and_fcn() -> None:
+def test_registry_has_every_smp_architecture_fcn_and_segnet() -> None:
     import segmentation_models_pytorch as smp
 
     assert set(SMP_ARCHITECTURES) == set(smp.MODEL_ARCHITECTURES_MAPPING)
-    assert set(ARCHITECTURES) == {*SMP_ARCHITECTURES, "fcn"}
-    with pytest.raises(ValueError, match="unknown architecture 'segnet'"):
-        build_model("segnet", TINY_ENCODER, 3)
+    assert {*SMP_ARCHITECTURES, "fcn", "segnet"} <= set(ARCHITECTURES)
+    with pytest.raises(ValueError, match="unknown architecture 'segnett'"):
+        build_model("segnett", TINY_ENCODER, 3)
     with pytest.raises(ValueError, match=r"unknown encoder 'resnet18' for fcn; torchvision builds \['resnet50', "):
         build_model("fcn", "resnet18", 3)
 
 
 @pytest.mark.parametrize(
-    "arch",
+    ("arch", "encoder", "kwargs"),
     [
-        pytest.param(a, marks=pytest.mark.slow) if a == "dpt" else a  # DPT: 31 M parameters even on a tiny encoder
-        for a in SMP_ARCHITECTURES
-        if a not in ("unet", "pspnet")  # covered by test_artifact.py
+        *(
+            pytest.param(a, TINY_ENCODER, {}, marks=pytest.mark.slow)
+            if a == "dpt"  # DPT: 31 M parameters even on a tiny encoder
+            else (a, TINY_ENCODER, {})
+            for a in SMP_ARCHITECTURES
+            if a not in ("unet", "pspnet")  # covered by test_artifact.py
+        ),
+        ("unet", "vgg16_bn", {}),  # VGG-UNet
+        ("segnet", "vgg16_bn", NARROW_SEGNET),
     ],
 )
-def test_smp_architecture_artifact_round_trip(arch: str, tmp_path: Path) -> None:
+def test_architecture_artifact_round_trip(arch: str, encoder: str, kwargs: dict, tmp_path: Path) -> None:
     size = INPUT.get(arch, SIZE)
-    art = init_artifact(arch, TINY_ENCODER, CAMVID, name=f"tiny-{arch}", height=size, width=size)
+    art = init_artifact(arch, encoder, CAMVID, name=f"tiny-{arch}", height=size, width=size, model_kwargs=kwargs)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = art.model(x)
@@ -161,8 +170,18 @@ def train_one_step(art: ModelArtifact, x: torch.Tensor, y: torch.Tensor) -> floa
     return float(loss.detach())
 
 
-@pytest.mark.parametrize(("arch", "encoder"), [("fcn", "resnet50"), ("deeplabv3plus", TINY_ENCODER)])
-def test_trains_a_step_and_labels_with_the_job(arch: str, encoder: str, tmp_path: Path, ray_session: None) -> None:
+@pytest.mark.parametrize(
+    ("arch", "encoder", "kwargs"),
+    [
+        ("fcn", "resnet50", {}),
+        ("deeplabv3plus", TINY_ENCODER, {}),
+        ("segnet", "vgg16_bn", NARROW_SEGNET),
+        ("unet", "vgg16_bn", {}),  # VGG-UNet
+    ],
+)
+def test_trains_a_step_and_labels_with_the_job(
+    arch: str, encoder: str, kwargs: dict, tmp_path: Path, ray_session: None
+) -> None:
     from segray.labelling.job import LabelOptions, run_label_job
 
     kitti_road(tmp_path / "data_road")
@@ -170,7 +189,7 @@ def test_trains_a_step_and_labels_with_the_job(arch: str, encoder: str, tmp_path
     convert("kitti-road", str(tmp_path / "data_road"), data)
     label_map = dataset_label_map(data)
     assert label_map.names == ["not_road", "road"]
-    art = init_artifact(arch, encoder, label_map, name=f"road-{arch}", height=SIZE, width=SIZE)
+    art = init_artifact(arch, encoder, label_map, name=f"road-{arch}", height=SIZE, width=SIZE, model_kwargs=kwargs)
     x, y = batch_from(data, label_map, SIZE)
     assert set(np.unique(y.numpy())) == {0, 1, 255}
     train_one_step(art, x, y)
@@ -205,3 +224,40 @@ def test_fcn_fine_tunes_onto_other_classes(tmp_path: Path) -> None:
     assert new["classifier.4.weight"].shape[0] == KITTI_ROAD.num_classes
     assert torch.equal(new["classifier.0.weight"], old["classifier.0.weight"])  # kept
     assert torch.equal(new["backbone.conv1.weight"], old["backbone.conv1.weight"])
+
+
+def test_vgg_unet_recipe_trains_exports_and_labels(tmp_path: Path, ray_session: None) -> None:
+    """configs/camvid-vgg-unet-gpu.yaml on CPUs and tiny frames (its loss, augmentation and export
+    as written): smp's UNet on the VGG16-BN encoder trains, exports and is labelled with by the job."""
+    from train_data import SHAPES, write_shapes_dataset
+
+    from segray.labelling.job import LabelOptions, run_label_job
+    from segray.training.config import load_config
+    from segray.training.job import run_training
+
+    data = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 4})
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "camvid-vgg-unet-gpu.yaml"
+    cfg = load_config(
+        str(recipe),
+        [
+            f"data.root={data}",
+            f"run.storage={tmp_path / 'runs'}",
+            "model.height=64",
+            "model.width=64",
+            "loss=[{type: ce, class_weights: [0.5, 1.0, 2.0]}, {type: dice, weight: 0.5}]",
+            "data.loader_workers=0",
+            "run.epochs=1",
+            "run.batch_size=4",
+            "run.use_gpu=false",
+            "run.amp=false",
+            "run.torch_threads=2",
+            "run.max_failures=0",
+        ],
+    )
+    s = run_training(cfg, with_ray=False)
+    art = ModelArtifact.load(s.artifact)
+    assert s.completed and art.arch == "unet" and art.label_map == SHAPES
+    assert json.loads((Path(s.artifact) / CONFIG).read_text())["encoder_name"] == "vgg16_bn"
+    out = tmp_path / "labels"
+    job = run_label_job(LabelOptions(model=s.artifact, input=str(Path(data) / "val"), output=str(out)))
+    assert (job.labelled, job.failed, job.model_id) == (4, 0, art.model_id)

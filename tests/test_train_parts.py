@@ -53,7 +53,10 @@ def test_auto_class_weights_are_median_frequency_of_the_training_masks(
 def test_recipes_load_and_bad_keys_are_named() -> None:
     root = Path(__file__).resolve().parents[1] / "configs"
     recipes = sorted(root.glob("camvid-*.yaml"))
-    assert {p.stem for p in recipes} == {"camvid-unet-cpu", "camvid-unet-gpu", "camvid-pspnet-cpu", "camvid-pspnet-gpu"}
+    assert {p.stem for p in recipes} == {
+        *(f"camvid-{arch}-{kind}" for arch in ("unet", "pspnet", "segnet") for kind in ("cpu", "gpu")),
+        "camvid-vgg-unet-gpu",
+    }
     for p in recipes:
         cfg = load_config(str(p))
         assert cfg.model.arch in p.stem and cfg.model.height % 32 == 0

@@ -1,7 +1,8 @@
 """Model registry: architecture name -> builder. One plain dict, as segmentation-models-pytorch does.
 
 Every smp architecture is available under smp's own name (``unet``, ``fpn``, ``deeplabv3plus``, ...),
-plus ``fcn``: torchvision's FCN-ResNet50/101 (see :mod:`segray.models.fcn`). All build the same
+plus ``fcn``: torchvision's FCN-ResNet50/101 (see :mod:`segray.models.fcn`) and ``segnet``: SegNet
+with a VGG16-BN encoder (see :mod:`segray.models.segnet`). All build the same
 way (``build_model(arch, encoder, num_classes)``), return plain logits ``(N, C, H, W)`` and save
 into the same artifact format.
 """
@@ -34,6 +35,7 @@ SMP_ARCHITECTURES = (
 ARCHITECTURES: dict[str, str] = {
     **{name: f"smp:{name}" for name in SMP_ARCHITECTURES},
     "fcn": "torchvision:fcn",
+    "segnet": "segray:segnet",
 }
 
 
@@ -56,6 +58,15 @@ def build_model(
         if kwargs:
             raise ValueError(f"fcn takes no extra model arguments, got {sorted(kwargs)}")
         return TorchvisionFCN(encoder, num_classes)
+    if library == "segray":
+        from segray.models.segnet import SegNet
+
+        if encoder_weights is not None:
+            check_encoder_weights(arch, encoder, encoder_weights)
+        unknown = sorted(set(kwargs) - {"width_multiplier"})
+        if unknown:
+            raise ValueError(f"segnet takes width_multiplier only as a model argument, got {unknown}")
+        return SegNet(encoder, num_classes, **kwargs)
     import segmentation_models_pytorch as smp
 
     weights = None if encoder_weights is None else check_encoder_weights(arch, encoder, encoder_weights)
@@ -153,9 +164,21 @@ def match_encoder_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> d
 def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
     """Copy matching tensors (e.g. torchvision/timm ImageNet weights) into ``model.encoder``.
 
-    Returns how many tensors were loaded; refuses a file that matches nothing, since that is
+    Returns how many tensors were loaded; refuses a file that matches nothing, or whose tensors have
+    the encoder's names but other shapes (weights of another variant or width), since that is
     almost always the wrong file.
     """
+    own = model.encoder.state_dict()  # type: ignore[operator]
+    cleaned = {k.removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items()}
+    misshaped = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
+    if misshaped:
+        k = misshaped[0]
+        width = getattr(model, "config", {}).get("width_multiplier", 1.0)
+        raise ValueError(
+            f"{source}: {len(misshaped)} of its tensors have the encoder's names but other shapes (e.g. {k}: "
+            f"{tuple(cleaned[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
+            + (f"; ImageNet weights fit only width_multiplier 1.0, not {width}" if width != 1.0 else "")
+        )
     matched = match_encoder_tensors(model, state)
     if not matched:
         raise ValueError(f"{source}: no tensor matches the encoder's parameters (wrong file or encoder?)")
