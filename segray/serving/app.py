@@ -112,8 +112,7 @@ class Segmenter:
             if "image/png" in accept and "application/json" not in accept:
                 if result.error:
                     raise RequestError(400, result.error)
-                make = self.labeller.overlay_png if overlay else None
-                png = await asyncio.to_thread(make, data, result.mask) if make else self.labeller.mask_png(result.mask)
+                png = await asyncio.to_thread(self.labeller.png, data, result.mask, overlay)
                 return Response(png, media_type="image/png", headers={"X-Segray-Model-Id": self.labeller.info.model_id})
             answer = await asyncio.to_thread(self.labeller.answer, data, frame, result, overlay)
             return JSONResponse(answer)

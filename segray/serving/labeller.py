@@ -175,6 +175,10 @@ class Labeller:
             body["overlay_png"] = base64.b64encode(self.overlay_png(data, result.mask)).decode("ascii")
         return body
 
+    def png(self, data: bytes, mask: np.ndarray, overlay: bool) -> bytes:
+        """The answer to ``Accept: image/png``: the overlay when asked for, else the mask."""
+        return self.overlay_png(data, mask) if overlay else self.mask_png(mask)
+
     def mask_png(self, mask: np.ndarray) -> bytes:
         """The palette PNG ``segray label`` writes under ``masks/``, byte for byte."""
         return encode_mask_png(mask, self.palette)
