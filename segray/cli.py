@@ -1,6 +1,6 @@
 """``segray`` command line: ``label``, ``nightly``, ``runs``, ``compact``, ``model init|info|convert-weights``,
-``demo``, ``train``, ``evaluate``, ``compare``, ``data``, ``landcover``. Parsing and printing only; the work
-is in the library, so every command is also a function a program can call."""
+``demo``, ``train``, ``evaluate``, ``compare``, ``data``, ``landcover``, ``serve``. Parsing and printing only; the
+work is in the library, so every command is also a function a program can call."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from segray.evaluation import cli as evaluation_cli
 from segray.exit_codes import EXIT_CODES, LABEL_EXIT_CODES
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.landcover import cli as landcover_cli
+from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
 
 
@@ -437,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_parsers(sub)  # evaluate, compare
     datasets_cli.add_parsers(sub)  # data convert, data stats
     landcover_cli.add_parser(sub)
+    serving_cli.add_parser(sub, parse_window)
     return p
 
 
