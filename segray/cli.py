@@ -356,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = model.add_subparsers(dest="model_command", required=True)
     init = msub.add_parser("init", help="write an untrained model artifact")
     init.add_argument(
-        "--arch", default="unet", help="unet, pspnet, fpn, deeplabv3plus, ... or fcn, see docs/models.md (default unet)"
+        "--arch",
+        default="unet",
+        help="unet, pspnet, fpn, deeplabv3plus, ... or fcn, see docs/models.md; maskrcnn for instances, see "
+        "docs/instances.md (default unet)",
     )
     init.add_argument(
         "--encoder", default="resnet34", help="any segmentation-models-pytorch encoder (default resnet34)"
