@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,13 +144,31 @@ class InstanceScorer:
             "annotations": self.gt,
             "categories": [{"id": k + 1, "name": n} for k, n in enumerate(self.names)],
         }
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        with quiet_pycocotools():
             gt.createIndex()
             dt = gt.loadRes([{**d, "segmentation": dict(d["segmentation"])} for d in self.dt])
             ev = COCOeval(gt, dt, iouType="segm")
             ev.evaluate()
             ev.accumulate()
         return ev.eval["precision"]
+
+
+@contextlib.contextmanager
+def quiet_pycocotools() -> Iterator[None]:
+    """pycocotools prints its progress; a module-level ``print`` silences it (Ray's workers patch the
+    builtin ``print``, so redirecting stdout alone is not enough)."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    modules = (pycocotools.coco, pycocotools.cocoeval)
+    for m in modules:
+        m.print = lambda *a, **k: None  # type: ignore[attr-defined]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for m in modules:
+            del m.print  # type: ignore[attr-defined]
 
 
 def _mean(p: np.ndarray) -> float:
