@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "instances-synthetic-cpu.yaml"))
     p.add_argument("--size", type=int, default=512, help="frame side in pixels (default 512)")
     p.add_argument("--train", type=int, default=128, help="training frames (default 128)")
-    p.add_argument("--val", type=int, default=24, help="validation frames (default 24)")
+    p.add_argument("--val", type=int, default=16, help="validation frames (default 16)")
     p.add_argument("--test", type=int, default=60, help="held-out test frames (default 60)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock limit of the training (default 30)")
     p.add_argument("--seed", type=int, default=0)

@@ -90,7 +90,7 @@ def test_maskrcnn_trains_on_s3_resumes_by_rerun_exports_and_evaluates(
     assert (
         main(["evaluate", "--model", second.artifact, "--data", instances_s3, "--split", "val", "--output", out]) == 0
     )
-    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    printed = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("{")))
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert printed["ap50"] == m["ap50"] and m["frames"] == 4 and m["task"] == "instance"
     for v in (m["ap"], m["ap50"], m["ap75"], m["exact_count_fraction"]):
