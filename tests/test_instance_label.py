@@ -288,3 +288,53 @@ def test_painting_resizes_to_the_frame() -> None:
 def test_painting_refuses_unsorted_scores() -> None:
     with pytest.raises(ValueError, match="sorted by decreasing score"):
         paint_instances(torch.zeros(2, 1, 4, 4), torch.tensor([0.5, 0.9]), 4, 4)
+
+
+# --- compare: instance models get their own table --------------------------------------------------
+
+
+def test_compare_instance_models(detector: str, tmp_path: Path) -> None:
+    from instance_data import write_instance_dataset
+
+    from segray.datasets.pairs import PairSource
+    from segray.evaluation.compare import compare
+    from segray.evaluation.evaluate import EvalOptions
+
+    data = write_instance_dataset(str(tmp_path / "set"), {"val": 3})
+    other = tmp_path / "other"
+    art = ModelArtifact.load(detector)
+    art.name = "shapes-copy"
+    art.save(str(other))
+    out = tmp_path / "cmp"
+    md, rows = compare(
+        [detector, str(other)], EvalOptions(model=detector, data=PairSource(root=data, split="val"), output=str(out))
+    )
+    ids = [read_info(detector).model_id, read_info(str(other)).model_id]
+    assert [r["model_id"] for r in rows] == ids
+    for r in rows:
+        assert 0.0 <= r["ap50"] <= 1.0 and r["count_mae"] >= 0 and r["params"] > 0
+        assert list(r["ap_per_class"]) == list(LABELS.names)
+    # the same weights: the same scores
+    assert rows[0]["ap"] == pytest.approx(rows[1]["ap"], nan_ok=True)
+    assert "| model | backbone | input | mask AP | AP50 | AP75 | count MAE |" in md
+    assert "Mask AP per class (%):" in md and all(f"| {n} |" in md for n in LABELS.names)
+    assert "mIoU" not in md
+    assert (out / "comparison.md").read_text() == md
+    assert json.loads((out / "comparison.json").read_text())[0]["model_id"] == ids[0]
+
+
+def test_compare_refuses_mixed_tasks(detector: str, tiny_model: str, tmp_path: Path) -> None:
+    from segray.datasets.pairs import PairSource
+    from segray.evaluation.compare import compare
+    from segray.evaluation.evaluate import EvalOptions
+
+    eo = EvalOptions(model=tiny_model, data=PairSource(root=str(tmp_path), split="val"))
+    with pytest.raises(ValueError, match=r"\(semantic\), .* \(instance\): semantic and instance models are scored"):
+        compare([tiny_model, detector], eo)
+
+
+def test_semantic_predictor_refuses_instance_models(detector: str) -> None:
+    from segray.labelling.predict import Predictor
+
+    with pytest.raises(ValueError, match="an instance model; this predicts a class per pixel"):
+        Predictor(detector)
