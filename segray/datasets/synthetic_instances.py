@@ -1,7 +1,7 @@
 """A synthetic instance set: grape-like "bunches" and boxes on textured backgrounds.
 
 Each frame holds a few non-overlapping objects of two classes: a ``bunch`` (a cluster of shaded
-berries, outlined by one polygon as an annotator would draw it) and a ``box`` (a textured
+berries, outlined by one convex polygon as an annotator would draw it) and a ``box`` (a textured
 rectangle, drawn as a 4-point polygon). The same frames are written in two annotation forms, so a
 reader can check that both converters produce the same canonical data:
 
@@ -48,7 +48,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _bunch(rng: np.random.Generator, img: np.ndarray, cx: int, cy: int, rx: int, ry: int) -> np.ndarray:
-    """Draw berries inside an ellipse; return the outline polygon of their union."""
+    """Draw berries inside an ellipse; return the convex outline around them all (as an annotator
+    draws a bunch: one polygon, gaps between berries included)."""
     h, w = img.shape[:2]
     cover = np.zeros((h, w), np.uint8)
     berry = max(2, min(rx, ry) // 3)
@@ -61,10 +62,8 @@ def _bunch(rng: np.random.Generator, img: np.ndarray, cx: int, cy: int, rx: int,
         colour = np.clip(base + rng.normal(0, 15, 3), 0, 255)
         cv2.circle(img, (x, y), berry, colour.tolist(), -1)
         cv2.circle(img, (x - berry // 3, y - berry // 3), max(1, berry // 3), (colour + 60).clip(0, 255).tolist(), -1)
-    contours, _ = cv2.findContours(cover, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    outline = max(contours, key=cv2.contourArea)
-    eps = max(0.5, 0.01 * cv2.arcLength(outline, True))
-    return cv2.approxPolyDP(outline, eps, True).reshape(-1, 2).astype(np.int32)
+    ys, xs = np.nonzero(cover)
+    return cv2.convexHull(np.stack([xs, ys], axis=1).astype(np.int32)).reshape(-1, 2)
 
 
 def _box(rng: np.random.Generator, img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
