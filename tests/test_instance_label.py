@@ -110,10 +110,18 @@ def read_ids(output: str, mask_path: str) -> np.ndarray:
 
 
 def check_consistent(output: str, model_id: str) -> tuple[pa.Table, pa.Table]:
-    """Every frame: PNG ids == table rows, pixel areas equal, counts and px per class equal the table's."""
+    return check_instance_output(output, model_id, len(FRAME_SIZES), PIXEL_SIZE)
+
+
+def check_instance_output(
+    output: str, model_id: str, frames: int, pixel_size: float | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """Every frame of an instance model's output (local or S3): PNG ids == table rows, pixel areas
+    equal, counts and px per class equal the table's. Returns (stats, instances)."""
     stats = read_stats(output, model_id)
     inst = read_instances(output, model_id)
-    assert stats.num_rows == len(FRAME_SIZES)
+    names = LabelMap.from_json(stats.schema.metadata[b"segray.label_map"].decode()).names
+    assert stats.num_rows == frames
     assert set(inst.column("relative_path").to_pylist()) <= set(stats.column("relative_path").to_pylist())
     for row in stats.to_pylist():
         ids = read_ids(output, row["mask_path"])
@@ -126,16 +134,20 @@ def check_consistent(output: str, model_id: str) -> tuple[pa.Table, pa.Table]:
         scores = [r["score"] for r in rows]
         assert scores == sorted(scores, reverse=True)  # id 1 = highest score
         for r in rows:
-            assert r["area_m2"] == pytest.approx(r["area_px"] * PIXEL_SIZE**2)
+            if pixel_size is None:
+                assert r["area_m2"] is None
+            else:
+                assert r["area_m2"] == pytest.approx(r["area_px"] * pixel_size**2)
             assert 0 <= r["x0"] <= r["x1"] <= row["width"] + 1e-3 and 0 <= r["y0"] <= r["y1"] <= row["height"] + 1e-3
-            assert r["class"] == LABELS.names[r["class_id"]]
-        for c, name in enumerate(LABELS.names):
+            assert r["class"] == names[r["class_id"]]
+        for c, name in enumerate(names):
             of_class = [r for r in rows if r["class_id"] == c]
             assert row[f"count_{name}"] == len(of_class)
             assert row[f"px_{name}"] == sum(r["area_px"] for r in of_class)
-            assert row[f"area_m2_{name}"] == pytest.approx(row[f"px_{name}"] * PIXEL_SIZE**2)
+            if pixel_size is not None:
+                assert row[f"area_m2_{name}"] == pytest.approx(row[f"px_{name}"] * pixel_size**2)
         covered = int((ids > 0).sum())
-        assert sum(row[f"px_{n}"] for n in LABELS.names) == covered
+        assert sum(row[f"px_{n}"] for n in names) == covered
     return stats, inst
 
 
@@ -158,6 +170,18 @@ def test_labels_instances_locally(detector: str, frames: Path, tmp_path: Path) -
     again = run_label_job(opts(detector, str(frames), out))
     assert (again.labelled, again.skipped_done) == (0, len(FRAME_SIZES))
     assert read_instances(out, s.model_id).equals(inst)
+
+
+def test_cli_label(detector: str, frames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from segray import cli
+
+    out = str(tmp_path / "out")
+    argv = ["label", "--model", detector, "--input", str(frames), "--output", out, "--min-score", "0.7"]
+    assert cli.main([*argv, "--batch-size", "4", "--print-table"]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(FRAME_SIZES)} labelled, 1 failed" in text and "box" in text and "bunch" in text
+    _, inst = check_instance_output(out, f"{read_info(detector).model_id}+min0.7", len(FRAME_SIZES))
+    assert inst.num_rows and min(inst.column("score").to_pylist()) >= 0.7
 
 
 def read_errors(output: str) -> dict[str, list[object]]:
