@@ -362,3 +362,22 @@ def test_semantic_predictor_refuses_instance_models(detector: str) -> None:
 
     with pytest.raises(ValueError, match="an instance model; this predicts a class per pixel"):
         Predictor(detector)
+
+
+def test_painting_matches_full_frame_resizing() -> None:
+    """Resizing each mask around its own pixels gives what resizing it whole gives."""
+    g = torch.Generator().manual_seed(11)
+    masks = torch.zeros(4, 1, 16, 16)
+    for j, (y, x, s) in enumerate([(2, 3, 5), (6, 6, 8), (0, 0, 16), (12, 1, 3)]):
+        masks[j, 0, y : y + s, x : x + s] = torch.rand(min(s, 16 - y), min(s, 16 - x), generator=g)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    for height, width in [(37, 53), (16, 16), (9, 11), (64, 40)]:
+        ids, kept, pixels = paint_instances(masks, scores, height, width)
+        want = torch.zeros(height, width, dtype=torch.int64)
+        for j in range(3, -1, -1):
+            up = torch.nn.functional.interpolate(masks[j : j + 1], size=(height, width), mode="bilinear")
+            want[up[0, 0] > 0.5] = j + 1
+        ranks = np.zeros(5, np.int64)
+        ranks[kept + 1] = np.arange(1, len(kept) + 1)
+        assert np.array_equal(ids, ranks[want.numpy()]), (height, width)
+        assert pixels.tolist() == np.bincount(ids.ravel(), minlength=len(kept) + 1)[1:].tolist()

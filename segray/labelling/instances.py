@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -41,6 +42,33 @@ DEFAULT_MIN_SCORE = 0.5
 MAX_INSTANCES = 65535
 
 
+def resized_mask(prob: torch.Tensor, height: int, width: int) -> tuple[tuple[int, int], torch.Tensor] | None:
+    """A (h, w) probability map resized (bilinear, as ``F.interpolate`` with ``align_corners=False``)
+    to (height, width) and thresholded, computed only around where it is above the threshold: the
+    (y0, x0) of that region in the frame and its boolean mask; None when no pixel is above.
+
+    A detection covers a small part of a frame, so this costs its box, not the frame."""
+    h, w = prob.shape
+    on = prob > MASK_THRESHOLD
+    rows, cols = torch.nonzero(on.any(1)).flatten(), torch.nonzero(on.any(0)).flatten()
+    if not len(rows):
+        return None
+    # A frame pixel samples source coordinate (y + 0.5) * h / height - 0.5, between two source rows:
+    # it can be above the threshold only within one source row of the rows that are.
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    y0 = max(0, math.floor((r0 - 0.5) * height / h - 0.5))
+    y1 = min(height, math.ceil((r1 + 1.5) * height / h - 0.5) + 1)
+    x0 = max(0, math.floor((c0 - 0.5) * width / w - 0.5))
+    x1 = min(width, math.ceil((c1 + 1.5) * width / w - 0.5) + 1)
+    dev = prob.device
+    ys = (torch.arange(y0, y1, device=dev, dtype=torch.float32) * 2 + 1) / height - 1
+    xs = (torch.arange(x0, x1, device=dev, dtype=torch.float32) * 2 + 1) / width - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+    part = F.grid_sample(prob[None, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (y0, x0), part[0, 0] > MASK_THRESHOLD
+
+
 def paint_instances(
     masks: torch.Tensor, scores: torch.Tensor, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,7 +76,7 @@ def paint_instances(
     -> (height, width) uint16 ids (0 = none), the indices (into the K) of the instances kept, in id
     order, and their pixel counts.
 
-    One instance is resized at a time, so a frame costs its id map plus one float mask at its size.
+    One instance is resized at a time, around its own pixels (:func:`resized_mask`).
     """
     k = masks.shape[0]
     if k > MAX_INSTANCES:
@@ -57,8 +85,10 @@ def paint_instances(
         raise ValueError("detections must be sorted by decreasing score")
     ranks = torch.zeros((height, width), dtype=torch.int32, device=masks.device)
     for j in range(k - 1, -1, -1):  # lowest score first: higher scores paint over it
-        up = F.interpolate(masks[j : j + 1].float(), size=(height, width), mode="bilinear", align_corners=False)
-        ranks[up[0, 0] > MASK_THRESHOLD] = j + 1
+        piece = resized_mask(masks[j, 0], height, width)
+        if piece is not None:
+            (y0, x0), on = piece
+            ranks[y0 : y0 + on.shape[0], x0 : x0 + on.shape[1]][on] = j + 1
     pixels = torch.bincount(ranks.flatten(), minlength=k + 1)[1:].cpu().numpy()
     kept = np.flatnonzero(pixels > 0)
     lut = torch.zeros(k + 1, dtype=torch.int32, device=masks.device)
