@@ -150,9 +150,8 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
 
 
 def _score(metrics: dict[str, Any]) -> float:
-    from segray.training.instance_loop import SCORE
-
-    v = metrics.get(SCORE)
+    """Val mask AP50 of a validated epoch, else -inf (NaN, or null once Ray Train's record restored it)."""
+    v = metrics.get("val_mask_ap50")
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
 
 

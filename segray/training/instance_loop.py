@@ -35,8 +35,9 @@ log = logging.getLogger("segray.train")
 #: What each epoch leaves in the checkpoint's history (curves, summaries, a resumed run's record).
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_mask_ap", "val_mask_ap50", "val_exact_count_fraction",
                 "epoch_seconds")  # fmt: skip
-#: The checkpoint score: the best epoch by val mask AP50 is kept and exported.
-SCORE = "val_mask_ap50"
+#: The checkpoint score: val mask AP50, or -1 on an epoch without validation. Not NaN: Ray Train's
+#: checkpoint record stores NaN as null, and a rerun that restores it cannot rank a null score.
+SCORE = "checkpoint_score"
 
 
 def build(cfg: TrainConfig, num_classes: int, weights: bool = True) -> torch.nn.Module:
@@ -207,6 +208,7 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
             "lr": opt.param_groups[0]["lr"],
             "train_seconds": train_seconds,
             "epoch_seconds": time.monotonic() - t0,
+            SCORE: s["ap50"] if math.isfinite(s["ap50"]) else -1.0,
             **{f"val_ap_{n}": v["ap"] for n, v in s["per_class"].items()},
             **{f"val_ap50_{n}": v["ap50"] for n, v in s["per_class"].items()},
         }
