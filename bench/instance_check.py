@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--test", type=int, default=60, help="held-out test frames (default 60)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock limit of the training (default 30)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=int, default=2, help="epochs per segray train invocation (default 2)")
+    p.add_argument("--chunk", type=int, default=5, help="epochs per segray train invocation (default 5)")
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. run.epochs=8")
     a = p.parse_args()
 
