@@ -78,7 +78,7 @@ def main() -> None:
     print(
         f"training: {train_s / 60:.1f} min, {'finished' if finished else 'stopped before the last epoch'}", flush=True
     )
-    result: dict = {"train_minutes": round(train_s / 60, 1), "finished": finished, "frames": vars(a)}
+    result: dict = {"train_minutes": round(train_s / 60, 1), "finished": finished, "args": vars(a)}
     model = out / "runs" / name / "model"
     if not finished:  # what it reached: the latest checkpoint, exported as the run's export would
         model = export_latest(a.config, [*train[4:-1]], out / "runs" / name, out / "partial-model")
