@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "read_stats"]
+__all__ = ["__version__", "read_instances", "read_stats"]
 
 if TYPE_CHECKING:
-    from segray.labelling.reader import read_stats
+    from segray.labelling.reader import read_instances, read_stats
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that ``import segray`` stays cheap (pyarrow only when a reader is used).
-    if name == "read_stats":
-        from segray.labelling.reader import read_stats
+    if name in ("read_stats", "read_instances"):
+        from segray.labelling import reader
 
-        return read_stats
+        return getattr(reader, name)
     raise AttributeError(f"module 'segray' has no attribute {name!r}")

@@ -133,6 +133,12 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     tiles.add_argument(
         "--no-world-files", action="store_true", help="do not look for .pgw/.jgw/.tfw world files beside frames"
     )
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="instance models: keep objects scoring at least this (0-1; part of the rows' model id) (default 0.5)",
+    )
 
 
 def parse_window(text: str) -> tuple[int, int]:
@@ -181,6 +187,7 @@ def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the
         world_files=not a.no_world_files,
         limit=a.limit,
         decode=a.decode,
+        min_score=a.min_score,
     )
 
 
@@ -359,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--arch",
         default="unet",
-        help="unet, pspnet, deeplabv3plus, ..., fcn or segnet, see docs/models.md (default unet)",
+        help="unet, pspnet, fpn, deeplabv3plus, ..., fcn or segnet, see docs/models.md; maskrcnn for instances, "
+        "see docs/instances.md (default unet)",
     )
     init.add_argument(
         "--encoder", default="resnet34", help="any segmentation-models-pytorch encoder (default resnet34)"

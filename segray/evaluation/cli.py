@@ -76,6 +76,10 @@ def eval_options(a: argparse.Namespace, model: str):  # noqa: ANN201 - EvalOptio
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from segray.evaluation.evaluate import evaluate
+    from segray.models.artifact import read_info
+
+    if read_info(a.model).task == "instance":
+        return cmd_evaluate_instances(a)
 
     r = evaluate(eval_options(a, a.model))
     d = r.to_dict()
@@ -83,6 +87,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     for name, v in d["per_class"].items():
         print(f"  {name:>16}: IoU {100 * v['iou']:5.1f}")
     print(f"wrote metrics.json, metrics.parquet, confusion.png, overlays/ to {a.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate_instances(a: argparse.Namespace) -> int:
+    """An instance artifact: COCO mask AP and counts on ``--data`` ``--split`` (canonical instance layout)."""
+    from segray.evaluation.instances import evaluate_instances, from_eval_options
+
+    d = evaluate_instances(from_eval_options(eval_options(a, a.model))).to_dict()
+    keys = ("model_id", "data", "frames", "ap", "ap50", "ap75", "exact_count_fraction", "count_mae")
+    print(json.dumps({k: d[k] for k in keys}))
+    for name, v in d["per_class"].items():
+        print(f"  {name:>16}: AP {100 * v['ap']:5.1f}  AP50 {100 * v['ap50']:5.1f}  AP75 {100 * v['ap75']:5.1f}")
+    print(f"wrote metrics.json, metrics.parquet, counts.parquet to {a.output}", file=sys.stderr)
     return 0
 
 

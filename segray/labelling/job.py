@@ -2,7 +2,9 @@
 
 Output layout under ``output``::
 
-    masks/<relative_path>.png        palette PNG per frame (class index per pixel)
+    masks/<relative_path>.png        palette PNG per frame (class index per pixel); for an instance
+                                     model, a 16-bit PNG of instance ids (segray.labelling.instances)
+    instances/part-<run>-<id>.parquet  instance models: one row per instance (segray.labelling.stats)
     stats/part-<run>-<id>.parquet    one row per labelled frame (schema: segray.labelling.stats)
     errors/part-<run>-<id>.parquet   one row per frame that could not be labelled, with the reason
     _runs/<run_id>.json              counts, timing, model id, options (written last)
@@ -12,7 +14,8 @@ One run at a time: a run takes the output's lease before it lists anything and h
 so a second run on the same output exits with LeaseHeld instead of labelling frames twice.
 
 Reruns: frames that already have a ``stats/`` row from the same model id are skipped, so rerunning
-a finished job labels nothing and rerunning an interrupted one finishes the rest; ``errors/``
+a finished job labels nothing and rerunning an interrupted one finishes the rest (for instance
+models the model id carries ``--min-score``, which changes what is written: ``+min0.5``); ``errors/``
 describes the latest completed run (earlier runs' error parts are removed when a run completes,
 since every frame without a stats row was retried; a run cut short by ``limit`` keeps them).
 """
@@ -100,6 +103,9 @@ class LabelOptions:
     #: Where JPEG frames are decoded: ``cpu`` (the read tasks) or ``gpu`` (nvJPEG in the inference
     #: actors; the read tasks only fetch and check them). Other formats are always decoded on CPUs.
     decode: str = "cpu"
+    #: Instance models: detections scoring below are dropped (None: DEFAULT_MIN_SCORE). Part of the
+    #: rows' model id, so a run with another threshold labels the frames again.
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
         # Workers resolve these paths, and they may run in another working directory.
@@ -127,6 +133,8 @@ class LabelOptions:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.decode not in ("cpu", "gpu"):
             raise ValueError(f"decode {self.decode!r}: choose cpu or gpu")
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score must be within [0, 1], got {self.min_score}")
 
 
 @dataclass
@@ -183,11 +191,23 @@ class LabelPlan:
     lease: str
 
 
+def label_model_id(info: ArtifactInfo, opts: LabelOptions) -> str:
+    """The model id the run's rows carry: the artifact's, plus ``+min<score>`` for an instance model
+    (the threshold changes the masks and counts, so rows of two thresholds are two models' rows)."""
+    if info.task != "instance":
+        return info.model_id
+    from segray.labelling.instances import DEFAULT_MIN_SCORE
+
+    score = DEFAULT_MIN_SCORE if opts.min_score is None else opts.min_score
+    return f"{info.model_id}+min{score:g}"
+
+
 def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan:
     """Lists the input and the output's stats as a run would, and reads who holds the output."""
     from segray.labelling.lease import read_lease
 
-    table, total, skipped = _frames_table(opts, info.model_id)
+    mid = label_model_id(info, opts)
+    table, total, skipped = _frames_table(opts, mid)
     todo = 0 if table is None else table.num_rows
     n = todo if opts.limit is None else min(todo, opts.limit)
     first = [] if table is None else table.column("relative_path").slice(0, min(n, show)).to_pylist()
@@ -196,7 +216,7 @@ def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan
         lease = "free: a run now would take it"
     else:
         lease = f"held by {held.describe()}: a run now would exit 2"
-    return LabelPlan(info.model_id, total, skipped, n, todo - n, first, lease)
+    return LabelPlan(mid, total, skipped, n, todo - n, first, lease)
 
 
 def new_run_id() -> str:
@@ -345,11 +365,34 @@ def _spread(
 def preflight(opts: LabelOptions) -> ArtifactInfo:
     """Everything that can fail before any frame is read: model, input, output, credentials."""
     info = read_info(opts.model)
+    check_task_options(opts, info)
     # Window and overlap against the model's input size (the defaults come from it).
     TileSpec.for_model(info.preprocessing.height, info.preprocessing.width, opts.tile_window, opts.tile_overlap)
     storage.check_readable(opts.input)
     storage.check_writable(opts.output)
     return info
+
+
+def check_task_options(opts: LabelOptions, info: ArtifactInfo) -> None:
+    """Refuse options that do not apply to the model's task, naming them."""
+    if info.task == "instance":
+        unsupported = [
+            name
+            for name, given in (
+                ("--window", opts.tile_window is not None),
+                ("--overlap", opts.tile_overlap is not None),
+                ("--decode gpu", opts.decode == "gpu"),
+            )
+            if given
+        ]
+        if unsupported:
+            raise ValueError(
+                f"{opts.model} is an instance model: {', '.join(unsupported)} apply to semantic models only "
+                "(instance models label frames resized to the model input, decoded on CPUs; frames above "
+                "--tile-above are recorded as failed)"
+            )
+    elif opts.min_score is not None:
+        raise ValueError(f"--min-score applies to instance models; {opts.model} is a {info.task} model")
 
 
 def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None, lease: OutputLease | None = None) -> RunSummary:
@@ -378,11 +421,17 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None, lease: O
 def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, lease: OutputLease) -> RunSummary:
     from ray.data import ActorPoolStrategy
 
+    from segray.labelling.instances import DEFAULT_MIN_SCORE, InstancePredictor
     from segray.labelling.predict import Predictor
     from segray.labelling.read import read_frames
     from segray.labelling.write import write_outputs
 
-    table, total, skipped = _frames_table(opts, info.model_id)
+    check_task_options(opts, info)
+    instance = info.task == "instance"
+    if instance and opts.min_score is None:
+        opts = replace(opts, min_score=DEFAULT_MIN_SCORE)  # recorded in the run's options as used
+    mid = label_model_id(info, opts)
+    table, total, skipped = _frames_table(opts, mid)
     left_by_limit = 0
     if table is not None and opts.limit is not None and table.num_rows > opts.limit:
         left_by_limit = table.num_rows - opts.limit
@@ -393,7 +442,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         total,
         opts.input,
         skipped,
-        info.model_id,
+        mid,
         total - skipped - left_by_limit,
         f" (--limit {opts.limit}: {left_by_limit} left for a later run)" if left_by_limit else "",
     )
@@ -452,22 +501,28 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
                 "decode": opts.decode,
             },
         )
-        ds = ds.map_batches(
-            Predictor,
-            batch_size=opts.batch_size,
-            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-            num_cpus=pool.cpus_per_actor,
-            num_gpus=gpus,
-            fn_constructor_kwargs={
-                "model_uri": opts.model,
-                "torch_threads": pool.torch_threads,
-                "device": opts.device,
+        predictor: dict[str, Any] = {
+            "model_uri": opts.model,
+            "torch_threads": pool.torch_threads,
+            "device": opts.device,
+        }
+        if instance:
+            predictor |= {"min_score": opts.min_score, "tile_above": opts.tile_above}
+        else:
+            predictor |= {
                 "tile_window": opts.tile_window,
                 "tile_overlap": opts.tile_overlap,
                 "tile_batch_size": opts.batch_size,
                 "max_pixels": opts.max_pixels,
                 "decode": opts.decode,
-            },
+            }
+        ds = ds.map_batches(
+            InstancePredictor if instance else Predictor,
+            batch_size=opts.batch_size,
+            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+            num_cpus=pool.cpus_per_actor,
+            num_gpus=gpus,
+            fn_constructor_kwargs=predictor,
         )
         ds = ds.map_batches(
             write_outputs,
@@ -476,8 +531,9 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
             fn_kwargs={
                 "output": opts.output,
                 "run_id": run_id,
-                "model_id": info.model_id,
+                "model_id": mid,
                 "label_map": info.label_map.to_dict(),
+                "task": info.task,
             },
         )
         todo = table.num_rows
@@ -508,7 +564,7 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
     over = opts.max_failed_fraction is not None and failed_fraction > opts.max_failed_fraction
     summary = RunSummary(
         run_id=run_id,
-        model_id=info.model_id,
+        model_id=mid,
         input=opts.input,
         output=opts.output,
         frames_in=total,

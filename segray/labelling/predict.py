@@ -124,6 +124,11 @@ class Predictor:
                 "use --decode cpu on nodes without GPUs"
             )
         art = ModelArtifact.load(model_uri, map_location=self.device)
+        if art.task != "semantic":
+            raise ValueError(
+                f"{model_uri}: an {art.task} model; this predicts a class per pixel (semantic models). "
+                "`segray label` labels instance models too, and `segray evaluate` scores them"
+            )
         pre = art.preprocessing
         probe = torch.randn((1, 3, pre.height, pre.width), generator=torch.Generator().manual_seed(0))
         model = fold_batchnorm(art.model.eval(), probe.to(self.device)) if fold_bn else art.model.eval()

@@ -4,6 +4,8 @@
 writing, parts left beside their compacted copy by an interrupted ``segray compact``, or files a user
 copied in. Every reader in segray (``landcover``, ``runs``, ``--print-table``, :func:`read_stats`)
 keeps one row per ``(relative_path, model_id)``: the latest by ``processed_at``, then ``run_id``.
+An instance model's ``instances/`` rows count for the run their frame's current stats row names
+(:func:`read_instances`).
 Rows of different models stay side by side, told apart by ``model_id``.
 
 The same rule in DuckDB (``DUCKDB_LATEST``)::
@@ -210,3 +212,30 @@ def read_stats(output: str, model_id: str | None = None, columns: list[str] | No
             table = table.select(columns)
         return table
     raise AssertionError("unreachable")
+
+
+def read_instances(output: str, model_id: str | None = None) -> pa.Table:
+    """One row per instance of an instance model's labelling output (local or ``s3://``), for the
+    frames' current stats rows only (:func:`read_stats`): the instances of the run that a frame's
+    stats row names, so a frame labelled again (a rerun after an interruption, another
+    ``--min-score``) never counts twice. ``model_id`` keeps one model's rows. Sorted by frame and id.
+    """
+    from segray.labelling.stats import INSTANCES_SCHEMA
+
+    key_cols = ["relative_path", "model_id", "run_id"]
+    current = read_stats(output, model_id, columns=key_cols)
+    uri = storage.join(output, "instances")
+    parts = storage.list_files(uri, (".parquet",)) if storage.exists(uri) else []
+    if not parts or not current.num_rows:
+        return INSTANCES_SCHEMA.empty_table()
+    t = concat(read_parts(storage.resolve(uri)[0], parts)).cast(INSTANCES_SCHEMA)
+
+    def joined(table: pa.Table) -> pa.Array:
+        return pc.binary_join_element_wise(*(pc.cast(table.column(c), pa.string()) for c in key_cols), "\0")
+
+    t = t.filter(pc.is_in(joined(t), value_set=joined(current).combine_chunks()))
+    if t.num_rows:  # a write retried within one run may leave a frame's rows in two parts: keep one
+        t = t.sort_by([("processed_at", "descending")]).append_column("_i", pa.array(np.arange(t.num_rows)))
+        first = t.group_by(["relative_path", "model_id", "instance_id"], use_threads=False).aggregate([("_i", "min")])
+        t = t.take(first.column("_i_min")).drop_columns(["_i"])
+    return t.sort_by([("relative_path", "ascending"), ("model_id", "ascending"), ("instance_id", "ascending")])

@@ -21,6 +21,25 @@ it with no extra code (``SELECT sum(px_road) FROM 'out/stats/*.parquet'``).
 | processed_at | timestamp[us, UTC] | when the row was written |
 | (manifest columns) | as given | extra manifest columns (e.g. region, date) carried through |
 
+Instance models (``task: instance``) write the same row with, beside ``px_<class>``, one
+``count_<class>`` (int64: the frame's instances of the class); their ``px_<class>`` counts the pixels
+the class's instances cover (a pixel no instance covers counts for no class, so the ``px_`` columns
+sum to at most width*height and the ``frac_`` columns to at most 1), and ``mean_confidence`` is the
+mean score of the frame's instances (NaN when it has none). Their objects go to ``instances/``, one
+row per instance (``INSTANCES_SCHEMA``):
+
+| column | type | meaning |
+| --- | --- | --- |
+| relative_path | string | the frame (the stats row's key) |
+| instance_id | int32 | its id in the frame's mask (1..N, 1 = highest score) |
+| class_id, class | int32, string | the label map's class index and name |
+| score | float64 | the detection's score (>= the run's ``--min-score``) |
+| x0, y0, x1, y1 | float64 | the detector's box, in the frame's pixels |
+| area_px | int64 | pixels of this id in the frame's mask |
+| area_m2 | float64, null | area_px * pixel_area_m2; null when no pixel size is known |
+| model_id, run_id | string | as in the stats row (the frame's row names the run whose instances count) |
+| processed_at | timestamp[us, UTC] | when the row was written |
+
 ``errors/``: source_uri, relative_path, stage (read/decode/key/write), error, run_id, processed_at,
 then the manifest columns (e.g. region, date), so failed frames can be counted per region and date.
 """
@@ -52,6 +71,8 @@ PIPELINE_COLUMNS = {
     "pixel_size_source",
     "windowed",
     "on_device",
+    "instances",
+    "instance_counts",
 }
 
 ERRORS_SCHEMA = pa.schema(
@@ -66,7 +87,28 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-def stats_schema(label_map: LabelMap) -> pa.Schema:
+INSTANCES_SCHEMA = pa.schema(
+    [
+        ("relative_path", pa.string()),
+        ("instance_id", pa.int32()),
+        ("class_id", pa.int32()),
+        ("class", pa.string()),
+        ("score", pa.float64()),
+        ("x0", pa.float64()),
+        ("y0", pa.float64()),
+        ("x1", pa.float64()),
+        ("y1", pa.float64()),
+        ("area_px", pa.int64()),
+        ("area_m2", pa.float64()),
+        ("model_id", pa.string()),
+        ("run_id", pa.string()),
+        ("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def stats_schema(label_map: LabelMap, counts: bool = False) -> pa.Schema:
+    """``counts``: the instance models' ``count_<class>`` columns, after the ``px_`` ones."""
     fields: list[tuple[str, pa.DataType]] = [
         ("source_uri", pa.string()),
         ("relative_path", pa.string()),
@@ -76,6 +118,8 @@ def stats_schema(label_map: LabelMap) -> pa.Schema:
         ("model_id", pa.string()),
     ]
     fields += [(f"px_{n}", pa.int64()) for n in label_map.names]
+    if counts:
+        fields += [(f"count_{n}", pa.int64()) for n in label_map.names]
     fields += [(f"frac_{n}", pa.float64()) for n in label_map.names]
     fields += [("pixel_area_m2", pa.float64())]
     fields += [(f"area_m2_{n}", pa.float64()) for n in label_map.names]

@@ -1,5 +1,9 @@
 """Stage 3 (CPU tasks): masks as palette PNGs, stats and errors as Parquet, one file per batch.
 
+Instance models write 16-bit PNGs of instance ids instead (0 = none), and one ``instances/`` part per
+batch before its stats part: a frame's stats row is written last, so a frame that has one has its
+mask and instances written (readers count the instances of the run its stats row names).
+
 Every file is published whole (S3 PUT, or write-to-hidden-name then rename on a disk), so a reader
 never sees a half-written mask or Parquet part. Mask keys come from the frame's relative path, so
 a rerun overwrites a mask instead of adding a second one. A frame whose mask cannot be written
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -21,7 +26,13 @@ from PIL import Image
 
 from segray import storage
 from segray.frames.listing import safe_relative_path
-from segray.labelling.stats import ERRORS_SCHEMA, passthrough_columns, stats_schema, to_parquet_bytes
+from segray.labelling.stats import (
+    ERRORS_SCHEMA,
+    INSTANCES_SCHEMA,
+    passthrough_columns,
+    stats_schema,
+    to_parquet_bytes,
+)
 from segray.labels import LabelMap
 
 WRITE_THREADS = 8
@@ -37,6 +48,41 @@ def encode_mask_png(mask: np.ndarray, palette: list[int]) -> bytes:
     return buf.getvalue()
 
 
+def encode_ids_png(ids: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG of instance ids (always 16 bits, whatever the frame's count, so every
+    mask of an output reads the same way)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(ids, dtype=np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("could not encode the instance ids as PNG")
+    return buf.tobytes()
+
+
+def instances_table(
+    batch: dict[str, Any], ok: list[int], lm: LabelMap, model_id: str, run_id: str, now: datetime
+) -> pa.Table:
+    """The ``instances`` column's records of frames ``ok`` -> one row per instance (INSTANCES_SCHEMA)."""
+
+    cols: dict[str, list[Any]] = {name: [] for name in INSTANCES_SCHEMA.names}
+    for i in ok:
+        records = json.loads(str(batch["instances"][i]))
+        px_area = float(batch["pixel_area_m2"][i]) if "pixel_area_m2" in batch else float("nan")
+        for k, (cls, score, x0, y0, x1, y1, px) in enumerate(records):
+            cols["relative_path"].append(str(batch["relative_path"][i]))
+            cols["instance_id"].append(k + 1)
+            cols["class_id"].append(cls)
+            cols["class"].append(lm.names[cls])
+            cols["score"].append(score)
+            for name, v in zip(("x0", "y0", "x1", "y1"), (x0, y0, x1, y1), strict=True):
+                cols[name].append(v)
+            cols["area_px"].append(px)
+            cols["area_m2"].append(None if px_area != px_area else px * px_area)
+    n = len(cols["relative_path"])
+    cols["model_id"], cols["run_id"], cols["processed_at"] = [model_id] * n, [run_id] * n, [now] * n
+    return pa.table(cols, schema=INSTANCES_SCHEMA)
+
+
 def batch_key(batch: dict[str, Any]) -> str:
     """12 hex digits naming a batch by the frames in it (same frames, same name)."""
     h = hashlib.sha256()
@@ -50,10 +96,11 @@ def mask_key(relative_path: str) -> str:
 
 
 def write_outputs(
-    batch: dict[str, Any], output: str, run_id: str, model_id: str, label_map: dict[str, Any]
+    batch: dict[str, Any], output: str, run_id: str, model_id: str, label_map: dict[str, Any], task: str = "semantic"
 ) -> dict[str, np.ndarray]:
     lm = LabelMap.from_dict(label_map)
     palette = lm.palette()
+    instance = task == "instance"
     n = len(batch["uri"])
     errors = [str(e) for e in batch["error"]]
     stages = [str(s) for s in batch["error_stage"]]
@@ -66,7 +113,9 @@ def write_outputs(
             errors[i], stages[i] = str(e), "key"
             return
         try:
-            storage.write_bytes(storage.join(output, key), encode_mask_png(np.asarray(batch["mask"][i]), palette))
+            mask = np.asarray(batch["mask"][i])
+            png = encode_ids_png(mask) if instance else encode_mask_png(mask, palette)
+            storage.write_bytes(storage.join(output, key), png)
             keys[i] = key
         except Exception as e:  # noqa: BLE001 - recorded against the frame
             errors[i], stages[i] = f"writing mask: {e}", "write"
@@ -81,8 +130,12 @@ def write_outputs(
     # The part's name comes from the frames it holds: a write task that Ray retries (its worker died
     # after the PUT but before returning) rewrites the same key instead of adding duplicate rows.
     part = f"part-{run_id}-{batch_key(batch)}.parquet"
+    if ok and instance:
+        table = instances_table(batch, ok, lm, model_id, run_id, now)
+        if table.num_rows:
+            storage.write_bytes(storage.join(output, "instances", part), to_parquet_bytes(table))
     if ok:
-        schema = stats_schema(lm)
+        schema = stats_schema(lm, counts=instance)
         counts = np.asarray(batch["class_pixels"])[ok]
         w = np.asarray(batch["width"])[ok].astype(np.int64)
         h = np.asarray(batch["height"])[ok].astype(np.int64)
@@ -97,6 +150,10 @@ def write_outputs(
         }
         for c, name in enumerate(lm.names):
             cols[f"px_{name}"] = counts[:, c]
+        if instance:
+            numbers = np.asarray(batch["instance_counts"])[ok]
+            for c, name in enumerate(lm.names):
+                cols[f"count_{name}"] = numbers[:, c]
         for c, name in enumerate(lm.names):
             cols[f"frac_{name}"] = counts[:, c] / area
         px_area = (

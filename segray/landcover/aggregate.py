@@ -10,6 +10,9 @@ Areas follow the labelling job's rule: a group's ``area_m2_<class>`` is null whe
 had no pixel size (a partial sum would understate the area); ``frames_without_pixel_size`` says how
 many. ``share_<class>`` is the class's share of the group's area when that is known, else of its
 pixels; ``share_basis`` says which.
+
+Stats of an instance model carry ``count_<class>`` (instances per frame): they are summed like the
+pixels (``count_<class>`` and ``count_total`` per group); a failed frame counts none.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ def _keys_as_strings(table: pa.Table, by: list[str]) -> pa.Table:
     return table
 
 
-def combine(table: pa.Table, keys: list[str], classes: list[str]) -> pa.Table:
+def combine(table: pa.Table, keys: list[str], classes: list[str], counts: bool = False) -> pa.Table:
     """Sum partial rows per group; an area sum is null if any part is null (pyarrow skip_nulls=False)."""
     exact = pc.ScalarAggregateOptions(skip_nulls=False, min_count=0)
     aggs: list[tuple[Any, ...]] = [(c, "sum") for c in (*COUNTS, *(f"px_{c}" for c in classes))]
+    if counts:
+        aggs += [(f"count_{c}", "sum") for c in classes]
     aggs += [(f"area_m2_{c}", "sum", exact) for c in classes]
     out = table.group_by(keys, use_threads=False).aggregate(aggs)
     return out.rename_columns([n.removesuffix("_sum") for n in out.column_names])
@@ -59,7 +64,12 @@ def drop_superseded(batch: pa.Table, losers: pa.Table | None) -> pa.Table:
 
 
 def partial_totals(
-    batch: pa.Table, by: list[str], classes: list[str], errors: bool, losers: pa.Table | None = None
+    batch: pa.Table,
+    by: list[str],
+    classes: list[str],
+    errors: bool,
+    losers: pa.Table | None = None,
+    counts: bool = False,
 ) -> pa.Table:
     """One block of stats rows (or of errors rows) -> one row per (model_id, *by) group."""
     if not errors:
@@ -73,24 +83,34 @@ def partial_totals(
         cols |= {"frames": zeros, "frames_failed": ones, "frames_without_pixel_size": zeros}
         cols |= {f"px_{c}": zeros for c in classes}
         cols |= {f"area_m2_{c}": pa.array([0.0] * n, pa.float64()) for c in classes}
+        if counts:
+            cols |= {f"count_{c}": zeros for c in classes}
     else:
         cols["model_id"] = pc.cast(t.column("model_id"), pa.string())
         missing = pc.cast(pc.is_null(t.column("pixel_area_m2")), pa.int64())
         cols |= {"frames": ones, "frames_failed": zeros, "frames_without_pixel_size": missing}
         cols |= {f"px_{c}": pc.cast(t.column(f"px_{c}"), pa.int64()) for c in classes}
         cols |= {f"area_m2_{c}": pc.cast(t.column(f"area_m2_{c}"), pa.float64()) for c in classes}
-    return combine(pa.table(cols), ["model_id", *by], classes)
+        if counts:
+            cols |= {f"count_{c}": pc.cast(t.column(f"count_{c}"), pa.int64()) for c in classes}
+    return combine(pa.table(cols), ["model_id", *by], classes, counts)
 
 
 def group_partials(
-    stats_ds: Any, errors_ds: Any | None, by: list[str], classes: list[str], losers: pa.Table | None = None
+    stats_ds: Any,
+    errors_ds: Any | None,
+    by: list[str],
+    classes: list[str],
+    losers: pa.Table | None = None,
+    counts: bool = False,
 ) -> pa.Table:
     """Ray datasets of stats (and errors) rows -> partial totals per block, collected on the driver.
 
-    ``losers``: stats rows to leave out (the stats dataset then carries ``path`` and ``relative_path``)."""
+    ``losers``: stats rows to leave out (the stats dataset then carries ``path`` and ``relative_path``).
+    ``counts``: the stats carry ``count_<class>`` columns (an instance model's)."""
     import ray
 
-    kw = {"by": by, "classes": classes}
+    kw = {"by": by, "classes": classes, "counts": counts}
     ds = stats_ds.map_batches(
         partial_totals, batch_size=None, batch_format="pyarrow", fn_kwargs={**kw, "errors": False, "losers": losers}
     )
@@ -100,12 +120,12 @@ def group_partials(
         )
         ds = ds.union(failed)
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    return pa.concat_tables(tables) if tables else partial_totals(pa.table({}), by, classes, errors=True)
+    return pa.concat_tables(tables) if tables else partial_totals(pa.table({}), by, classes, errors=True, counts=counts)
 
 
-def finish(partials: pa.Table, by: list[str], classes: list[str]) -> pa.Table:
+def finish(partials: pa.Table, by: list[str], classes: list[str], counts: bool = False) -> pa.Table:
     """Partials of one model (and of errors) -> one row per group with totals and shares, sorted."""
-    t = combine(partials, by, classes)
+    t = combine(partials, by, classes, counts)
     out: dict[str, Any] = {k: t.column(k) for k in by}
     out |= {name: t.column(name) for name in COUNTS}
     px = [t.column(f"px_{c}") for c in classes]
@@ -120,6 +140,13 @@ def finish(partials: pa.Table, by: list[str], classes: list[str]) -> pa.Table:
     by_area = pc.fill_null(pc.greater(area_total, 0), False)
     out |= {f"px_{c}": p for c, p in zip(classes, px, strict=True)}
     out["px_total"] = px_total
+    if counts:
+        numbers = [t.column(f"count_{c}") for c in classes]
+        out |= {f"count_{c}": v for c, v in zip(classes, numbers, strict=True)}
+        count_total = numbers[0]
+        for col in numbers[1:]:
+            count_total = pc.add(count_total, col)
+        out["count_total"] = count_total
     out |= {f"area_m2_{c}": a for c, a in zip(classes, area, strict=True)}
     out["area_m2_total"] = area_total
     px_f = pc.cast(px_total, pa.float64())

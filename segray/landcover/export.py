@@ -87,7 +87,9 @@ def run_export(
             "from the manifest or add it with --tag KEY=VALUE when labelling"
         )
     classes = src.classes
+    counts = all(f"count_{c}" in src.schema.names for c in classes)  # an instance model's stats
     needed = [*by, "model_id", "pixel_area_m2", *(f"px_{c}" for c in classes), *(f"area_m2_{c}" for c in classes)]
+    needed += [f"count_{c}" for c in classes] if counts else []
     absent = [c for c in needed if c not in src.schema.names]
     if absent:
         raise ValueError(f"{src.stats_files[0]}: stats rows lack {absent}; relabel with this segray version")
@@ -101,8 +103,8 @@ def run_export(
     ds = ds.select_columns(list(dict.fromkeys([*needed, "relative_path", "path"])))
     errors = current_errors(src.filesystem, src.errors_files, keys)
     errors_ds = ray.data.from_arrow(errors) if errors.num_rows else None
-    partials, mid = _one_model(group_partials(ds, errors_ds, by, classes, losers), model_id, stats)
-    table = finish(partials, by, classes)
+    partials, mid = _one_model(group_partials(ds, errors_ds, by, classes, losers, counts), model_id, stats)
+    table = finish(partials, by, classes, counts)
     table = table.append_column("model_id", pa.array([mid] * table.num_rows, pa.string()))
 
     written: list[str] = []

@@ -5,12 +5,17 @@ Layout::
     config.json        the builder arguments: smp's model config (what ``save_pretrained`` writes),
                        or for non-smp models (torchvision's FCN) the same keys written by segray
     model.safetensors  weights: safetensors only, so loading never unpickles anything
-    segray.json        name, architecture, label map, preprocessing, weights SHA-256, metrics
+    segray.json        name, task, architecture, label map, preprocessing, weights SHA-256, metrics
     recipe.yaml        the training recipe, when ``segray train`` exported the artifact
 
 The weights checksum is recorded at save time and verified at load time; the model id that stats
 rows carry is ``<name>@<first 12 hex of the SHA-256>``, so rows say exactly which weights made them,
 with ``+hflip`` after it when the artifact predicts with flip averaging (the same weights, other masks).
+
+``task`` says what the model predicts: ``semantic`` (a class per pixel; the default when absent, as
+in artifacts written before the field existed) or ``instance`` (Mask R-CNN, see
+:mod:`segray.models.maskrcnn`: objects with a class, score, box and mask; its label map lists the
+object classes, background is implicit).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import nn
 from segray import storage
 from segray.labels import LabelMap
 from segray.models import ARCHITECTURES, build_model
+from segray.models.maskrcnn import INSTANCE_ARCH
 from segray.models.preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
@@ -44,6 +50,8 @@ META = "segray.json"
 RECIPE = "recipe.yaml"
 #: File names that hold pickled weights; an artifact carrying one instead of safetensors is refused.
 PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+#: What a model predicts: a class per pixel, or objects (instances).
+TASKS = ("semantic", "instance")
 
 
 class ArtifactError(ValueError):
@@ -61,6 +69,8 @@ class ModelArtifact:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: Where the encoder's starting weights came from (an smp weights name or a file), if anywhere.
     encoder_weights: str | None = None
+    #: ``semantic`` or ``instance`` (see the module docstring).
+    task: str = "semantic"
 
     @property
     def model_id(self) -> str:
@@ -70,6 +80,8 @@ class ModelArtifact:
         """Write the artifact under ``uri``; returns the weights SHA-256."""
         from safetensors.torch import save as st_save
 
+        if self.task not in TASKS:
+            raise ArtifactError(f"unknown task {self.task!r}; choose from {list(TASKS)}")
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         weights = st_save(state)
         self.weights_sha256 = hashlib.sha256(weights).hexdigest()
@@ -77,6 +89,7 @@ class ModelArtifact:
         meta = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
+            "task": self.task,
             "arch": self.arch,
             "label_map": self.label_map.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
@@ -121,8 +134,9 @@ class ModelArtifact:
             arch = str(meta["arch"])
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"{uri}/{META}: malformed ({e})") from e
-        if arch not in ARCHITECTURES:
-            raise ArtifactError(f"{uri}: unknown architecture {arch!r}")
+        task = read_task(meta, uri)
+        if arch not in (ARCHITECTURES if task == "semantic" else (INSTANCE_ARCH,)):
+            raise ArtifactError(f"{uri}: unknown architecture {arch!r} for a {task} model")
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         kwargs.pop("encoder_weights", None)
         try:
@@ -135,7 +149,12 @@ class ModelArtifact:
                 f"{uri}: model has {classes} output classes but the label map has {label_map.num_classes}"
             )
         try:
-            model = build_model(arch, encoder, classes, **kwargs)
+            if task == "instance":
+                from segray.models.maskrcnn import build_instance_model
+
+                model = build_instance_model(encoder, classes, **kwargs)
+            else:
+                model = build_model(arch, encoder, classes, **kwargs)
         except (TypeError, ValueError) as e:
             raise ArtifactError(f"{uri}/{CONFIG}: cannot build {arch} from it ({e})") from e
         try:
@@ -157,7 +176,16 @@ class ModelArtifact:
             sha,
             dict(meta.get("metrics", {})),
             str(source) if source else None,
+            task,
         )
+
+
+def read_task(meta: dict[str, Any], uri: str) -> str:
+    """The artifact's task (``semantic`` when the record has none)."""
+    task = str(meta.get("task", "semantic"))
+    if task not in TASKS:
+        raise ArtifactError(f"{uri}/{META}: unknown task {task!r}; this segray knows {list(TASKS)}")
+    return task
 
 
 def model_config(model: nn.Module) -> bytes:
@@ -205,6 +233,17 @@ def init_artifact(
     name smp fetches (``imagenet``, ``ssl``, ...; see :func:`segray.models.encoder_weight_names`)."""
     from segray.models import load_encoder_weights
 
+    if arch == INSTANCE_ARCH:
+        return init_instance_artifact(
+            encoder,
+            label_map,
+            name=name,
+            height=height,
+            width=width,
+            backbone_weights=encoder_weights,
+            seed=seed,
+            **(model_kwargs or {}),
+        )
     torch.manual_seed(seed)
     kwargs = model_kwargs or {}
     named = bool(encoder_weights) and is_weights_name(encoder_weights or "")
@@ -225,6 +264,56 @@ def init_artifact(
     pre = Preprocessing(height=height, width=width)
     return ModelArtifact(
         model, label_map, pre, name or f"{arch}-{encoder}", arch, encoder_weights=encoder_weights or None
+    )
+
+
+def init_instance_artifact(
+    backbone: str,
+    label_map: LabelMap,
+    *,
+    name: str | None = None,
+    height: int = 512,
+    width: int = 512,
+    backbone_weights: str | None = None,
+    detections_per_img: int = 100,
+    seed: int = 0,
+) -> ModelArtifact:
+    """A new (untrained) Mask R-CNN artifact for ``label_map``'s object classes.
+
+    The model works at ``height`` x ``width``: its transform's ``min_size``/``max_size`` are set so
+    that a frame already at that size is not resized again (labelling resizes frames to it, as for
+    semantic models). ``backbone_weights``: a local or ``s3://`` ``.safetensors`` file.
+    """
+    from segray.models.maskrcnn import build_instance_model
+
+    if backbone_weights and is_weights_name(backbone_weights):
+        raise ArtifactError(
+            f"{backbone_weights!r}: Mask R-CNN backbone weights are a local or s3:// .safetensors file, not a "
+            "name (nothing is downloaded); convert torchvision's .pth with "
+            "`segray model convert-weights IN.pth OUT.safetensors` and pass OUT.safetensors"
+        )
+    pre = Preprocessing(height=height, width=width)
+    torch.manual_seed(seed)
+    try:
+        model = build_instance_model(
+            backbone,
+            label_map.num_classes,
+            min_size=min(height, width),
+            max_size=max(height, width),
+            detections_per_img=detections_per_img,
+            backbone_weights=backbone_weights,
+        )
+    except ValueError as e:
+        raise ArtifactError(str(e)) from e
+    model.eval()
+    return ModelArtifact(
+        model,
+        label_map,
+        pre,
+        name or f"{INSTANCE_ARCH}-{backbone}",
+        INSTANCE_ARCH,
+        encoder_weights=backbone_weights or None,
+        task="instance",
     )
 
 
@@ -332,6 +421,8 @@ class ArtifactInfo:
     weights_sha256: str
     #: (height, width) of the frames the model was trained on, when ``segray train`` recorded it.
     train_frame_size: tuple[int, int] | None = None
+    #: ``semantic`` or ``instance``.
+    task: str = "semantic"
 
     @property
     def model_id(self) -> str:
@@ -353,6 +444,7 @@ def read_info(uri: str) -> ArtifactInfo:
             Preprocessing.from_dict(meta["preprocessing"]),
             str(meta["weights_sha256"]),
             _size(meta.get("metrics", {}).get("train_frame_size")),
+            read_task(meta, uri),
         )
     except (KeyError, ValueError, TypeError) as e:
         raise ArtifactError(f"{uri}/{META}: malformed ({e})") from e

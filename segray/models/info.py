@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 from segray import storage
-from segray.models.artifact import CONFIG, META, RECIPE, WEIGHTS, ArtifactError, model_id, read_json
+from segray.models.artifact import CONFIG, META, RECIPE, WEIGHTS, ArtifactError, model_id, read_json, read_task
 from segray.models.preprocessing import Preprocessing
 
 
@@ -53,6 +53,7 @@ def model_info(uri: str) -> dict[str, Any]:
         "uri": uri,
         "model_id": mid,
         **{k: v for k, v in meta.items() if k != "metrics"},
+        "task": read_task(meta, uri),
         "encoder": config.get("encoder_name"),
         "config": {k: v for k, v in config.items() if not k.startswith("_")},
         "weights": weights_summary(uri),
@@ -65,12 +66,16 @@ def format_info(info: dict[str, Any]) -> str:
     """The info as a person reads it: one line per fact, a class table, then the recipe."""
     pre, lm, w, m = info["preprocessing"], info["label_map"], info["weights"], info["metrics"]
     extra = {k: v for k, v in info["config"].items() if k not in ("encoder_name", "encoder_weights", "classes")}
+    instance = info.get("task") == "instance"
+    back = "boxes and masks mapped back" if instance else "masks resized back"
     lines = [
         f"model          {info['model_id']}",
         f"artifact       {info['uri']}",
-        f"architecture   {info['arch']}, encoder {info['encoder']}"
+        "task           "
+        + ("instance (objects: class, score, box, mask)" if instance else "semantic (a class per pixel)"),
+        f"architecture   {info['arch']}, {'backbone' if instance else 'encoder'} {info['encoder']}"
         + (f" ({', '.join(f'{k}={v}' for k, v in sorted(extra.items()) if v is not None)})" if extra else ""),
-        f"input          {pre['height']}x{pre['width']} (HxW): frames are resized to it, masks resized back "
+        f"input          {pre['height']}x{pre['width']} (HxW): frames are resized to it, {back} "
         f"to the frame's size" + ("; flip-averaged" if pre.get("hflip_average") else ""),
         f"normalisation  mean {pre['mean']}, std {pre['std']} (RGB, 0-1 scale)",
         f"weights        {w['file']}: {w['parameters']:,} parameters in {w['tensors']} tensors, "
@@ -84,14 +89,19 @@ def format_info(info: dict[str, Any]) -> str:
             f" at epoch {m.get('epoch')} of {m.get('epochs')}"
             f" ({m.get('val_data', '?')}, {m.get('val_pairs', '?')} frames)"
         )
+    if "val_mask_ap" in m:
+        lines.append(
+            f"val metrics    mask AP {m['val_mask_ap']:.4f}, AP50 {m.get('val_mask_ap50', float('nan')):.4f}, "
+            f"AP75 {m.get('val_mask_ap75', float('nan')):.4f} at epoch {m.get('epoch')} of {m.get('epochs')}"
+        )
     if m.get("train_data"):
         lines.append(f"trained on     {m['train_data']} ({m.get('train_pairs', '?')} frames), run {m.get('run')}")
-    iou = m.get("val_iou", {})
+    iou = m.get("val_ap_per_class" if instance else "val_iou", {})
     ignore = lm.get("ignore")
     lines += [
         "",
         f"classes ({len(lm['classes'])}, label map {lm['name']!r}):",
-        "   id  name                 colour       val IoU",
+        f"   id  name                 colour       {'val AP' if instance else 'val IoU'}",
     ]
     for c in lm["classes"]:
         r, g, b = c["color"]

@@ -54,7 +54,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         if not ray.is_initialized():
             ray.init(address=a.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
     s = run_training(cfg, with_ray=not a.no_ray)
-    if s.completed:
+    if s.completed and s.task == "instance":
+        print(
+            f"trained {cfg.name}: {s.epochs_done} epochs, best val mask AP50 {s.best_val_mask_ap50:.4f} at epoch "
+            f"{s.best_epoch}; artifact {s.model_id} -> {s.artifact}; curves {s.run_uri}/curves.png"
+        )
+    elif s.completed:
         print(
             f"trained {cfg.name}: {s.epochs_done} epochs, best val mIoU {s.best_val_miou:.4f} at epoch "
             f"{s.best_epoch}; artifact {s.model_id} -> {s.artifact}; curves {s.run_uri}/curves.png"

@@ -35,6 +35,9 @@ class TrainSummary:
     model_id: str | None = None
     init: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: ``semantic``, or ``instance`` (Mask R-CNN: the best epoch is scored by val mask AP50)
+    task: str = "semantic"
+    best_val_mask_ap50: float | None = None
 
 
 @dataclass
@@ -206,7 +209,14 @@ def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
     """Train (or continue training), then export the best checkpoint when all epochs are done.
 
     ``with_ray=False``: the same worker function as one process without Ray (``fit_without_ray``).
+    ``model.arch: maskrcnn`` trains an instance model (:mod:`segray.training.instance_job`).
     """
+    from segray.models.maskrcnn import INSTANCE_ARCH
+
+    if cfg.model.arch == INSTANCE_ARCH:
+        from segray.training.instance_job import run_instance_training
+
+        return run_instance_training(cfg, with_ray)
     from segray.training import checkpoint as ckpt_io
     from segray.training.export import export_best
 

@@ -68,6 +68,11 @@ class Converted:
     mask: np.ndarray
     #: pixels set to ignore because their colour matched no class (colour-coded formats only).
     ambiguous: int = 0
+    #: instance formats: ``mask`` is (H, W) uint16 instance ids (0 = none) and this lists them,
+    #: ``{"id", "class"[, "crowd"]}`` (see :mod:`segray.datasets.instances`); None for class masks.
+    instances: list[dict[str, Any]] | None = None
+    #: instance formats: annotations dropped because later ones hide them entirely.
+    hidden: int = 0
 
 
 @dataclass

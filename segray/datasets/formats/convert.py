@@ -35,6 +35,9 @@ class ConvertReport:
     ambiguous_pixels: int
     seconds: float
     notes: dict[str, Any] = field(default_factory=dict)
+    #: instance formats: instances written per class, and those dropped as hidden entirely by later ones
+    instances: dict[str, int] | None = None
+    hidden_instances: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "converted_at": datetime.now(timezone.utc).isoformat()}
@@ -42,6 +45,13 @@ class ConvertReport:
     def summary(self) -> str:
         splits = ", ".join(f"{k}: {v}" for k, v in sorted(self.frames.items()))
         share = self.ambiguous_pixels / self.mask_pixels if self.mask_pixels else 0.0
+        if self.instances is not None:
+            counts = ", ".join(f"{k} {v}" for k, v in self.instances.items())
+            return (
+                f"converted {sum(self.frames.values())} frames ({splits}) from {self.format} {self.src} to {self.dst} "
+                f"in {self.seconds:.1f} s; label map {self.label_map}; instances: {counts}; hidden by later "
+                f"annotations (dropped): {self.hidden_instances}"
+            )
         return (
             f"converted {sum(self.frames.values())} frames ({splits}) from {self.format} {self.src} to {self.dst} "
             f"in {self.seconds:.1f} s; label map {self.label_map}; ambiguous pixels set to ignore: "
@@ -77,13 +87,16 @@ def convert(fmt: str, src: str, dst: str, options: ConvertOptions | None = None,
         valid[lm.ignore_id] = True
     writer = CanonicalWriter(dst)
 
-    def one(s: Sample) -> tuple[int, int]:
+    def one(s: Sample) -> tuple[int, int, list[int]]:
         item = plan.load(s)
+        if item.instances is not None:  # instance ids, checked by the format against its instance list
+            writer.write(s.split, s.stem, item)
+            return item.mask.size, item.hidden, [c["class"] for c in item.instances]
         bad = np.unique(item.mask[~valid[item.mask]])
         if bad.size:  # a converter bug, never the user's data: every format validates its input
             raise ConvertError(f"{s.image_uri}: converted mask holds ids {bad.tolist()} outside {lm.name!r}")
         writer.write(s.split, s.stem, item)
-        return item.mask.size, item.ambiguous
+        return item.mask.size, item.ambiguous, []
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(one, plan.samples))
@@ -95,9 +108,13 @@ def convert(fmt: str, src: str, dst: str, options: ConvertOptions | None = None,
         lm.name,
         dict(Counter(s.split for s in plan.samples)),
         sum(r[0] for r in results),
-        sum(r[1] for r in results),
+        0 if FORMATS[fmt].instances else sum(r[1] for r in results),
         round(time.perf_counter() - start, 3),
         plan.notes,
     )
+    if FORMATS[fmt].instances:
+        per_class = Counter(c for r in results for c in r[2])
+        report.instances = {lm.names[c]: per_class[c] for c in range(lm.num_classes)}
+        report.hidden_instances = sum(r[1] for r in results)
     writer.write_report(report.to_dict())
     return report

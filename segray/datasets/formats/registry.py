@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from segray.datasets.formats import camvid, cityscapes, cityscapes_pairs, folders, kitti_road, via
+from segray.datasets.formats import camvid, cityscapes, cityscapes_pairs, coco, folders, kitti_road, via, via_instances
 from segray.datasets.formats.base import ConvertOptions, Plan
 
 
@@ -15,6 +15,8 @@ class Format:
     #: ConvertOptions fields this format reads (others given on the command line are refused).
     options: tuple[str, ...]
     summary: str
+    #: writes the canonical instance layout (segray.datasets.instances) rather than class masks
+    instances: bool = False
 
 
 FORMATS: dict[str, Format] = {
@@ -34,6 +36,18 @@ FORMATS: dict[str, Format] = {
         via.plan,
         ("attribute", "priority", "labels", "split"),
         "VGG Image Annotator 2 JSON: polygons/rects/circles/ellipses rasterised, class from --attribute",
+    ),
+    "via-instances": Format(
+        via_instances.plan,
+        ("attribute", "labels", "split"),
+        "VIA 2 JSON as instances: each region one object, class from --attribute",
+        instances=True,
+    ),
+    "coco": Format(
+        coco.plan,
+        ("labels", "split"),
+        "COCO instances: annotations/instances_<split>.json + <split>/ images (polygons or RLE)",
+        instances=True,
     ),
     "folders": Format(
         folders.plan,

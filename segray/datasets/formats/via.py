@@ -144,13 +144,14 @@ def _json_files(src: str, default_split: str) -> list[tuple[str, str]]:
     return found
 
 
-def plan(src: str, options: ConvertOptions) -> Plan:
-    if not options.attribute:
-        raise ConvertError("via: --attribute is required (the region attribute that names each region's class)")
-    attribute = options.attribute
-    priority = tuple(class_name(p) for p in options.priority)
-    raw: list[tuple[str, str, list[tuple[dict[str, Any], str, str]]]] = []  # split, image URI, regions
-    for split, uri in _json_files(src, options.split):
+#: One annotated image: (split, image URI, [(shape attributes, class name, where), ...]).
+Annotated = tuple[str, str, list[tuple[dict[str, Any], str, str]]]
+
+
+def read_projects(src: str, attribute: str, default_split: str) -> list[Annotated]:
+    """Every image entry of every VIA JSON under ``src``, each region with its class name."""
+    raw: list[Annotated] = []
+    for split, uri in _json_files(src, default_split):
         try:
             doc = json.loads(storage.read_bytes(uri))
         except json.JSONDecodeError as e:
@@ -170,6 +171,24 @@ def plan(src: str, options: ConvertOptions) -> Plan:
                 for i, r in enumerate(regions)
             ]
             raw.append((split, storage.join(folder, entry["filename"]), named))
+    return raw
+
+
+def check_unique(raw: list[Annotated]) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for split, image_uri, _ in raw:
+        key = (split, stem(image_uri))
+        if key in seen:
+            raise ConvertError(f"{image_uri}: annotated twice (also as {seen[key]}) in split {split!r}")
+        seen[key] = image_uri
+
+
+def plan(src: str, options: ConvertOptions) -> Plan:
+    if not options.attribute:
+        raise ConvertError("via: --attribute is required (the region attribute that names each region's class)")
+    attribute = options.attribute
+    priority = tuple(class_name(p) for p in options.priority)
+    raw = read_projects(src, attribute, options.split)
     names = {c for _, _, regions in raw for _, c, _ in regions}
     label_map = load_label_map(options.labels) if options.labels else _derived_label_map(names)
     ids = {n: i for i, n in enumerate(label_map.names)}
@@ -180,13 +199,9 @@ def plan(src: str, options: ConvertOptions) -> Plan:
         raise ConvertError(
             f"label map {label_map.name!r}: VIA masks need a {BACKGROUND!r} class for unannotated pixels"
         )
+    check_unique(raw)
     samples = []
-    seen: dict[tuple[str, str], str] = {}
     for split, image_uri, regions in raw:
-        key = (split, stem(image_uri))
-        if key in seen:
-            raise ConvertError(f"{image_uri}: annotated twice (also as {seen[key]}) in split {split!r}")
-        seen[key] = image_uri
         order = draw_order([c for _, c, _ in regions], priority)
         samples.append(Sample(split, stem(image_uri), image_uri, [regions[i] for i in order]))
 

@@ -4,6 +4,9 @@
 <root>/<split>/<stem>.<png|jpg> frames, byte for byte as the source had them when possible
 <root>/<split>annot/<stem>.png  8-bit grayscale PNG, one class index per pixel
 <root>/_convert.json            what was converted, from where, with which options (skipped by listings)
+
+Instance formats write ``<root>/<split>inst/<stem>.png`` (16-bit instance ids) and ``.json`` (each
+instance's class) instead of the ``annot`` mask: see :mod:`segray.datasets.instances`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ class CanonicalWriter:
 
     def write(self, split: str, stem: str, item: Converted) -> None:
         storage.write_bytes(image_uri(self.root, split, stem, item.image_ext), item.image)
-        storage.write_bytes(mask_uri(self.root, split, stem), encode_mask(item.mask))
+        if item.instances is None:
+            storage.write_bytes(mask_uri(self.root, split, stem), encode_mask(item.mask))
+            return
+        from segray.datasets.instances import encode_ids, ids_uri, meta_uri
+
+        storage.write_bytes(ids_uri(self.root, split, stem), encode_ids(item.mask))
+        storage.write_bytes(meta_uri(self.root, split, stem), json.dumps({"instances": item.instances}).encode())
 
     def write_label_map(self, label_map: LabelMap) -> None:
         storage.write_bytes(storage.join(self.root, LABELS), label_map.to_json().encode())
