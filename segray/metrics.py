@@ -58,5 +58,7 @@ def scores(cm: np.ndarray, names: list[str] | None = None) -> dict[str, Any]:
 
 def is_scored(metrics: dict[str, Any]) -> bool:
     """A report or history entry of a validated epoch (with ``run.val_every > 1`` the epochs between
-    validations carry NaN, which Python's ``max`` cannot order)."""
-    return bool(np.isfinite(metrics.get("val_miou", np.nan)))
+    validations carry NaN, which Python's ``max`` cannot order; Ray Train's checkpoint record gives
+    it back as None)."""
+    v = metrics.get("val_miou")
+    return isinstance(v, (int, float)) and bool(np.isfinite(v))

@@ -27,7 +27,7 @@ from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.curves import write_curves
 from segray.training.optim import make_optimizer, make_scheduler
-from segray.training.session import RaySession, Session, maybe_inject_failure
+from segray.training.session import CHECKPOINT_SCORE, RaySession, Session, checkpoint_score, maybe_inject_failure
 from segray.training.validate import all_reduce, is_validation_epoch
 
 log = logging.getLogger("segray.train")
@@ -35,9 +35,8 @@ log = logging.getLogger("segray.train")
 #: What each epoch leaves in the checkpoint's history (curves, summaries, a resumed run's record).
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_mask_ap", "val_mask_ap50", "val_exact_count_fraction",
                 "epoch_seconds")  # fmt: skip
-#: The checkpoint score: val mask AP50, or -1 on an epoch without validation. Not NaN: Ray Train's
-#: checkpoint record stores NaN as null, and a rerun that restores it cannot rank a null score.
-SCORE = "checkpoint_score"
+#: The checkpoint score is val mask AP50 (see :data:`segray.training.session.CHECKPOINT_SCORE`).
+SCORE = CHECKPOINT_SCORE
 
 
 def build(cfg: TrainConfig, num_classes: int, weights: bool = True) -> torch.nn.Module:
@@ -238,7 +237,7 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
             "lr": opt.param_groups[0]["lr"],
             "train_seconds": train_seconds,
             "epoch_seconds": time.monotonic() - t0,
-            SCORE: s["ap50"] if math.isfinite(s["ap50"]) else -1.0,
+            SCORE: checkpoint_score(s["ap50"]),
             **{f"val_ap_{n}": v["ap"] for n, v in s["per_class"].items()},
             **{f"val_ap50_{n}": v["ap50"] for n, v in s["per_class"].items()},
         }

@@ -159,6 +159,7 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
     from ray.train.torch import TorchTrainer
 
     from segray.training.loop import train_loop
+    from segray.training.session import CHECKPOINT_SCORE
 
     fs, path = storage.resolve(cfg.run.storage)
     resources = {"CPU": cfg.run.cpus_per_worker}
@@ -176,7 +177,7 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
             storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.run.keep_checkpoints,
-                checkpoint_score_attribute="val_miou",
+                checkpoint_score_attribute=CHECKPOINT_SCORE,
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),

@@ -31,7 +31,7 @@ from segray.training.curves import write_curves
 from segray.training.logit_adjust import head_conv, logit_offsets
 from segray.training.losses import SegLoss
 from segray.training.optim import make_optimizer, make_scheduler
-from segray.training.session import RaySession, Session, maybe_inject_failure
+from segray.training.session import CHECKPOINT_SCORE, RaySession, Session, checkpoint_score, maybe_inject_failure
 from segray.training.validate import all_reduce, is_validation_epoch, validate
 
 log = logging.getLogger("segray.train")
@@ -204,7 +204,7 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
             # The bare module: val shards may differ by a batch, and DDP forward must not wait on a collective.
             cm, val_loss = validate(model, data.val_loader, label_map, mean, std, device, amp_dtype, offsets)
             s = scores(cm.cpu().numpy(), label_map.names)
-        else:  # NaN ranks below every score in the checkpoint manager: never kept as the best
+        else:  # not scored: never kept as the best (checkpoint_score -1)
             nan = float("nan")
             cm, val_loss = torch.zeros(0), nan
             s = {"miou": nan, "pixel_accuracy": nan, "mean_dice": nan, "iou": dict.fromkeys(label_map.names, nan)}
@@ -214,6 +214,7 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
             "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
             "val_loss": val_loss,
             "val_miou": s["miou"],
+            CHECKPOINT_SCORE: checkpoint_score(s["miou"]),
             "val_pixel_accuracy": s["pixel_accuracy"],
             "val_mean_dice": s["mean_dice"],
             "lr": opt.param_groups[0]["lr"],

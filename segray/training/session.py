@@ -92,6 +92,17 @@ class StoredCheckpoint:
         return f"StoredCheckpoint({self.uri!r})"
 
 
+#: The metric Ray Train's CheckpointConfig ranks checkpoints by (higher is better): the validation
+#: score, or -1 on an epoch without validation. Never NaN: Ray Train's checkpoint record stores NaN
+#: as null, and a rerun that restores that record cannot rank a null score.
+CHECKPOINT_SCORE = "checkpoint_score"
+
+
+def checkpoint_score(value: float) -> float:
+    """``value`` if it is a score, else -1 (ranked below every score in [0, 1])."""
+    return value if math.isfinite(value) else -1.0
+
+
 def _score(metrics: dict[str, Any]) -> float:
     v = metrics.get("val_miou")
     return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf
