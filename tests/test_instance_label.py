@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from instance_data import check_instance_output
 
 from segray import storage
 from segray.datasets.synthetic_instances import CLASSES, make_frame
@@ -102,53 +103,8 @@ def opts(model: str, input_: str, output: str, **kw: object) -> LabelOptions:
     return LabelOptions(model=model, input=input_, output=output, batch_size=4, pixel_size=PIXEL_SIZE, **kw)  # type: ignore[arg-type]
 
 
-def read_ids(output: str, mask_path: str) -> np.ndarray:
-    data = storage.read_bytes(storage.join(output, mask_path))
-    ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert ids is not None and ids.dtype == np.uint16 and ids.ndim == 2, mask_path
-    return ids
-
-
 def check_consistent(output: str, model_id: str) -> tuple[pa.Table, pa.Table]:
     return check_instance_output(output, model_id, len(FRAME_SIZES), PIXEL_SIZE)
-
-
-def check_instance_output(
-    output: str, model_id: str, frames: int, pixel_size: float | None = None
-) -> tuple[pa.Table, pa.Table]:
-    """Every frame of an instance model's output (local or S3): PNG ids == table rows, pixel areas
-    equal, counts and px per class equal the table's. Returns (stats, instances)."""
-    stats = read_stats(output, model_id)
-    inst = read_instances(output, model_id)
-    names = LabelMap.from_json(stats.schema.metadata[b"segray.label_map"].decode()).names
-    assert stats.num_rows == frames
-    assert set(inst.column("relative_path").to_pylist()) <= set(stats.column("relative_path").to_pylist())
-    for row in stats.to_pylist():
-        ids = read_ids(output, row["mask_path"])
-        assert ids.shape == (row["height"], row["width"])
-        rows = [r for r in inst.to_pylist() if r["relative_path"] == row["relative_path"]]
-        present = np.unique(ids[ids > 0]).tolist()
-        assert present == [r["instance_id"] for r in rows] == list(range(1, len(rows) + 1))
-        pixels = np.bincount(ids.ravel(), minlength=len(rows) + 1)
-        assert [r["area_px"] for r in rows] == pixels[1:].tolist()
-        scores = [r["score"] for r in rows]
-        assert scores == sorted(scores, reverse=True)  # id 1 = highest score
-        for r in rows:
-            if pixel_size is None:
-                assert r["area_m2"] is None
-            else:
-                assert r["area_m2"] == pytest.approx(r["area_px"] * pixel_size**2)
-            assert 0 <= r["x0"] <= r["x1"] <= row["width"] + 1e-3 and 0 <= r["y0"] <= r["y1"] <= row["height"] + 1e-3
-            assert r["class"] == names[r["class_id"]]
-        for c, name in enumerate(names):
-            of_class = [r for r in rows if r["class_id"] == c]
-            assert row[f"count_{name}"] == len(of_class)
-            assert row[f"px_{name}"] == sum(r["area_px"] for r in of_class)
-            if pixel_size is not None:
-                assert row[f"area_m2_{name}"] == pytest.approx(row[f"px_{name}"] * pixel_size**2)
-        covered = int((ids > 0).sum())
-        assert sum(row[f"px_{n}"] for n in names) == covered
-    return stats, inst
 
 
 def test_labels_instances_locally(detector: str, frames: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import BUCKET
-from instance_data import CLASSES, write_instance_dataset
+from instance_data import CLASSES, check_instance_output, write_instance_dataset
 
 from segray import storage
 from segray.cli import main
@@ -102,6 +102,14 @@ def test_maskrcnn_trains_on_s3_resumes_by_rerun_exports_and_evaluates(
     true = [int(n) for f in frames for n in read_frame(f, len(CLASSES))[1].counts(len(CLASSES))]
     assert [r["true_count"] for r in counts] == true
     assert sum(r["predicted_count"] for r in counts) == m["predicted_instances"]
+
+    # The trained artifact labels through the labelling job: instance PNGs, the instances table and
+    # count_ columns agree frame by frame (a low --min-score: two epochs on 8 frames score low).
+    labels = str(tmp_path / "labels")
+    argv = ["label", "--model", second.artifact, "--input", storage.join(instances_s3, "val"), "--output", labels]
+    assert main([*argv, "--min-score", "0.05", "--cpus-per-actor", "0.5"]) == 0
+    _, inst = check_instance_output(labels, f"{art.model_id}+min0.05", frames=4)
+    assert inst.num_rows > 0
 
 
 def test_instance_recipe_refusals_name_the_problem(instances_s3: str, tmp_path) -> None:  # noqa: ANN001
