@@ -9,6 +9,7 @@ on a GPU; the model is built untrained, so nothing is downloaded.
     python bench/model_flops.py                               # the default table
     python bench/model_flops.py --models unet:resnet34:512x1024 --util 0.2 0.4
     python bench/model_flops.py --models segnet:vgg16_bn:192x256:width_multiplier=0.25    # model arguments
+    python bench/model_flops.py --models maskrcnn:mobilenet_v3_small_fpn:256x256 --classes 2   # instances
 
 The frames/s columns are an estimate: dense bf16 peak x utilisation / FLOPs per frame, for the
 peaks in ``GPUS`` (vendors' datasheets, dense, without sparsity). ``bench/gpu_label.sh`` measures
@@ -47,9 +48,18 @@ DEFAULT_MODELS = ["unet:resnet34:512x1024", "unet:resnet18:352x480", "pspnet:res
 def gflops_per_frame(
     arch: str, encoder: str, height: int, width: int, classes: int, **kwargs: Any
 ) -> tuple[float, float]:
-    """GFLOPs of one forward pass at batch 1, and the model's parameters in millions."""
-    model = build_model(arch, encoder, classes, **kwargs).eval()
-    x = torch.zeros(1, 3, height, width)
+    """GFLOPs of one forward pass at batch 1, and the model's parameters in millions. A Mask R-CNN
+    (``maskrcnn:<backbone>``) is counted on a random frame: its mask head's share depends on how many
+    detections the untrained model makes (at most 100)."""
+    if arch == "maskrcnn":
+        from segray.models.maskrcnn import build_instance_model
+
+        model = build_instance_model(encoder, classes, min_size=min(height, width), max_size=max(height, width))
+        x: Any = [torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))]
+    else:
+        model = build_model(arch, encoder, classes, **kwargs)
+        x = torch.zeros(1, 3, height, width)
+    model.eval()
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         model(x)
