@@ -85,9 +85,17 @@ def encode_ids(ids: np.ndarray) -> bytes:
 
 
 def decode_ids(data: bytes, uri: str) -> np.ndarray:
-    import cv2
+    import io
 
-    ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    from PIL import Image
+
+    # PIL, as every mask reader (frames alone go through OpenCV): 16-bit grayscale opens as I;16.
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            ok = im.mode in ("L", "P", "I", "I;16")
+            ids = np.asarray(im) if ok else None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise InstanceDataError(f"{uri}: not a readable PNG of instance ids ({type(e).__name__}: {e})") from e
     if ids is None or ids.ndim != 2:
         raise InstanceDataError(f"{uri}: not a single-channel PNG of instance ids")
     return ids.astype(np.uint16)
