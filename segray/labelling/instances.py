@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from segray.labelling.predict import pick_device
 from segray.models.artifact import ModelArtifact
 from segray.models.maskrcnn import to_class_index
+from segray.models.precision import amp_dtype
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,7 @@ class InstancePredictor:
         self.input_size = (art.preprocessing.height, art.preprocessing.width)
         self.min_score = min_score
         self.tile_above = tile_above
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and amp else None
+        self.amp_dtype = amp_dtype(self.device, amp)
         log.info(
             "instance predictor pid=%s model=%s device=%s threads=%s amp=%s min score=%s",
             os.getpid(),

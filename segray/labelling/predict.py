@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame
 from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
+from segray.models.precision import amp_dtype
 from segray.models.preprocessing import forward, normalise, pixel_stats
 from segray.tiles.windows import TileSpec, label_tile
 
@@ -142,8 +143,7 @@ class Predictor:
         self.tile_batch_size = tile_batch_size
         self.max_pixels = max_pixels
         self._told_windows = False
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and amp else None
+        self.amp_dtype = amp_dtype(self.device, amp)
         log.info(
             "predictor pid=%s model=%s device=%s threads=%s amp=%s batchnorm folded=%s flip averaging=%s",
             os.getpid(),

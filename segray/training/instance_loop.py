@@ -23,6 +23,7 @@ import torch
 from segray.datasets.instances import InstanceFrame
 from segray.instance_metrics import InstanceScorer
 from segray.labels import LabelMap
+from segray.models.precision import amp_dtype as amp_dtype_for
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.curves import write_curves
@@ -174,8 +175,7 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
     opt = make_optimizer(model, cfg.optim)
     steps_per_epoch = max(1, len(loader))
     scheduler = make_scheduler(opt, cfg.optim, cfg.run.epochs, steps_per_epoch)
-    cuda = device.type == "cuda"
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg.run.amp else None
+    amp_dtype = amp_dtype_for(device, cfg.run.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if ckpt_dir is not None:
         ckpt_io.restore_optimizer(ckpt_dir, opt, state)

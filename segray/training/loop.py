@@ -24,6 +24,7 @@ import torch
 from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.metrics import scores
+from segray.models.precision import amp_dtype as amp_dtype_for
 from segray.models.preprocessing import normalise, pixel_stats
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
@@ -148,7 +149,7 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
     scheduler = make_scheduler(opt, cfg.optim, cfg.run.epochs, steps_per_epoch)
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda  # fixed crop and val sizes: the fastest kernels are found once
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg.run.amp else None
+    amp_dtype = amp_dtype_for(device, cfg.run.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if ckpt_dir is not None:
         ckpt_io.restore_optimizer(ckpt_dir, opt, state)
