@@ -12,8 +12,8 @@
 #     SCRIPT_BUDGET_S are left, the recipes train again without the 0001TP frames and are
 #     evaluated on them (the unseen-sequence check).
 #   LOADER_WORKERS (default 6): loader processes per run.
-#   RECIPES (default "unet pspnet"): which recipes run, e.g. RECIPES=unet to spend a short device
-#     lease on the one recipe still short of its target.
+#   RECIPES (default "unet pspnet"): which configs/camvid-<name>-gpu.yaml recipes run, e.g.
+#     RECIPES="segnet vgg-unet" for the SegNet / VGG-UNet comparison.
 # Writes OUT/results.tar.gz: logs, curves, comparison.md/.json, each run's metrics.
 set -u
 DATA=${1:?usage: bench/gpu_camvid.sh DATA OUT [overrides]}
@@ -27,7 +27,9 @@ LW=${LOADER_WORKERS:-6}
 read -r -a RECIPE_LIST <<<"${RECIPES:-unet pspnet}"
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 for m in "${RECIPE_LIST[@]}"; do
-  [ -f "$HERE/configs/camvid-$m-gpu.yaml" ] || { echo "RECIPES: no configs/camvid-$m-gpu.yaml (use unet, pspnet or both)" >&2; exit 2; }
+  [ -f "$HERE/configs/camvid-$m-gpu.yaml" ] || {
+    have=$(cd "$HERE/configs" && ls camvid-*-gpu.yaml | sed 's/^camvid-//; s/-gpu\.yaml$//' | tr '\n' ' ')
+    echo "RECIPES: no configs/camvid-$m-gpu.yaml (recipes: ${have% })" >&2; exit 2; }
 done
 START=$(date +%s)
 mkdir -p "$OUT"

@@ -331,18 +331,17 @@ def print_requests(n: int, info: dict[str, object], first: dict, rerun: dict) ->
 
 
 def predicted_requests(n: int, parts: int, seconds: float) -> dict[str, str]:
-    """docs/scale.md's request model for a first run over ``n`` frames in S3, world files looked for.
+    """docs/scale.md's request model for a first run over ``n`` frames of a listed S3 folder.
 
-    Per frame: the frame's GET, two HEADs before it (pyarrow's handler checks the key is a file, s3fs
-    reads its size when opening), and per world-file candidate (.jgw, .jpgw, .wld) a HEAD and, as it is
-    absent, a LIST (s3fs looks for a folder of that name); one mask PUT. Per write batch one stats
-    part. Once: the listing (one LIST per 1,000 keys), the write probe, ``_runs``, the lease (taken,
-    a heartbeat every TTL/6 s, released), and a few checks of the output's folders."""
+    Per frame: the frame's GET and one mask PUT; world files come from the folder's listing, so
+    looking for them costs nothing per frame. Per write batch one stats part. Once: the listing
+    (one LIST per 1,000 keys), the write probe, ``_runs``, the lease (taken, a heartbeat every
+    TTL/6 s, released), and a few checks of the output's folders."""
     beats = int(seconds // (DEFAULT_TTL_S / 6))
     return {
         "GET": f"{n:,} (1 per frame)",
-        "HEAD": f"{5 * n:,} + a few (2 + 3 world-file candidates per frame)",
-        "LIST": f"{3 * n + math.ceil(n / 1000):,} + a few (3 per frame + 1 per 1,000 listed)",
+        "HEAD": "a few (none per frame)",
+        "LIST": f"{math.ceil(n / 1000):,} + a few (1 per 1,000 listed)",
         "PUT": f"{n + parts + 4 + beats:,} (masks {n} + parts {parts} + _runs + probe + lease 2 + {beats} beats)",
     }
 

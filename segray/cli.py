@@ -131,7 +131,9 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
         help="metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one",
     )
     tiles.add_argument(
-        "--no-world-files", action="store_true", help="do not look for .pgw/.jgw/.tfw world files beside frames"
+        "--no-world-files",
+        action="store_true",
+        help="ignore .pgw/.jgw/.tfw world files beside frames (a manifest's frames are otherwise looked up one by one)",
     )
     p.add_argument(
         "--min-score",
@@ -319,6 +321,11 @@ def cmd_compact(a: argparse.Namespace) -> int:
         f"compacted {a.output}/stats: {s.parts_before} parts, {s.rows_before} rows -> {s.files_after} files, "
         f"{s.rows_after} rows (one per frame and model) in {s.seconds:.1f} s"
     )
+    if s.instance_parts_before:
+        print(
+            f"compacted {a.output}/instances: {s.instance_parts_before} parts, {s.instance_rows_before} rows -> "
+            f"{len(s.instance_files)} files, {s.instance_rows_after} rows (those of the runs the stats rows name)"
+        )
     return 0
 
 
@@ -431,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser(
         "compact",
-        help="rewrite stats/ as a few large Parquet files, one row per frame and model (takes the output's lease)",
+        help="rewrite stats/ (and instances/) as a few large Parquet files, one row per frame and model "
+        "(takes the output's lease)",
         epilog=EXIT_CODES + "; 2 also when a run is writing the output",
     )
     comp.add_argument("output", help="labelling output folder or s3:// prefix")

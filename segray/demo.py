@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from segray.labels import LabelClass, LabelMap
+
+if TYPE_CHECKING:
+    from segray.labelling.report import AreaRow
 
 #: The demo's classes, in CamVid's colours.
 STREET = LabelMap(
@@ -158,7 +161,7 @@ class DemoResult:
     overlay: Path
     miou: float
     iou: dict[str, float]
-    areas: list[tuple[str, int, float]]
+    areas: list[AreaRow]
     labelled: int
     failed: int
     best_val_miou: float | None

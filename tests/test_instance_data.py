@@ -115,6 +115,49 @@ def test_convert_cli_writes_instances_and_refuses_options_a_format_does_not_use(
     assert "--format coco does not use --attribute" in capsys.readouterr().err
 
 
+def test_data_stats_reads_the_instance_layout(sources: dict[str, str], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    root = tmp_path / "set"
+    convert("coco", sources["coco"], str(root))
+    # One region marked crowd: it is reported apart, as training and counts leave it out.
+    meta = root / "valinst" / "val_0001.json"
+    doc = json.loads(meta.read_text())
+    doc["instances"][0]["crowd"] = True
+    meta.write_text(json.dumps(doc))
+    # What the stats must say, from the files themselves.
+    areas: dict[int, list[int]] = {0: [], 1: []}
+    per_frame = []
+    for split in SPLITS:
+        for frame in list_frames(str(root), split):
+            ids = cv2.imread(frame.ids, cv2.IMREAD_UNCHANGED)
+            listed = [d for d in json.loads(Path(frame.meta).read_text())["instances"] if not d.get("crowd")]
+            per_frame.append(len(listed))
+            for d in listed:
+                areas[d["class"]].append(int((ids == d["id"]).sum()))
+
+    assert main(["data", "stats", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert f"{sum(SPLITS.values())} frames (train 5, val 3); sizes 64x64 (8)" in text
+    assert f"{sum(per_frame)} instances" in text and "1 crowd regions" in text
+    summary = json.loads((root / "_eda" / "summary.json").read_text())
+    assert summary["layout"] == "instances" and summary["crowd_regions"] == 1
+    assert summary["instances_per_frame"] == {
+        "mean": pytest.approx(np.mean(per_frame)),
+        "max": max(per_frame),
+        "frames_with_none": per_frame.count(0),
+    }
+    for c, row in enumerate(summary["classes"]):
+        assert row["class"] == CLASSES[c] and row["instances"] == len(areas[c]) > 0
+        assert row["median_px"] == pytest.approx(np.median(areas[c]))
+        assert row["small_share"] == pytest.approx(np.mean(np.array(areas[c]) < 32 * 32))
+        (line,) = [ln.split() for ln in text.splitlines() if ln.split()[:1] == [CLASSES[c]]]
+        assert line[1] == f"{len(areas[c]):,}"
+    assert (root / "_eda" / "class_stats.csv").read_text().splitlines()[0].startswith("class,instances,")
+    # A broken id map is named, as training would name it.
+    (root / "traininst" / "train_0002.png").write_bytes(b"not a png")
+    assert main(["data", "stats", str(root)]) != 0
+    assert "traininst/train_0002.png: not a readable PNG of instance ids" in capsys.readouterr().err
+
+
 def via_project(folder: Path, regions: list[dict], image: bool = True) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     if image:

@@ -135,9 +135,15 @@ def test_cli_label(detector: str, frames: Path, tmp_path: Path, capsys: pytest.C
     argv = ["label", "--model", detector, "--input", str(frames), "--output", out, "--min-score", "0.7"]
     assert cli.main([*argv, "--batch-size", "4", "--print-table"]) == 0
     text = capsys.readouterr().out
-    assert f"{len(FRAME_SIZES)} labelled, 1 failed" in text and "box" in text and "bunch" in text
+    assert f"{len(FRAME_SIZES)} labelled, 1 failed" in text
     _, inst = check_instance_output(out, f"{read_info(detector).model_id}+min0.7", len(FRAME_SIZES))
     assert inst.num_rows and min(inst.column("score").to_pylist()) >= 0.7
+    # The area table ends with an instances column: each class's rows in the instances table.
+    table = text[text.index("class ") :].splitlines()
+    assert table[0].split() == ["class", "pixels", "share", "instances"]
+    printed = {line.split()[0]: int(line.split()[-1].replace(",", "")) for line in table[2 : 2 + len(LABELS.names)]}
+    classes = inst.column("class").to_pylist()
+    assert printed == {n: classes.count(n) for n in LABELS.names}
 
 
 def read_errors(output: str) -> dict[str, list[object]]:
@@ -178,9 +184,14 @@ def test_min_score_filters_monotonically_and_is_part_of_the_identity(
     check_consistent(out, s.model_id)
 
 
-def test_interrupted_run_does_not_double_count(detector: str, frames: Path, tmp_path: Path) -> None:
+def test_interrupted_run_does_not_double_count_nor_does_compaction(
+    detector: str, frames: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A run that wrote instances but died before its stats rows: the rerun labels those frames
-    again, and the first run's instance rows no longer count."""
+    again, and the first run's instance rows no longer count. ``segray compact`` then keeps the
+    counted rows only, once each, and readers and reruns see the same output."""
+    from segray import cli
+
     out = tmp_path / "out"
     s = run_label_job(opts(detector, str(frames), str(out)))
     before = read_instances(str(out), s.model_id)
@@ -194,6 +205,21 @@ def test_interrupted_run_does_not_double_count(detector: str, frames: Path, tmp_
     assert after.num_rows == before.num_rows  # ...and each frame's instances count once
     assert set(after.column("run_id").to_pylist()) == {again.run_id}
     check_consistent(str(out), s.model_id)
+    # A retried write's copy of a part, also on disk: compaction keeps one of each row.
+    part = sorted((out / "instances").glob("*.parquet"))[0]
+    copied = pq.read_table(part).num_rows
+    part.with_name("copy-" + part.name).write_bytes(part.read_bytes())
+    assert read_instances(str(out), s.model_id).equals(after)
+    capsys.readouterr()
+    assert cli.main(["compact", str(out)]) == 0
+    assert f"{raw + copied} rows -> 1 files, {after.num_rows} rows" in capsys.readouterr().out
+    files = sorted((out / "instances").glob("*.parquet"))
+    assert [f.name.startswith("compact-") for f in files] == [True]
+    assert pq.read_table(files[0]).num_rows == after.num_rows
+    assert read_instances(str(out), s.model_id).equals(after)
+    check_consistent(str(out), s.model_id)
+    rerun = run_label_job(opts(detector, str(frames), str(out)))
+    assert (rerun.labelled, rerun.skipped_done) == (0, len(FRAME_SIZES))
 
 
 def test_landcover_export_sums_counts(detector: str, frames: Path, tmp_path: Path) -> None:

@@ -16,9 +16,12 @@ from PIL import Image
 from test_label_job import read_table
 
 from segray import storage
+from segray.frames.listing import list_folder
 from segray.labelling.job import LabelOptions, run_label_job
 from segray.labels import CAMVID
 from segray.models.artifact import init_artifact
+from segray.tiles.pixel_size import WORLD_FILE_COLUMN
+from segray.tiles.worldfile import world_file_candidates
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -98,6 +101,46 @@ def test_large_tiles_on_s3_with_world_files_and_manifest(tmp_path: Path, s3_pref
     assert errors["broken.png"]["stage"] == "decode"
     # Failed frames keep their manifest columns, so the land-cover export can count them per region/date.
     assert {(e["region"], e["date"]) for e in errors.values()} == {("south", "2026-06-02")}
+
+
+def test_a_listed_folder_finds_world_files_in_its_listing(tmp_path: Path, s3_prefix: str) -> None:
+    """The folder listing that finds the frames also finds their world files (ESRI's names, the short
+    form first), so each frame's pixel size costs no request per candidate name."""
+    model = constant_artifact(str(tmp_path / "constant"))
+    tiles = storage.join(s3_prefix, "listed")
+    world = {"a.pgw": 0.5, "b.pngw": 2.0, "c.wld": 0.25, "d.pgw": 1.5, "d.pngw": 9.0, "sub/e.jgw": 0.1}
+    for name, size in world.items():
+        storage.write_bytes(storage.join(tiles, name), f"{size}\n0\n0\n-{size}\n100\n200\n".encode())
+    names = ["a.png", "b.png", "c.png", "d.png", "sub/e.jpg", "none.png", "badwf.png"]
+    for i, name in enumerate(names):
+        data = png(40, 30, i) if name.endswith(".png") else cv2.imencode(".jpg", np.zeros((40, 30, 3), np.uint8))[1]
+        storage.write_bytes(storage.join(tiles, name), bytes(data))
+    storage.write_bytes(storage.join(tiles, "badwf.pgw"), b"0.5\n0\n")
+
+    table = list_folder(tiles, {WORLD_FILE_COLUMN: world_file_candidates}).to_pydict()
+    found = dict(zip(table["relative_path"], table[WORLD_FILE_COLUMN], strict=True))
+    assert found == {
+        "a.png": storage.join(tiles, "a.pgw"),
+        "b.png": storage.join(tiles, "b.pngw"),
+        "badwf.png": storage.join(tiles, "badwf.pgw"),
+        "c.png": storage.join(tiles, "c.wld"),
+        "d.png": storage.join(tiles, "d.pgw"),
+        "none.png": None,
+        "sub/e.jpg": storage.join(tiles, "sub/e.jgw"),
+    }
+    assert list_folder(tiles).column_names == ["uri", "relative_path"]  # no sidecars asked: frames only
+
+    out = storage.join(s3_prefix, "listed-out")
+    s = run_label_job(LabelOptions(model=model, input=tiles, output=out, batch_size=4))
+    assert (s.labelled, s.failed) == (6, 1)
+    rows = {r["relative_path"]: r for r in read_table(out, "stats").to_pylist()}
+    for rel in ("a.png", "b.png", "c.png", "d.png", "sub/e.jpg"):
+        assert rows[rel]["pixel_size_source"] == f"world_file:{found[rel]}"
+        assert rows[rel]["pixel_area_m2"] == pytest.approx(world[found[rel].removeprefix(tiles + "/")] ** 2)
+    assert rows["none.png"]["pixel_area_m2"] is None and rows["none.png"]["pixel_size_source"] is None
+    assert "_world_file" not in rows["a.png"]  # the listing's column is not an output column
+    (error,) = read_table(out, "errors").to_pylist()
+    assert error["relative_path"] == "badwf.png" and "badwf.pgw" in error["error"] and "6 numbers" in error["error"]
 
 
 def test_job_option_pixel_size_and_tiling_threshold(tmp_path: Path) -> None:

@@ -72,7 +72,11 @@ def test_pixel_size_order_and_null_rule(tmp_path: Path) -> None:
     assert pixel_area(img, 2.0, 3.0) == (4.0, "manifest")
     assert pixel_area(img, None, 3.0) == (0.0625, f"world_file:{tmp_path / 'a.pgw'}")
     assert pixel_area(img, float("nan"), 3.0)[1].startswith("world_file:")  # NaN = no manifest value
-    assert pixel_area(img, None, 3.0, world_files=False) == (9.0, "option")
+    assert pixel_area(img, None, 3.0, world_file=False) == (9.0, "option")
+    assert pixel_area(img, None, 3.0, world_file=None) == (9.0, "option")  # a listing found none: not looked for
+    listed = str(tmp_path / "elsewhere.wld")
+    (tmp_path / "elsewhere.wld").write_text("2\n0\n0\n-2\n0\n0\n")
+    assert pixel_area(img, None, 3.0, world_file=listed) == (4.0, f"world_file:{listed}")
     assert pixel_area(str(tmp_path / "b.png"), None, None) == (None, "")  # nothing known: no area, no guess
     with pytest.raises(ValueError, match="pixel_size_m must be a positive"):
         pixel_area(img, -1.0, None)

@@ -36,9 +36,15 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
-    from segray.datasets.eda import format_table, write_stats
+    from segray.datasets.eda import format_table, splits_of, write_stats
+    from segray.datasets.instance_eda import format_instance_table, instance_splits, write_instance_stats
 
     splits = [s for s in a.splits.split(",") if s] if a.splits else None
+    if not splits_of(a.root) and instance_splits(a.root):  # the canonical instance layout
+        istats, out = write_instance_stats(a.root, a.output, splits, a.labels)
+        print(format_instance_table(istats))
+        print(f"tables written to {out}")
+        return 0
     stats, out = write_stats(a.root, a.output, splits, a.previews, a.labels)
     print(format_table(stats))
     print(f"figures and tables written to {out}")
@@ -78,11 +84,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--workers", type=int, default=8, help="threads reading and writing frames (default 8)")
     conv.set_defaults(func=cmd_convert)
 
-    stats = dsub.add_parser("stats", help="frame counts, sizes, class frequencies, charts and previews")
-    stats.add_argument("root", help="canonical dataset root (folder or s3:// prefix)")
+    stats = dsub.add_parser(
+        "stats",
+        help="frame counts, sizes, class frequencies, charts and previews; for an instance set, "
+        "instances per class and frame and their areas",
+    )
+    stats.add_argument("root", help="canonical dataset root, semantic or instance (folder or s3:// prefix)")
     stats.add_argument("--output", default=None, help="where figures go (default <root>/_eda)")
     stats.add_argument("--out", dest="output", default=None, help=argparse.SUPPRESS)  # the earlier spelling
     stats.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
     stats.add_argument("--labels", default=None, help="label map (default <root>/labels.json, else camvid)")
-    stats.add_argument("--previews", type=int, default=4, help="frames in previews.png (0 = none, default 4)")
+    stats.add_argument(
+        "--previews", type=int, default=4, help="semantic sets: frames in previews.png (0 = none, default 4)"
+    )
     stats.set_defaults(func=cmd_stats)

@@ -96,11 +96,12 @@ class DatasetStats:
         }
 
 
-def splits_of(root: str) -> list[str]:
-    """The splits of a canonical root: top-level folders that have a ``<split>annot`` beside them."""
+def splits_of(root: str, suffix: str = "annot") -> list[str]:
+    """The splits of a canonical root: top-level folders that have a ``<split><suffix>`` beside them
+    (``annot``: semantic masks; ``inst``: instance id maps)."""
     _, base = storage.resolve(root)
     tops = {p[len(base) + 1 :].split("/", 1)[0] for p in storage.list_files(root) if "/" in p[len(base) + 1 :]}
-    return sorted(t for t in tops if f"{t}annot" in tops)
+    return sorted(t for t in tops if f"{t}{suffix}" in tops)
 
 
 def _one(image_uri: str, mask_uri: str) -> tuple[tuple[int, int], np.ndarray]:
@@ -155,7 +156,10 @@ def compute_stats(
     lm = label_map or dataset_label_map(root)
     splits = splits or splits_of(root)
     if not splits:
-        raise ValueError(f"{root}: no <split>/ + <split>annot/ folders (not a canonical dataset root?)")
+        raise ValueError(
+            f"{root}: no <split>/ + <split>annot/ folders (semantic) nor <split>/ + <split>inst/ (instances): "
+            "not a canonical dataset root? (segray data convert makes one)"
+        )
     stats = DatasetStats(root, lm)
     seen: list[tuple[str, str]] = []
     for split in splits:

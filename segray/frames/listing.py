@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,12 +42,23 @@ def uri_of(input_uri: str, fs_path: str) -> str:
     return f"s3://{fs_path}" if storage.is_s3(input_uri) else fs_path
 
 
-def list_folder(input_uri: str) -> pa.Table:
-    """All image files under a folder or S3 prefix: columns ``uri``, ``relative_path``."""
+def list_folder(input_uri: str, sidecars: dict[str, Callable[[str], list[str]]] | None = None) -> pa.Table:
+    """All image files under a folder or S3 prefix: columns ``uri``, ``relative_path``.
+
+    ``sidecars`` maps a column name to the names a frame's companion file may have, best first
+    (e.g. world files): the column holds the URI of the first one the same listing holds, or null.
+    One listing answers for every frame, where looking beside each frame costs a request per name.
+    """
     _, root = storage.resolve(input_uri)
-    paths = storage.list_files(input_uri, IMAGE_SUFFIXES)
+    listed = storage.list_files(input_uri, None if sidecars else IMAGE_SUFFIXES)
+    paths = [p for p in listed if p.lower().endswith(IMAGE_SUFFIXES)] if sidecars else listed
     rels = [posixpath.relpath(p, root) for p in paths]
-    return pa.table({"uri": [uri_of(input_uri, p) for p in paths], "relative_path": rels})
+    cols: dict[str, list[Any]] = {"uri": [uri_of(input_uri, p) for p in paths], "relative_path": rels}
+    present = set(listed)
+    for column, names in (sidecars or {}).items():
+        firsts = (next((c for c in names(p) if c in present), None) for p in paths)
+        cols[column] = [None if c is None else uri_of(input_uri, c) for c in firsts]
+    return pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
 
 
 def relative_path_from_uri(uri: str) -> str:

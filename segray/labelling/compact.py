@@ -1,4 +1,5 @@
-"""``segray compact``: rewrite ``stats/`` as a few large Parquet files with one row per frame and model.
+"""``segray compact``: rewrite ``stats/`` as a few large Parquet files with one row per frame and model
+(and an instance model's ``instances/`` as a few files of its current rows).
 
 A nightly output of 1M frames written in 128-row parts is about 8k files, and every reader and every
 S3 LIST pays for each. Compaction:
@@ -7,7 +8,9 @@ S3 LIST pays for each. Compaction:
 2. reads the key columns of every part and picks one row per (relative_path, model_id), as the
    readers do (:mod:`segray.labelling.reader`);
 3. writes the kept rows, sorted by model and path, as ``stats/compact-<id>-<n>.parquet`` files of at
-   most ``rows_per_file`` rows, each published whole;
+   most ``rows_per_file`` rows, each published whole; then the ``instances/`` rows of the runs those
+   rows name (:func:`~segray.labelling.reader.current_instances`: rows of superseded runs go) as
+   ``instances/compact-<id>-<n>.parquet``;
 4. records what it did in ``_runs/compact-<id>.json``, then deletes the parts it read.
 
 Between 3 and 4 a reader sees each row twice, in a part and in its compacted copy, with the same
@@ -22,14 +25,23 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
 
 from segray import storage
 from segray.labelling.lease import OutputLease
-from segray.labelling.reader import KEY, concat, read_parts, scan_keys, stats_parts
+from segray.labelling.reader import (
+    INSTANCE_KEY,
+    KEY,
+    concat,
+    current_instances,
+    instance_parts,
+    read_parts,
+    scan_keys,
+    stats_parts,
+)
 from segray.labelling.stats import to_parquet_bytes
 
 log = logging.getLogger("segray.compact")
@@ -51,6 +63,10 @@ class CompactSummary:
     rows_after: int
     seconds: float
     files: list[str]
+    instance_parts_before: int = 0
+    instance_rows_before: int = 0
+    instance_rows_after: int = 0
+    instance_files: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -71,13 +87,17 @@ def compact(output: str, rows_per_file: int = DEFAULT_ROWS_PER_FILE) -> CompactS
         log.info("%s: %d rows in %d parts, %d after keeping one per frame and model", output, keys.rows,
                  len(parts), win.num_rows)  # fmt: skip
         written = _write_compacted(output, fs, parts, win, rows_per_file, compact_id, lease)
+        inst_parts = instance_parts(output)
+        inst_rows, inst_written = _compact_instances(output, inst_parts, win, rows_per_file, compact_id, lease)
         lease.check()
         summary = CompactSummary(compact_id, output, len(parts), keys.rows, len(written), win.num_rows, 0.0, written)
+        summary.instance_parts_before, summary.instance_files = len(inst_parts), inst_written
+        summary.instance_rows_before, summary.instance_rows_after = inst_rows
         summary.seconds = round(time.time() - started, 3)
         storage.write_bytes(storage.join(output, "_runs", f"compact-{compact_id}.json"), summary.to_json().encode())
-        keep = {storage.resolve(u)[1] for u in written}
+        keep = {storage.resolve(u)[1] for u in [*written, *inst_written]}
         with ThreadPoolExecutor(DELETE_THREADS) as pool:
-            list(pool.map(fs.delete_file, [p for p in parts if p not in keep]))
+            list(pool.map(fs.delete_file, [p for p in [*parts, *inst_parts] if p not in keep]))
     log.info("%s: stats compacted from %d parts to %d files in %.1f s", output, len(parts), len(written),
              summary.seconds)  # fmt: skip
     return summary
@@ -114,3 +134,28 @@ def _write_compacted(
         storage.write_bytes(uri, to_parquet_bytes(table))
         written.append(uri)
     return written
+
+
+def _compact_instances(
+    output: str,
+    parts: list[str],
+    win: pa.Table,
+    rows_per_file: int,
+    compact_id: str,
+    lease: OutputLease,
+) -> tuple[tuple[int, int], list[str]]:
+    """``instances/`` parts -> files of the rows the kept stats rows ``win`` count, at most
+    ``rows_per_file`` each. Reads every part at once, as :func:`~segray.labelling.reader.read_instances`
+    does. -> ((rows before, rows after), the files written)."""
+    if not parts:
+        return (0, 0), []
+    fs = storage.resolve(storage.join(output, "instances"))[0]
+    tables = read_parts(fs, parts)
+    kept = current_instances(tables, win.select(INSTANCE_KEY))
+    written: list[str] = []
+    for start in range(0, kept.num_rows, rows_per_file):
+        lease.check()
+        uri = storage.join(output, "instances", f"compact-{compact_id}-{len(written):05d}.parquet")
+        storage.write_bytes(uri, to_parquet_bytes(kept.slice(start, rows_per_file)))
+        written.append(uri)
+    return (sum(t.num_rows for t in tables), kept.num_rows), written

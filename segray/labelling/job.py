@@ -47,7 +47,9 @@ from segray.labelling.lease import OutputLease
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
 from segray.models.artifact import ArtifactInfo, read_info
+from segray.tiles.pixel_size import WORLD_FILE_COLUMN
 from segray.tiles.windows import TileSpec
+from segray.tiles.worldfile import world_file_candidates
 
 log = logging.getLogger("segray.label")
 
@@ -96,7 +98,8 @@ class LabelOptions:
     tile_overlap: int | None = None
     #: Metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one.
     pixel_size: float | None = None
-    #: Look for world files (.pgw/.jgw/.tfw...) beside each frame (one existence check per candidate).
+    #: Use world files (.pgw/.jgw/.tfw...) beside the frames: a listed folder's listing finds them; a
+    #: manifest's frames are looked up one by one (an existence check per candidate name).
     world_files: bool = True
     #: Label at most this many of the frames not yet labelled (in listing order); the next run goes on.
     limit: int | None = None
@@ -288,7 +291,8 @@ def _frames_table(opts: LabelOptions, model_id: str) -> tuple[pa.Table | None, i
     """The frames still to label, in listing order, as a table of (uri, relative_path, extra
     manifest columns..., tags...), with the number of frames listed and of those already done."""
     manifest = is_manifest(opts.input)
-    table = _manifest_table(opts) if manifest else list_folder(opts.input)
+    sidecars = {WORLD_FILE_COLUMN: world_file_candidates} if opts.world_files else None
+    table = _manifest_table(opts) if manifest else list_folder(opts.input, sidecars)
     for key in opts.tags:
         if key in table.column_names:
             raise ValueError(f"{opts.input}: tag {key!r} clashes with an input column of the same name")

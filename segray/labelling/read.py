@@ -15,6 +15,8 @@ them (segray.tiles.windows), so they cross the object store as compressed files,
 
 Each frame's ground area per pixel (``pixel_area_m2``, NaN when unknown) comes from the manifest's
 ``pixel_size_m`` column, else a world file beside the image, else the job's ``pixel_size`` option.
+A listed folder's frames come with the world file its listing found (``WORLD_FILE_COLUMN``), so
+no request is spent looking; a manifest's frames are looked up one by one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 from segray import storage
 from segray.frames.decode import FrameError, check_frame, decode_resized
 from segray.models.preprocessing import Preprocessing
-from segray.tiles.pixel_size import MANIFEST_COLUMN, pixel_area
+from segray.tiles.pixel_size import MANIFEST_COLUMN, WORLD_FILE_COLUMN, pixel_area
 
 #: Concurrent fetches per task: object-store reads are latency-bound, decode releases the GIL.
 FETCH_THREADS = 8
@@ -61,16 +63,16 @@ def _load_one(
     pre: Preprocessing,
     max_pixels: int,
     tile_rule: tuple[float, tuple[int, int]],
-    georef: tuple[object, float | None, bool],
+    georef: tuple[object, float | None, bool | str | None],
     decode: str = "cpu",
 ) -> _Loaded:
     try:
         data = storage.read_bytes(uri)
     except Exception as e:  # noqa: BLE001 - any read failure is recorded against the frame
         return _Loaded(stage="read", error=str(e))
-    manifest_value, option, world_files = georef
+    manifest_value, option, world_file = georef
     try:
-        area, source = pixel_area(uri, manifest_value, option, world_files)
+        area, source = pixel_area(uri, manifest_value, option, world_file)
     except Exception as e:  # noqa: BLE001 - a malformed world file or manifest value fails the frame, named
         return _Loaded(stage="read", error=f"pixel size: {e}")
     try:  # the header once: its size picks the path, its checks refuse what no path can label
@@ -110,11 +112,14 @@ def read_frames(
     rule = (tile_above, tuple(tile_reference) if tile_reference else (pre.height, pre.width))
     uris = [str(u) for u in batch["uri"]]
     sizes = list(batch[MANIFEST_COLUMN]) if MANIFEST_COLUMN in batch else [None] * len(uris)
+    # What the folder listing found (a URI or None), else look beside each frame.
+    listed = WORLD_FILE_COLUMN in batch and world_files
+    worlds = [w if isinstance(w, str) and w else None for w in batch[WORLD_FILE_COLUMN]] if listed else None
     with ThreadPoolExecutor(min(FETCH_THREADS, max(1, len(uris)))) as pool:
         results = list(
             pool.map(
-                lambda a: _load_one(a[0], pre, max_pixels, rule, (a[1], pixel_size, world_files), decode),
-                zip(uris, sizes, strict=True),
+                lambda a: _load_one(a[0], pre, max_pixels, rule, (a[1], pixel_size, a[2]), decode),
+                zip(uris, sizes, worlds or [world_files] * len(uris), strict=True),
             )
         )
     images = np.zeros((len(uris), pre.height, pre.width, 3), dtype=np.uint8)

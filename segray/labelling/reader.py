@@ -214,28 +214,53 @@ def read_stats(output: str, model_id: str | None = None, columns: list[str] | No
     raise AssertionError("unreachable")
 
 
+def instance_parts(output: str) -> list[str]:
+    """Filesystem paths of every ``instances/`` part of an output (none when it has no folder)."""
+    uri = storage.join(output, "instances")
+    return storage.list_files(uri, (".parquet",)) if storage.exists(uri) else []
+
+
+def current_instances(tables: list[pa.Table], current: pa.Table) -> pa.Table:
+    """The instance rows of ``tables`` that belong to a frame's current stats row: ``current`` holds
+    (relative_path, model_id, run_id) of those rows. A write retried within one run may leave a
+    frame's rows in two parts; one is kept. Sorted by frame, model and id."""
+    from segray.labelling.stats import INSTANCES_SCHEMA
+
+    if not tables or not current.num_rows:
+        return INSTANCES_SCHEMA.empty_table()
+    t = concat(tables).cast(INSTANCES_SCHEMA)
+
+    def joined(table: pa.Table) -> pa.Array:
+        return pc.binary_join_element_wise(*(pc.cast(table.column(c), pa.string()) for c in INSTANCE_KEY), "\0")
+
+    t = t.filter(pc.is_in(joined(t), value_set=joined(current).combine_chunks()))
+    if t.num_rows:
+        t = t.sort_by([("processed_at", "descending")]).append_column("_i", pa.array(np.arange(t.num_rows)))
+        first = t.group_by(["relative_path", "model_id", "instance_id"], use_threads=False).aggregate([("_i", "min")])
+        t = t.take(first.column("_i_min")).drop_columns(["_i"])
+    return t.sort_by([("relative_path", "ascending"), ("model_id", "ascending"), ("instance_id", "ascending")])
+
+
+#: The columns that tie an instance row to the stats row whose run it belongs to.
+INSTANCE_KEY = ["relative_path", "model_id", "run_id"]
+
+
 def read_instances(output: str, model_id: str | None = None) -> pa.Table:
     """One row per instance of an instance model's labelling output (local or ``s3://``), for the
     frames' current stats rows only (:func:`read_stats`): the instances of the run that a frame's
     stats row names, so a frame labelled again (a rerun after an interruption, another
     ``--min-score``) never counts twice. ``model_id`` keeps one model's rows. Sorted by frame and id.
     """
-    from segray.labelling.stats import INSTANCES_SCHEMA
-
-    key_cols = ["relative_path", "model_id", "run_id"]
-    current = read_stats(output, model_id, columns=key_cols)
-    uri = storage.join(output, "instances")
-    parts = storage.list_files(uri, (".parquet",)) if storage.exists(uri) else []
-    if not parts or not current.num_rows:
-        return INSTANCES_SCHEMA.empty_table()
-    t = concat(read_parts(storage.resolve(uri)[0], parts)).cast(INSTANCES_SCHEMA)
-
-    def joined(table: pa.Table) -> pa.Array:
-        return pc.binary_join_element_wise(*(pc.cast(table.column(c), pa.string()) for c in key_cols), "\0")
-
-    t = t.filter(pc.is_in(joined(t), value_set=joined(current).combine_chunks()))
-    if t.num_rows:  # a write retried within one run may leave a frame's rows in two parts: keep one
-        t = t.sort_by([("processed_at", "descending")]).append_column("_i", pa.array(np.arange(t.num_rows)))
-        first = t.group_by(["relative_path", "model_id", "instance_id"], use_threads=False).aggregate([("_i", "min")])
-        t = t.take(first.column("_i_min")).drop_columns(["_i"])
-    return t.sort_by([("relative_path", "ascending"), ("model_id", "ascending"), ("instance_id", "ascending")])
+    for attempt in range(READ_ATTEMPTS):
+        current = read_stats(output, model_id, columns=INSTANCE_KEY)
+        parts = instance_parts(output)
+        if not parts or not current.num_rows:
+            return current_instances([], current)
+        try:
+            tables = read_parts(storage.resolve(storage.join(output, "instances"))[0], parts)
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            continue  # a part was replaced by compaction between listing and reading
+        return current_instances(tables, current)
+    raise AssertionError("unreachable")

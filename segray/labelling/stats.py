@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segray.labels import LabelMap
+from segray.tiles.pixel_size import WORLD_FILE_COLUMN
 
 #: Columns the pipeline itself creates; anything else in a batch came from the manifest.
 PIPELINE_COLUMNS = {
@@ -73,6 +74,7 @@ PIPELINE_COLUMNS = {
     "on_device",
     "instances",
     "instance_counts",
+    WORLD_FILE_COLUMN,
 }
 
 ERRORS_SCHEMA = pa.schema(

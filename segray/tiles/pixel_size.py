@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 
-from segray.tiles.worldfile import find_world_file
+from segray.tiles.worldfile import find_world_file, read_world_file
 
 #: Manifest column with the pixel size in metres (square pixels assumed).
 MANIFEST_COLUMN = "pixel_size_m"
+#: A listed folder's frames table: each frame's world file that the listing holds (null: none).
+WORLD_FILE_COLUMN = "_world_file"
 
 
 def _valid(value: object) -> float | None:
@@ -29,17 +31,22 @@ def _valid(value: object) -> float | None:
 
 
 def pixel_area(
-    image_uri: str, manifest_value: object = None, option: float | None = None, world_files: bool = True
+    image_uri: str, manifest_value: object = None, option: float | None = None, world_file: bool | str | None = True
 ) -> tuple[float | None, str]:
-    """(m^2 per pixel or None, where it came from: ``manifest``, ``world_file:<uri>``, ``option`` or "")."""
+    """(m^2 per pixel or None, where it came from: ``manifest``, ``world_file:<uri>``, ``option`` or "").
+
+    ``world_file``: True looks for one beside the image (a request per candidate name); a URI reads
+    that one (a folder listing found it); False or None: the frame has none.
+    """
     size = _valid(manifest_value)
     if size is not None:
         return size * size, "manifest"
-    if world_files:
-        found = find_world_file(image_uri)
-        if found is not None:
-            uri, wf = found
-            return wf.pixel_area, f"world_file:{uri}"
+    found = find_world_file(image_uri) if world_file is True else None
+    if isinstance(world_file, str):
+        found = world_file, read_world_file(world_file)
+    if found is not None:
+        uri, wf = found
+        return wf.pixel_area, f"world_file:{uri}"
     if option is not None:
         return option * option, "option"
     return None, ""

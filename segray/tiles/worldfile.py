@@ -77,12 +77,16 @@ def find_world_file(image_uri: str) -> tuple[str, WorldFile] | None:
     silently give wrong (or no) areas.
     """
     for uri in world_file_candidates(image_uri):
-        if not storage.exists(uri):
-            continue
-        data = storage.read_bytes(uri)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise WorldFileError(f"{uri}: not a text file ({e})") from e
-        return uri, parse_world_file(text, uri)
+        if storage.exists(uri):
+            return uri, read_world_file(uri)
     return None
+
+
+def read_world_file(uri: str) -> WorldFile:
+    """The world file at ``uri``, parsed; a malformed one raises :class:`WorldFileError` naming it."""
+    data = storage.read_bytes(uri)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WorldFileError(f"{uri}: not a text file ({e})") from e
+    return parse_world_file(text, uri)
