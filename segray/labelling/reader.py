@@ -33,6 +33,8 @@ from segray import storage
 
 KEY = ["relative_path", "model_id"]
 ORDER = ["processed_at", "run_id"]
+#: The columns that tie an instance row to the stats row whose run it belongs to.
+INSTANCE_KEY = ["relative_path", "model_id", "run_id"]
 #: Frames are keyed within one output: outputs read together (one per night) keep their own rows.
 GROUP = ["output", *KEY]
 READ_THREADS = 16
@@ -239,10 +241,6 @@ def current_instances(tables: list[pa.Table], current: pa.Table) -> pa.Table:
         first = t.group_by(["relative_path", "model_id", "instance_id"], use_threads=False).aggregate([("_i", "min")])
         t = t.take(first.column("_i_min")).drop_columns(["_i"])
     return t.sort_by([("relative_path", "ascending"), ("model_id", "ascending"), ("instance_id", "ascending")])
-
-
-#: The columns that tie an instance row to the stats row whose run it belongs to.
-INSTANCE_KEY = ["relative_path", "model_id", "run_id"]
 
 
 def read_instances(output: str, model_id: str | None = None) -> pa.Table:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from segray.tiles.worldfile import find_world_file, read_world_file
+from segray.tiles.worldfile import WorldFile, find_world_file, read_world_file
 
 #: Manifest column with the pixel size in metres (square pixels assumed).
 MANIFEST_COLUMN = "pixel_size_m"
@@ -41,9 +41,10 @@ def pixel_area(
     size = _valid(manifest_value)
     if size is not None:
         return size * size, "manifest"
-    found = find_world_file(image_uri) if world_file is True else None
     if isinstance(world_file, str):
-        found = world_file, read_world_file(world_file)
+        found: tuple[str, WorldFile] | None = world_file, read_world_file(world_file)
+    else:
+        found = find_world_file(image_uri) if world_file else None
     if found is not None:
         uri, wf = found
         return wf.pixel_area, f"world_file:{uri}"
