@@ -8,19 +8,32 @@ several sizes and formats, with a stand-in model whose own cost is negligible (a
 and measures CPU time per stage. Beside it, in the same run, the codec floor: decode + PNG encode
 of the mask + class count in one plain loop, the least any labelling of the frame must spend.
 
-Stages after the model (logit resize and argmax, counts, confidence) run on the GPU where there is
-one: they are listed as device-side and kept out of the CPU-side total.
+Stages after the model (masks from the logits, counts, confidence) run on the GPU where there is
+one: they are listed as device-side. The summary gives both nodes: on a CPU node every stage is
+the CPU's (and its speed relative to the floor is the floor's cost over all stages'); on a GPU node
+the host CPU carries the read, the predictor's host side and the write.
 
     python bench/frame_cost.py                        # 480x360, 1024x2048 and 3000x4000, JPEG and PNG
     python bench/frame_cost.py --sizes 1024x2048 --formats jpg --frames 32
 
-Prints one table per size and format plus a summary: CPU-side core-ms per frame, frames/s per core,
-the ratio job / floor, and the cores one GPU needs to be fed at 1,500 frames/s.
+Prints one table per size and format plus a summary: core-ms per frame on a CPU node and on a GPU
+node's host, the speed relative to the floor, and the cores one GPU needs to be fed at 1,500 frames/s.
+
+``--job`` measures the whole job instead, on every core: ``run_label_job`` on a local Ray (read
+tasks, inference actors, writes, local folders) over ``--job-frames`` JPEGs of 1024x2048 labelled
+by a UNet-ResNet18 at 64x128 (a model whose own cost is small, so what is measured is everything
+around it), its frames/s taken from the run record (``_runs/*.json``: Ray's start excluded).
+Beside it, in the same run, the codec floor on as many processes as cores: decode, class counts
+and the palette PNG of the job's own masks, nothing else. Job and floor alternate twice, and each
+is averaged over its two runs (the shared host's speed drifts within minutes).
+
+    python bench/frame_cost.py --job                  # 400 frames, the job's frames/s / the floor's
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -34,6 +47,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,6 +58,7 @@ from segray.labelling import predict  # noqa: E402
 from segray.labelling.predict import Predictor  # noqa: E402
 from segray.labelling.read import read_frames  # noqa: E402
 from segray.labelling.write import encode_mask_png, write_outputs  # noqa: E402
+from segray.labels import CAMVID  # noqa: E402
 from segray.models.artifact import init_artifact  # noqa: E402
 from segray.models.preprocessing import Preprocessing, normalise  # noqa: E402
 
@@ -211,6 +226,77 @@ def png_table(masks: list[np.ndarray]) -> None:
         print(f"| {name} | {ms:.1f} | {np.mean(sizes) / 1e3:.0f} |")
 
 
+def _floor_worker(items: list[tuple[str, str]], classes: int, palette: list[int], barrier: Any, out: Any) -> None:
+    cv2.setNumThreads(1)
+    datas = [(Path(f).read_bytes(), np.asarray(Image.open(m))) for f, m in items]
+    barrier.wait()
+    t = time.perf_counter()
+    for data, mask in datas:
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        np.bincount(mask.ravel(), minlength=classes)
+        encode_mask_png(mask, palette)
+    out.put((t, time.perf_counter()))
+
+
+def floor_procs(frames: list[str], masks: list[str], procs: int) -> float:
+    """Frames/s of the codec floor (decode, class counts, palette PNG) on ``procs`` processes at
+    once, each with its share of the frames, from a common start (inputs read beforehand)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(procs), ctx.Queue()
+    items = list(zip(frames, masks, strict=True))
+    ps = [
+        ctx.Process(target=_floor_worker, args=(items[i::procs], CAMVID.num_classes, CAMVID.palette(), barrier, out))
+        for i in range(procs)
+    ]
+    for p in ps:
+        p.start()
+    spans = [out.get() for _ in ps]
+    for p in ps:
+        p.join()
+    return len(frames) / (max(e for _, e in spans) - min(t for t, _ in spans))
+
+
+def job_vs_floor(n: int, rounds: int = 2) -> None:
+    """The whole job's frames/s (run record) beside the codec floor's, alternating ``rounds`` times."""
+    import ray
+
+    from segray.labelling.job import LabelOptions, run_label_job
+
+    procs = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="segray-frame-cost-job-") as tmp:
+        root = Path(tmp)
+        model = str(root / "model")
+        init_artifact("unet", "resnet18", CAMVID, name="unet-r18-64x128", height=64, width=128).save(model)
+        frames = write_frames(root / "frames", (1024, 2048), "jpg", n)
+        mb = sum(os.path.getsize(p) for p in frames) / n / 1e6
+        ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False)
+        jobs, floors = [], []
+        try:
+            for r in range(rounds):
+                out = root / f"out{r}"
+                # Resized whatever the frame's size (not windowed): the model's own cost stays small.
+                s = run_label_job(
+                    LabelOptions(model=model, input=str(root / "frames"), output=str(out), tile_above=1e9)
+                )
+                assert s.labelled == n and s.failed == 0, s
+                record = json.loads(next((out / "_runs").glob("*.json")).read_text())
+                jobs.append(float(record["frames_per_s"]))
+                masks = [str(out / "masks" / f"{Path(f).relative_to(root / 'frames')}.png") for f in frames]
+                floors.append(floor_procs(frames, masks, procs))
+                print(f"round {r + 1}: job {jobs[-1]:.2f} frames/s, codec floor {floors[-1]:.2f} frames/s", flush=True)
+        finally:
+            ray.shutdown()
+    job, floor = sum(jobs) / rounds, sum(floors) / rounds
+    print(
+        f"\n| frames | cores | job, frames/s (run record) | codec floor, frames/s | job / floor |\n"
+        f"| --- | ---: | ---: | ---: | ---: |\n"
+        f"| {n} JPEG 1024x2048 ({mb:.2f} MB), UNet-ResNet18 at 64x128 | {procs} | {job:.2f} | {floor:.2f} | "
+        f"{job / floor:.2f} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["360x480", "1024x2048", "3000x4000"], help="frame HxW")
@@ -219,7 +305,12 @@ def main() -> None:
     ap.add_argument("--model-size", default="512x1024", help="the stand-in model's input HxW")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--png-table", action="store_true", help="PNG settings table on the last size's masks")
+    ap.add_argument("--job", action="store_true", help="the whole job on a local Ray beside the codec floor")
+    ap.add_argument("--job-frames", type=int, default=400, help="1024x2048 JPEGs for --job")
     a = ap.parse_args()
+    if a.job:
+        job_vs_floor(a.job_frames)
+        return
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     mh, mw = (int(v) for v in a.model_size.split("x"))
@@ -254,14 +345,14 @@ def main() -> None:
     if png_masks:
         png_table(png_masks)
     print(
-        "\n| frame | CPU side, core-ms | floor, core-ms | job / floor | frames/s per core | cores per GPU at "
-        f"{GPU_FRAMES_PER_S:,} frames/s | device-side on CPU, ms |"
+        "\n| frame | floor, core-ms | CPU node: every stage, core-ms | speed / floor on a CPU node | GPU node: host "
+        f"side, core-ms | cores per GPU at {GPU_FRAMES_PER_S:,} frames/s |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for size, fmt, cpu_side, floor, device in summary:
         print(
-            f"| {size} {fmt.upper()} | {cpu_side:.1f} | {floor:.1f} | {cpu_side / floor:.2f} | {1000 / cpu_side:.0f} | "
-            f"{GPU_FRAMES_PER_S * cpu_side / 1000:.0f} | {device:.1f} |"
+            f"| {size} {fmt.upper()} | {floor:.1f} | {cpu_side + device:.1f} | {floor / (cpu_side + device):.2f} | "
+            f"{cpu_side:.1f} | {GPU_FRAMES_PER_S * cpu_side / 1000:.0f} |"
         )
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
-from segray.exit_codes import EXIT_CODES, LABEL_EXIT_CODES
+from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL_EXIT_CODES, TERMINATED
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.landcover import cli as landcover_cli
 from segray.serving import cli as serving_cli
@@ -23,13 +25,44 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
-def _init_ray(address: str | None) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the command (``ray job stop``, a scheduler, ``kill``). Raised in the main thread
+    so that every ``finally`` runs (the output's lease is released, Ray is shut down) before the command
+    exits 143. A KeyboardInterrupt, as Ctrl-C is: no ``except Exception`` on the way takes it for a
+    failure, and Ray's blocking calls (``ray.get`` in Ray Train's driver) stop waiting for it, where any
+    other exception raised by a signal handler during them is printed and dropped."""
+
+
+#: Set by the SIGTERM handler: a KeyboardInterrupt that Ray raised in place of :class:`Terminated`
+#: (its blocking calls raise a new one) is then known to be the SIGTERM.
+_sigterm = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
+    _sigterm.set()
+    raise Terminated
+
+
+def init_ray(address: str | None) -> None:
+    """Join the Ray at ``address`` (else ``$RAY_ADDRESS``, else start a local one), unless connected.
+
+    ``ray.init`` replaces the process's SIGTERM handling: a Python handler that exits with status 15
+    from wherever the main thread is, and in Ray's core worker a C++ failure-signal handler that prints
+    a stack dump for SIGTERM and leaves the process to abort on its way out (exit 134). A Python
+    handler that was installed before (:func:`main`'s, which stops the command cleanly with exit 143)
+    is put back after it.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     ray.init(address=address, log_to_driver=True)
+    if callable(before):
+        signal.signal(signal.SIGTERM, before)
 
 
 def add_label_args(p: argparse.ArgumentParser) -> None:
@@ -206,7 +239,7 @@ def cmd_label(a: argparse.Namespace) -> int:
         return 0
     lease = OutputLease(opts.output, opts.run_id).acquire()  # so does a run already writing the output
     try:
-        _init_ray(a.address)
+        init_ray(a.address)
         s = run_label_job(opts, info, lease)
     except FailureBudgetExceeded as e:
         print_summary(e.summary)
@@ -301,7 +334,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from segray.labelling.report import format_area_table
 
     started = time.time()
-    _init_ray(a.address)
+    init_ray(a.address)
     r = run_demo(a.dir, epochs=a.epochs, say=lambda line: print(line, flush=True))
     print(f"\n{r.labelled} test frames labelled ({r.failed} failed) -> {r.labels}/masks, {r.labels}/stats")
     print(f"mIoU of the job's masks against the ground truth: {r.miou:.1%}")
@@ -440,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compact",
         help="rewrite stats/ (and instances/) as a few large Parquet files, one row per frame and model "
         "(takes the output's lease)",
-        epilog=EXIT_CODES + "; 2 also when a run is writing the output",
+        epilog=COMPACT_EXIT_CODES,
     )
     comp.add_argument("output", help="labelling output folder or s3:// prefix")
     comp.add_argument(
@@ -481,12 +514,48 @@ def main(argv: list[str] | None = None, prog: str | None = None, command: list[s
     parser = build_parser()
     if prog and command:
         subcommand(parser, command).prog = prog
-    a = parser.parse_args(argv)
+    a = parser.parse_args(argv)  # --help and --version: argparse itself ignores a closed stdout
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    _sigterm.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        return int(a.func(a))
+        code = int(a.func(a))
+        sys.stdout.flush()  # a reader that went away (`| head -1`) is found here, not at interpreter exit
+        return code
     except (storage.StorageError, ArtifactError, FileNotFoundError, ValueError, LeaseHeld) as e:
         print(f"segray: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        if not _sigterm.is_set():
+            raise  # Ctrl-C
+        _shutdown_ray()
+        print(
+            "segray: stopped by SIGTERM; what was written is kept, and rerunning the same command finishes the run",
+            file=sys.stderr,
+            flush=True,
+        )
+        return TERMINATED
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout closed it early (``segray model info M | head -1``): point stdout at
+    /dev/null, so that the interpreter's last flush does not fail again with a traceback, and exit as a
+    program ended by SIGPIPE would (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return BROKEN_PIPE
+
+
+def _shutdown_ray() -> None:
+    """Disconnect from Ray (stopping the local Ray this command started), if this command connected."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import posixpath
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -219,7 +220,9 @@ def delete(uri: str) -> None:
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
-    """Paths (inside the filesystem) of all files under a folder/prefix, recursively, sorted."""
+    """Paths (inside the filesystem) of all files under a folder/prefix, recursively, sorted, with names
+    starting with ``.`` or ``_`` skipped. Symbolic links are followed; :func:`list_tree` lists a folder
+    of frames without following them."""
     return _retrying(uri, lambda: _list_files(uri, suffixes))
 
 
@@ -237,6 +240,69 @@ def _list_files(uri: str, suffixes: tuple[str, ...] | None) -> list[str]:
         and (suffixes is None or i.path.lower().endswith(suffixes))
     ]
     return sorted(out)
+
+
+@dataclass(frozen=True)
+class SkippedLink:
+    """A symbolic link that :func:`list_tree` did not follow."""
+
+    path: str  #: the link's own path inside the filesystem
+    target: str  #: where it points, as written in the link
+    folder: bool  #: it leads to a folder (or loops back to one)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files under a folder or prefix (sorted), and the symbolic links that were not followed."""
+
+    paths: list[str]
+    links: list[SkippedLink] = field(default_factory=list)
+
+
+def list_tree(uri: str, suffixes: tuple[str, ...] | None = None) -> Listing:
+    """The files under a folder/prefix, recursively, sorted, with ``.``/``_`` names skipped (as
+    :func:`list_files`), without following symbolic links.
+
+    A link under a local folder is neither listed nor entered, whether it leads to a file or a
+    folder: each file is listed once, under its own path, nothing outside the folder is reached, and
+    a link that loops back (``self -> .``) cannot repeat files. The folder itself may be a link.
+    S3 has no links: a prefix lists as :func:`list_files` does.
+    """
+    if is_s3(uri):
+        return Listing(list_files(uri, suffixes))
+    return _retrying(uri, lambda: _walk_local(uri, suffixes))
+
+
+def _walk_local(uri: str, suffixes: tuple[str, ...] | None) -> Listing:
+    _, root = resolve(uri)
+    if not os.path.lexists(root):
+        return Listing([])
+    files: list[str] = []
+    links: list[SkippedLink] = []
+    folders = [root]  # the root is opened through its link, if it is one
+    try:
+        while folders:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith((".", "_")):
+                        continue
+                    if entry.is_symlink():
+                        links.append(SkippedLink(entry.path, os.readlink(entry.path), _leads_to_folder(entry)))
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False) and (suffixes is None or name.lower().endswith(suffixes)):
+                        files.append(entry.path)
+    except Exception as e:  # noqa: BLE001 - an unreadable folder fails the listing, named
+        raise _explain(uri, e) from e
+    return Listing(sorted(files), sorted(links, key=lambda link: link.path))
+
+
+def _leads_to_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:  # a chain of links that loops on itself leads nowhere
+        return False
 
 
 def _check_bucket(uri: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,37 @@ def test_data_stats_takes_output_and_the_earlier_out(tmp_path: Path, capsys: pyt
         code, text = run(capsys, "data", "stats", root, flag, str(tmp_path / folder))
         assert code == 0, text
         assert (tmp_path / folder / "summary.json").is_file()
+
+
+def segray_with_stdout_closed(*argv: str) -> tuple[int, str]:
+    """``segray ARGV`` whose reader has gone before it writes (as ``| head -1`` after its line):
+    the exit status and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segray.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the only read end: every write the command makes fails with EPIPE
+    err = proc.stderr.read()
+    return proc.wait(60), err
+
+
+def test_a_closed_stdout_ends_the_command_quietly(tiny_model: str, tmp_path: Path) -> None:
+    for argv in (("model", "info", tiny_model), ("model", "info", "--json", tiny_model), ("runs", str(tmp_path))):
+        code, err = segray_with_stdout_closed(*argv)
+        assert code in (0, 141), (argv, code, err)
+        assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    pipeline = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f'"{sys.executable}" -m segray.cli model info "{tiny_model}" | head -1'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert pipeline.returncode in (0, 141), pipeline.stderr
+    assert pipeline.stdout.startswith("model ") and pipeline.stdout.count("\n") == 1
+    assert "Traceback" not in pipeline.stderr and "BrokenPipeError" not in pipeline.stderr, pipeline.stderr
+
+
+def test_help_lists_the_sigterm_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("label", "nightly", "train", "landcover", "evaluate", "runs", "compact"):
+        code, text = run(capsys, command, "--help")
+        assert code == 0 and "143 stopped by SIGTERM" in text, command

@@ -3,10 +3,17 @@ raises FrameError with a reason; decompression bombs are refused from the header
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import re
 import struct
+import sys
+import threading
 import tracemalloc
+import types
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +21,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame, decode_resized, reduction, resize
+from segray.frames.decode import (
+    DEFAULT_MAX_PIXELS,
+    FrameError,
+    check_frame,
+    decode_checked,
+    decode_frame,
+    decode_resized,
+    header_size,
+    reduction,
+    resize,
+)
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
@@ -359,11 +376,20 @@ def test_reduced_jpeg_decode_matches_full_decode_then_resize(target: tuple[int, 
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
 
 
-def test_reduced_decode_ignores_exif_orientation_as_the_full_decode_does() -> None:
-    data = _jpeg(256, 512, exif_orientation=6)  # "rotate 90": the header's size stays 512x256
-    small, w, h = decode_resized(data, 64, 128)
-    assert (w, h) == (512, 256) and small.shape == (64, 128, 3)
-    assert decode_frame(data).shape == (256, 512, 3)
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("scale", [0.25, 0.75], ids=["reduced", "full"])
+def test_reduced_and_full_decodes_give_the_frame_as_displayed(orientation: int, scale: float) -> None:
+    """Both decode paths (libjpeg's reduced scale for a frame twice the target, else the full decode)
+    resize as stored, then turn: the same picture as decoding whole, turning, then resizing."""
+    data = _jpeg(256, 512, exif_orientation=orientation)  # stored 512 wide, 256 high
+    shown = (256, 512) if orientation < 5 else (512, 256)  # (height, width) as displayed
+    target = (int(shown[0] * scale), int(shown[1] * scale))
+    full = decode_frame(data)
+    assert full.shape == (*shown, 3)
+    small, w, h = decode_resized(data, *target)
+    assert (h, w) == shown and small.shape == (*target, 3)
+    diff = np.abs(small.astype(np.int16) - resize(full, *target).astype(np.int16))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8
 
 
 def test_decode_resized_refuses_what_decode_frame_refuses() -> None:
@@ -374,28 +400,358 @@ def test_decode_resized_refuses_what_decode_frame_refuses() -> None:
         decode_resized(data, 64, 128, max_pixels=1000)
 
 
-def test_header_checks_are_thread_safe() -> None:
-    """The read stage checks frames from several threads at once: each bomb is refused by its declared
-    size, never by PIL's own bomb guard, and PIL's process-wide limit is left as it was."""
+# --- EXIF orientation: frames are decoded as displayed -------------------------------------------------
+
+
+def _with_exif(rgb: np.ndarray, fmt: str, orientation: int, **save: object) -> bytes:
+    """``rgb`` saved by PIL with an EXIF block holding ``orientation`` (JPEG APP1, PNG eXIf)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, exif=exif, **save)
+    return buf.getvalue()
+
+
+def _as_pil_shows(data: bytes) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_png_exif_orientation_gives_pils_exif_transpose_exactly(orientation: int) -> None:
+    data = _with_exif(noise(6, 10, seed=orientation), "PNG", orientation)
+    assert b"eXIf" in data  # PIL wrote the orientation where PNG keeps EXIF
+    out = decode_frame(data)
+    np.testing.assert_array_equal(out, _as_pil_shows(data))
+    header = check_frame(data)
+    assert header.orientation == orientation
+    assert (header.width, header.height) == ((10, 6) if orientation < 5 else (6, 10)) == header_size(data)
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_jpeg_exif_orientation_decodes_as_displayed(orientation: int) -> None:
+    """Stored 480x360; orientation 6 is displayed 360 wide and 480 high (3: upside down, same size)."""
+    data = _jpeg(360, 480, exif_orientation=orientation)
+    shown = _as_pil_shows(data)
+    assert shown.shape == ((360, 480, 3) if orientation == 3 else (480, 360, 3))
+    out = decode_frame(data)
+    assert out.shape == shown.shape
+    assert np.abs(out.astype(np.int16) - shown.astype(np.int16)).mean() < 1.0  # both are libjpeg's decodes
+    fmt, w, h = check_frame(data)  # unpacks as (format, displayed width, displayed height)
+    assert (fmt, w, h) == ("JPEG", shown.shape[1], shown.shape[0]) == ("JPEG", *header_size(data))
+    assert check_frame(data).orientation == orientation
+
+
+def test_an_invalid_or_absent_orientation_counts_as_stored() -> None:
+    assert check_frame(_jpeg(32, 48)).orientation == 1
+    for bad in (0, 9, 65535):
+        data = _jpeg(32, 48, exif_orientation=bad)
+        assert check_frame(data).orientation == 1
+        assert decode_frame(data).shape == _as_pil_shows(data).shape == (32, 48, 3)
+
+
+def test_decoding_with_the_checked_header_matches_decode_frame() -> None:
+    data = _jpeg(64, 96, exif_orientation=8)
+    header = check_frame(data)
+    assert (header.width, header.height, header.stored_size) == (64, 96, (96, 64))
+    np.testing.assert_array_equal(decode_checked(data, header), decode_frame(data))
+
+
+# --- data after the end of the image -----------------------------------------------------------------
+
+
+def _photo(h: int = 96, w: int = 128, progressive: bool = False) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    rgb = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    rgb = cv2.add(rgb, rng.integers(0, 24, rgb.shape, dtype=np.uint8))  # texture: long scans, 0xFF bytes in them
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=92, progressive=progressive)
+    return buf.getvalue()
+
+
+def _fake_mp4(size: int = 65_536) -> bytes:
+    """What a motion photo carries after its JPEG: an MP4 (ftyp box, then media bytes)."""
+    body = np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8).tobytes()
+    return struct.pack(">I", 24) + b"ftypmp42" + b"\0\0\0\0mp42isom" + body
+
+
+TRAILERS = {
+    "zeros": bytes(4096),
+    "mp4": _fake_mp4(),
+    "second_jpeg": encode(noise(40, 40, seed=9), ".jpg"),  # a multi-picture file's next image
+}
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+@pytest.mark.parametrize("trailer", TRAILERS, ids=list(TRAILERS))
+def test_jpeg_with_data_after_its_end_decodes(progressive: bool, trailer: str) -> None:
+    plain = _photo(progressive=progressive)
+    data = plain + TRAILERS[trailer]
+    assert b"\xff\xd9" not in data[-1024:] or trailer == "second_jpeg"  # no end marker near the file's end
+    header = check_frame(data)
+    assert header.end == len(plain)  # where the image data really ends
+    np.testing.assert_array_equal(decode_frame(data), decode_frame(plain))
+    # The windowed path decodes with the header the batch carries (no end): the decoder stops at EOI.
+    np.testing.assert_array_equal(decode_checked(data, dataclasses.replace(header, end=None)), decode_frame(plain))
+    small, w, h = decode_resized(data, 24, 32)
+    assert (w, h) == (128, 96)
+    np.testing.assert_array_equal(small, decode_resized(plain, 24, 32)[0])
+
+
+def test_progressive_jpeg_has_several_scans() -> None:
+    """The progressive frames above really hold several scans (so the walk crosses from scan to scan)."""
+    assert _photo(progressive=True).count(b"\xff\xda") > 2
+    assert _photo().count(b"\xff\xda") == 1
+
+
+def test_png_padded_after_iend_decodes() -> None:
+    img = noise(20, 30)
+    plain = encode(img, ".png")
+    for pad in (bytes(4096), b"\xff" * 3000, _fake_mp4(2048)):
+        data = plain + pad
+        header = check_frame(data)
+        assert header.end == len(plain)
+        np.testing.assert_array_equal(decode_frame(data), img[..., ::-1])
+        np.testing.assert_array_equal(decode_checked(data, dataclasses.replace(header, end=None)), img[..., ::-1])
+
+
+CUT_FRACTIONS = [float(f) for f in np.linspace(0.005, 0.999, 61)]
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["cut", "cut_then_zeros"])
+@pytest.mark.parametrize("kind", ["jpeg", "progressive", "jpeg_exif", "png", "png_many_idat", "png_exif"])
+def test_cut_short_anywhere_is_refused(kind: str, padded: bool) -> None:
+    """A file cut anywhere before the end of its image data is refused, wherever the cut falls: in the
+    header, inside a segment or chunk, inside a scan, between scans, inside the end marker; also when
+    zeros fill the rest of its length (a preallocated download that stopped)."""
+    img = noise(48, 64, seed=2)
+    whole = {
+        "jpeg": _photo(),
+        "progressive": _photo(progressive=True),
+        "jpeg_exif": _with_exif(img, "JPEG", 6, quality=90),
+        "png": encode(img, ".png"),
+        "png_many_idat": _png_in_chunks(img, 97),
+        "png_exif": _with_exif(img, "PNG", 3),
+    }[kind]
+    assert decode_frame(whole).ndim == 3 and decode_frame(whole + bytes(1000)).ndim == 3
+    cuts = sorted({int(len(whole) * f) for f in CUT_FRACTIONS} | {len(whole) - 1, len(whole) - 2, 1, 2, 8, 20})
+    if padded and kind.startswith("png"):  # zeros in IEND's checksum alone leave every pixel there: it decodes
+        cuts = [c for c in cuts if c < len(whole) - 4]
+    for cut in cuts:
+        data = whole[:cut] + (bytes(len(whole) - cut) if padded else b"")
+        with pytest.raises(FrameError) as ei:
+            decode_frame(data)
+        assert ei.value.stage == "decode"
+        assert "truncated" in ei.value.reason or "not a recognised image" in ei.value.reason, (cut, ei.value.reason)
+
+
+def _png_in_chunks(img: np.ndarray, size: int) -> bytes:
+    """A PNG whose image data is split into IDAT chunks of ``size`` bytes (as large PNGs are)."""
+    raw = encode(img, ".png")
+    ihdr = raw[8:33]
+    idat = b"".join(
+        raw[p + 8 : p + 8 + struct.unpack(">I", raw[p : p + 4])[0]]
+        for p in _chunk_offsets(raw)
+        if raw[p + 4 : p + 8] == b"IDAT"
+    )
+    chunks = b"".join(png_chunk(b"IDAT", idat[i : i + size]) for i in range(0, len(idat), size))
+    return PNG_SIG + ihdr + chunks + png_chunk(b"IEND", b"")
+
+
+def _chunk_offsets(png: bytes) -> list[int]:
+    out, pos = [], 8
+    while pos < len(png):
+        out.append(pos)
+        pos += 12 + struct.unpack(">I", png[pos : pos + 4])[0]
+    return out
+
+
+def test_the_end_check_is_cheap_on_a_large_jpeg() -> None:
+    """A 1024x2048 photo's header and end-of-data walk reads its 0xFF bytes through a compiled search,
+    not byte by byte in Python: tens of thousands of them, yet a handful of Python steps."""
+    from segray.frames import decode
+
+    data = _jpeg(1024, 2048)
+    calls = 0
+    search = decode._JPEG_MARKER
+
+    class Counting:
+        def search(self, buf: bytes, pos: int) -> re.Match[bytes] | None:
+            nonlocal calls
+            calls += 1
+            return search.search(buf, pos)
+
+    decode._JPEG_MARKER = Counting()  # type: ignore[assignment]
+    try:
+        header = check_frame(data)
+    finally:
+        decode._JPEG_MARKER = search
+    assert header.end == len(data) and data.count(b"\xff") > 1000
+    assert calls < 20, calls  # one per marker segment, one per scan
+
+
+# --- no process-wide state ---------------------------------------------------------------------------
+
+
+class _Recorder(types.ModuleType):
+    """A module class that records every attribute set on the module (``module.X = ...``)."""
+
+    writes: list[str] = []
+
+    def __setattr__(self, name: str, value: object) -> None:
+        _Recorder.writes.append(f"{self.__name__}.{name}")
+        super().__setattr__(name, value)
+
+
+def _other_formats() -> dict[str, bytes]:
+    """Formats whose header PIL's plugins read: a normal frame each, and a BMP bomb."""
+    bmp = bytearray(encode(noise(4, 4), ".bmp"))
+    bmp[18:26] = struct.pack("<ii", 100_000, 100_000)  # BITMAPINFOHEADER width, height
+    return {"bmp": encode(noise(9, 7), ".bmp"), "tiff": encode(noise(5, 11), ".tiff"), "bmp_bomb": bytes(bmp)}
+
+
+def test_reading_headers_changes_no_process_wide_setting() -> None:
+    """No module-level setting of PIL or of the warnings machinery is written while frames of every
+    kind (PNG, JPEG, BMP, TIFF, bombs, broken files) are checked and decoded."""
+    import warnings
+
+    from PIL import Image
+
+    frames = [
+        encode(noise(8, 8), ".png"),
+        _jpeg(32, 48, exif_orientation=6),
+        png_declaring(100_000, 100_000),
+        jpeg_declaring(65_000, 65_000),
+        b"not an image",
+        *_other_formats().values(),
+    ]
+    Image.init()  # PIL's own one-time plugin import, as Image.open does it
+    modules = (Image, warnings)
+    originals = [m.__class__ for m in modules]
+    _Recorder.writes = []
+    try:
+        for m in modules:
+            m.__class__ = _Recorder
+        for data in frames:
+            with contextlib.suppress(FrameError):
+                decode_frame(data)
+            header_size(data)
+    finally:
+        for m, cls in zip(modules, originals, strict=True):
+            types.ModuleType.__setattr__(m, "__class__", cls)  # not recorded
+    assert _Recorder.writes == []
+    # The recorder sees such writes: the check can fail.
+    try:
+        Image.__class__ = _Recorder
+        Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+    finally:
+        types.ModuleType.__setattr__(Image, "__class__", types.ModuleType)
+    assert _Recorder.writes == ["PIL.Image.MAX_IMAGE_PIXELS"]
+
+
+def test_concurrent_decodes_beside_pil_users() -> None:
+    """8 threads decode bombs and normal frames of every format while other threads open images with
+    PIL: each frame gets its own right answer, and PIL's bomb limit is never seen changed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
+    Image.init()  # PIL's plugins imported first: PIL's own first-time import is not what this checks
     before = Image.MAX_IMAGE_PIXELS
-    bomb, small = png_declaring(100_000, 100_000), encode(noise(8, 8), ".png")
+    others = _other_formats()
+    cases: list[tuple[bytes, str]] = [
+        (png_declaring(100_000, 100_000), "declares 100000x100000"),
+        (jpeg_declaring(65_000, 65_000), "declares 65000x65000"),
+        (others["bmp_bomb"], "declares 100000x100000"),
+        (encode(noise(8, 8), ".png"), "(8, 8, 3)"),
+        (_jpeg(32, 48, exif_orientation=6), "(48, 32, 3)"),
+        (others["bmp"], "(9, 7, 3)"),
+        (others["tiff"], "(5, 11, 3)"),
+        (_photo()[:2000], "truncated JPEG"),
+    ]
+    seen: set[object] = set()
+    done = threading.Event()
+    normal = encode(noise(30, 40), ".png")
 
-    def check(i: int) -> str:
-        if i % 2:
-            return str(decode_frame(small).shape)
+    def pil_user() -> int:
+        opened = 0
+        while not done.is_set():
+            seen.add(Image.MAX_IMAGE_PIXELS)
+            with Image.open(io.BytesIO(normal)) as im:  # PIL's own bomb check reads the limit here
+                im.load()
+                assert im.size == (40, 30)
+            opened += 1
+        return opened
+
+    def check(i: int) -> bool:
+        data, expected = cases[i % len(cases)]
         try:
-            decode_frame(bomb)
+            got = str(decode_frame(data).shape)
         except FrameError as e:
-            return e.reason
-        return "decoded"
+            got = e.reason
+        return expected in got
 
-    with ThreadPoolExecutor(8) as pool:
-        reasons = list(pool.map(check, range(4000)))
-    assert before == Image.MAX_IMAGE_PIXELS
-    assert set(reasons[1::2]) == {"(8, 8, 3)"}
-    odd = {r for r in reasons[::2] if "declares 100000x100000" not in r}
-    assert not odd, f"bombs refused for another reason: {sorted(odd)[:3]}"
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often, so an interleaving that can happen does
+    try:
+        with ThreadPoolExecutor(2) as users:
+            opens = [users.submit(pil_user) for _ in range(2)]
+            try:
+                with ThreadPoolExecutor(8) as pool:
+                    right = list(pool.map(check, range(2400)))
+            finally:
+                done.set()
+            assert all(f.result() > 0 for f in opens)
+    finally:
+        sys.setswitchinterval(switch)
+    assert all(right), [cases[i % len(cases)][1] for i, ok in enumerate(right) if not ok][:5]
+    assert seen == {before} and before == Image.MAX_IMAGE_PIXELS
+
+
+# --- one header parse per frame through the pipeline ---------------------------------------------------
+
+
+def test_each_frame_header_is_read_once_on_its_way_through(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read stage's parse serves the resized path and the windowed path: the predictor decodes a
+    large frame with the header the batch carries, and every frame comes out as displayed."""
+    from segray.frames import decode
+    from segray.labelling.predict import Predictor
+    from segray.labelling.read import read_frames
+
+    frames = {
+        "resized.jpg": (_jpeg(96, 128, exif_orientation=6), (128, 96), 6),  # (bytes, displayed (h, w), orientation)
+        "windowed.jpg": (_jpeg(256, 384, exif_orientation=8), (384, 256), 8),  # above 2x the 64x64 input
+        "resized.png": (_with_exif(noise(30, 40), "PNG", 3), (30, 40), 3),
+        "plain.png": (encode(noise(20, 24), ".png"), (20, 24), 1),
+    }
+    for name, (data, _, _) in frames.items():
+        (tmp_path / name).write_bytes(data)
+    batch = {
+        "uri": np.array([str(tmp_path / n) for n in frames], dtype=object),
+        "relative_path": np.array(list(frames), dtype=object),
+    }
+    predictor = Predictor(tiny_model, torch_threads=1)
+    parsed: list[int] = []
+    real = decode.read_header
+
+    def counted(data: bytes, to_end: bool = False) -> decode.Header:
+        parsed.append(len(data))
+        return real(data, to_end)
+
+    monkeypatch.setattr(decode, "read_header", counted)
+    out = predictor(read_frames(batch, {"height": 64, "width": 64}, DEFAULT_MAX_PIXELS, world_files=False))
+    assert sorted(parsed) == sorted(len(d) for d, _, _ in frames.values())  # one parse each
+    assert list(out["error"]) == [""] * 4
+    assert out["windowed"].tolist() == [False, True, False, False]
+    assert out["exif_orientation"].tolist() == [o for _, _, o in frames.values()]
+    for i, (_, shown, _) in enumerate(frames.values()):
+        assert out["mask"][i].shape == shown
+        assert (int(out["height"][i]), int(out["width"][i])) == shown

@@ -15,6 +15,7 @@ from test_cli import run
 
 from segray.frames.decode import decode_resized
 from segray.labelling.device_decode import decode_jpegs
+from segray.labelling.device_decode import orient as device_orient
 from segray.labelling.predict import Predictor
 from segray.labelling.read import read_frames
 
@@ -93,3 +94,36 @@ def test_the_job_refuses_gpu_decoding_on_a_cluster_without_gpus(
     )  # fmt: skip
     assert code == 2 and "--decode gpu: the inference actors get no GPU" in text, text
     assert not (tmp_path / "out" / "stats").exists()
+
+
+def jpeg_turned(orientation: int, size: tuple[int, int] = (96, 160)) -> bytes:
+    """A JPEG stored ``size`` (height, width) whose EXIF says how to turn it for display."""
+    rng = np.random.default_rng(orientation)
+    small = rng.integers(0, 256, (size[0] // 16, size[1] // 16, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC).save(buf, format="JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_device_decoded_frames_are_turned_as_the_cpu_path_turns_them(orientation: int) -> None:
+    """nvJPEG (and torchvision's decoder on any device) ignores EXIF: the frame is turned as its header
+    says, from the read stage's orientation or from its own header segments, as the CPU decoder does."""
+    from segray.frames.decode import check_frame, orient
+
+    data = jpeg_turned(orientation)
+    assert check_frame(data).orientation == orientation
+    cpu, w, h = decode_resized(data, H, W)
+    assert (w, h) == ((160, 96) if orientation < 5 else (96, 160))
+    found, errors = decode_jpegs([data], torch.device("cpu"), H, W)
+    told, _ = decode_jpegs([data], torch.device("cpu"), H, W, orientations=[orientation])
+    assert errors == [None]
+    assert torch.equal(found, told)
+    diff = np.abs(found[0].permute(1, 2, 0).numpy().astype(np.int16) - cpu.astype(np.int16))
+    assert diff.mean() < 3, diff.mean()
+    # The same rotation, array for array: the tensor turn is the array turn.
+    stored = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    turned = device_orient(torch.from_numpy(stored).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(turned, orient(stored, orientation))

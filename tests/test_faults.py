@@ -212,3 +212,34 @@ def test_s3_outage_mid_run_is_ridden_out(tmp_path: Path, tiny_model: str, s3: Se
     again = run_label_job(LabelOptions(model=tiny_model, input=f"{s3_prefix}/in", output=out))
     assert (again.labelled, again.failed, again.skipped_done) == (0, 0, len(frames))
     assert np.isclose(read_table(out, "stats").num_rows, len(frames))
+
+
+def test_sigterm_stops_the_driver_cleanly_then_a_rerun_finishes_exactly_once(tmp_path: Path, tiny_model: str) -> None:
+    """SIGTERM (``ray job stop``, a scheduler's timeout, ``kill``) to a labelling driver: exit 143 with
+    one line saying so, no C++ stack dump or abort, the output's lease released (not left to lapse)."""
+    from segray.labelling.lease import read_lease
+
+    write_frames(tmp_path / "in", [(48, 64)] * 160)
+    frames = frame_set(tmp_path / "in")
+    out = tmp_path / "out"
+    driver = subprocess.Popen(label_script(tiny_model, tmp_path / "in", out), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: stats_parts(str(out)) >= 1 or driver.poll() is not None, 300, "no output within 300 s")
+    assert driver.poll() is None, "the driver finished before SIGTERM: make the run longer"
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err[-3000:]
+    for dump in ("SIGTERM received", "Stack trace", "SIGABRT", "core dumped", "Traceback"):
+        assert dump not in err, err[-3000:]
+    assert "segray: stopped by SIGTERM; what was written is kept, and rerunning the same command finishes" in err
+    lease = read_lease(str(out))
+    assert lease is not None and lease.released and lease.pid == driver.pid
+    partial = read_table(str(out), "stats").num_rows
+    assert 0 < partial < len(frames)
+    rerun = subprocess.run(label_script(tiny_model, tmp_path / "in", out), capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "took over the lease" not in rerun.stderr  # released at once, not lapsed
+    already = len(frames) - int(rerun.stdout.split(" labelled")[0].rsplit(" ", 1)[-1])
+    assert f"{already} already done" in rerun.stdout and already >= partial
+    assert_exactly_once(str(out), frames)

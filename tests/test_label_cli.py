@@ -116,3 +116,25 @@ def test_model_info_reads_an_s3_artifact_without_its_weights(
     assert len(info["label_map"]["classes"]) == 11 and info["recipe"] is None
     code, text = run(capsys, "model", "info", f"{s3_prefix}/models/none")
     assert code == 2 and "no such model artifact" in text
+
+
+def test_compact_beside_a_run_says_why_it_stops_and_changes_nothing(
+    tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segray.labelling.lease import OutputLease
+
+    write_frames(tmp_path / "frames", [(60, 80)] * 2)
+    out = str(tmp_path / "labels")
+    assert run(capsys, "label", "--model", tiny_model, "--input", str(tmp_path / "frames"), "--output", out)[0] == 0
+    before = sorted(every_file(out))
+    with OutputLease(out, "run-busy"):
+        code, text = run(capsys, "compact", out)
+        assert sorted(p for p in every_file(out) if not p.endswith("_lease.json")) == sorted(
+            p for p in before if not p.endswith("_lease.json")
+        )
+    assert code == 2, text
+    assert f"{out} is being written by run run-busy (label, host" in text
+    assert "would label frames twice" not in text
+    assert "Compaction rewrites stats/ and instances/ and then deletes the parts it read" in text
+    assert "it stops here and changes nothing" in text and f"Run `segray compact {out}` once that run ends" in text
+    assert "its lease lapses 60 s after its last heartbeat" in text

@@ -276,3 +276,58 @@ def test_camvid_val(tmp_path: Path) -> None:
     n = len(list(val.glob("*.png")))
     assert (s.labelled, s.failed) == (n, 0)
     check_outputs(str(out), {p.name: (360, 480) for p in val.glob("*.png")})
+
+
+def test_frames_are_labelled_as_displayed(tmp_path: Path, tiny_model: str) -> None:
+    """A photo stored 480x360 with EXIF orientation 6 is labelled as shown, 360 wide and 480 high
+    (in windows: above twice the model input), as its upright twin is; a small PNG with eXIf
+    orientation 8 too (resized); the stats say which orientation each frame had, and an output's
+    older parts, written without that column, still read beside the new ones."""
+    import segray
+
+    rng = np.random.default_rng(4)
+    upright = cv2.resize(rng.integers(0, 256, (24, 18, 3), dtype=np.uint8), (360, 480), interpolation=cv2.INTER_CUBIC)
+    icon = cv2.resize(rng.integers(0, 256, (4, 3, 3), dtype=np.uint8), (30, 40), interpolation=cv2.INTER_CUBIC)
+    (tmp_path / "in").mkdir()
+
+    def save(name: str, rgb: np.ndarray, fmt: str, orientation: int | None) -> None:
+        extra = {"quality": 95} if fmt == "JPEG" else {}
+        if orientation:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            extra["exif"] = exif
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp_path / "in" / name, format=fmt, **extra)
+
+    save("phone.jpg", np.rot90(upright, 1), "JPEG", 6)  # stored turned back: 480 wide, 360 high
+    save("upright.jpg", upright, "JPEG", None)
+    save("icon.png", np.rot90(icon, -1), "PNG", 8)  # stored 40 wide, 30 high
+    out = str(tmp_path / "out")
+    s = run_label_job(LabelOptions(model=tiny_model, input=str(tmp_path / "in"), output=out))
+    assert (s.labelled, s.failed, s.windowed) == (3, 0, 2)
+    check_outputs(out, {"phone.jpg": (480, 360), "upright.jpg": (480, 360), "icon.png": (40, 30)})
+    rows = {r["relative_path"]: r for r in segray.read_stats(out).to_pylist()}
+    assert {k: (r["width"], r["height"], r["exif_orientation"]) for k, r in rows.items()} == {
+        "phone.jpg": (360, 480, 6),
+        "upright.jpg": (360, 480, 1),
+        "icon.png": (30, 40, 8),
+    }
+    masks = {}
+    for name in ("phone.jpg", "upright.jpg"):
+        with Image.open(tmp_path / "out" / "masks" / f"{name}.png") as im:
+            assert im.size == (360, 480)
+            masks[name] = np.asarray(im)
+    assert (masks["phone.jpg"] == masks["upright.jpg"]).mean() > 0.95  # the same picture, labelled alike
+
+    # A part written before the column existed: read_stats fills it with nulls, whole or by columns.
+    part = next((tmp_path / "out" / "stats").glob("part-*.parquet"))
+    older = pq.read_table(part).slice(0, 1).drop_columns(["exif_orientation"])
+    older = older.set_column(older.schema.get_field_index("relative_path"), "relative_path", pa.array(["old.jpg"]))
+    pq.write_table(older, tmp_path / "out" / "stats" / "part-older.parquet")
+    table = segray.read_stats(out)
+    assert dict(zip(table["relative_path"].to_pylist(), table["exif_orientation"].to_pylist(), strict=True)) == {
+        "phone.jpg": 6,
+        "upright.jpg": 1,
+        "icon.png": 8,
+        "old.jpg": None,
+    }
+    assert segray.read_stats(out, columns=["relative_path", "exif_orientation"]).num_rows == 4

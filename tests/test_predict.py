@@ -12,26 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segray.labelling import predict
 from segray.labelling.predict import Predictor, mean_confidence, upsample_argmax
 from segray.models.artifact import ArtifactError, ModelArtifact, read_info
 from segray.models.preprocessing import Preprocessing
 
 
 @pytest.mark.parametrize("size", [(37, 91), (360, 480), (5, 3)])
-def test_striped_and_whole_resizing_agree_with_interpolate(
-    size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_batched_resizing_equals_interpolate(size: tuple[int, int]) -> None:
     logits = torch.randn(2, 5, 16, 24, generator=torch.Generator().manual_seed(0))
     ref_mask = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).numpy()
-    whole = upsample_argmax(logits.contiguous(memory_format=torch.channels_last), *size)
-    monkeypatch.setattr(predict, "STRIPE_BYTES", 5 * size[1] * 4 * 2)  # two rows per stripe
-    striped = upsample_argmax(logits, *size)
-    for mask, counts in (whole, striped):
-        assert mask.shape == (2, *size) and mask.dtype == np.uint8
-        assert (mask == ref_mask).mean() > 0.999  # ties at float precision aside
-        # The counts are those of the mask returned (computed beside it, on the logits' device).
-        assert [np.bincount(m.ravel(), minlength=5).tolist() for m in mask] == counts.tolist()
+    mask, counts = upsample_argmax(logits.contiguous(memory_format=torch.channels_last), *size)
+    assert mask.shape == (2, *size) and mask.dtype == np.uint8
+    assert (mask == ref_mask).all()
+    # The counts are those of the mask returned (computed beside it, on the logits' device).
+    assert [np.bincount(m.ravel(), minlength=5).tolist() for m in mask] == counts.tolist()
 
 
 def test_mean_confidence_is_mean_max_softmax() -> None:
@@ -63,14 +57,6 @@ def test_predictor_batch_keeps_failed_rows(tiny_model: str) -> None:
     assert out["class_pixels"][0].sum() == 48 * 64 and out["class_pixels"][1].sum() == 0
     assert np.isnan(out["mean_confidence"][1]) and 0 < out["mean_confidence"][0] <= 1
     assert out["windowed"].tolist() == [False, False, False]
-
-
-def test_groups_larger_than_one_chunk_are_resized_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    logits = torch.randn(5, 3, 8, 10, generator=torch.Generator().manual_seed(2))
-    ref = F.interpolate(logits, size=(20, 30), mode="bilinear", align_corners=False).argmax(1).numpy()
-    monkeypatch.setattr(predict, "STRIPE_BYTES", 2 * 3 * 20 * 30 * 4)  # two frames per chunk
-    masks, counts = upsample_argmax(logits, 20, 30)
-    assert (masks == ref).all() and (counts.sum(axis=1) == 20 * 30).all()
 
 
 def test_flip_averaging_artifact_predicts_the_mean_of_both_views(tiny_model: str, tmp_path: Path) -> None:

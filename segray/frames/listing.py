@@ -1,4 +1,5 @@
-"""Which frames a job sees: a folder/prefix listed recursively, or a manifest (Parquet/CSV).
+"""Which frames a job sees: a folder/prefix listed recursively (symbolic links under a folder are not
+followed), or a manifest (Parquet/CSV).
 
 Each frame gets a ``relative_path``: its path under the input root (or the manifest's own
 ``relative_path`` column, else the URI's path). Output keys are derived from it, so it is checked
@@ -7,6 +8,7 @@ here to stay inside the output prefix: no ``..``, no absolute paths, no control 
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import re
 from collections.abc import Callable
@@ -16,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from segray import storage
+
+log = logging.getLogger("segray.listing")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_SUFFIXES = (".parquet", ".csv")
@@ -45,12 +49,17 @@ def uri_of(input_uri: str, fs_path: str) -> str:
 def list_folder(input_uri: str, sidecars: dict[str, Callable[[str], list[str]]] | None = None) -> pa.Table:
     """All image files under a folder or S3 prefix: columns ``uri``, ``relative_path``.
 
+    Symbolic links under a local folder are not followed (:func:`segray.storage.list_tree`): each
+    frame is listed once, under its own path, and nothing outside the folder is read. The links that
+    would have led to frames are logged once, with the way to label what they point at.
+
     ``sidecars`` maps a column name to the names a frame's companion file may have, best first
     (e.g. world files): the column holds the URI of the first one the same listing holds, or null.
     One listing answers for every frame, where looking beside each frame costs a request per name.
     """
     _, root = storage.resolve(input_uri)
-    listed = storage.list_files(input_uri, None if sidecars else IMAGE_SUFFIXES)
+    listing = storage.list_tree(input_uri, None if sidecars else IMAGE_SUFFIXES)
+    listed = listing.paths
     paths = [p for p in listed if p.lower().endswith(IMAGE_SUFFIXES)] if sidecars else listed
     rels = [posixpath.relpath(p, root) for p in paths]
     cols: dict[str, list[Any]] = {"uri": [uri_of(input_uri, p) for p in paths], "relative_path": rels}
@@ -58,7 +67,41 @@ def list_folder(input_uri: str, sidecars: dict[str, Callable[[str], list[str]]] 
     for column, names in (sidecars or {}).items():
         firsts = (next((c for c in names(p) if c in present), None) for p in paths)
         cols[column] = [None if c is None else uri_of(input_uri, c) for c in firsts]
+    if listing.links:
+        _report_links(input_uri, root, listing.links, paths, sidecars)
     return pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
+
+
+def _report_links(
+    input_uri: str,
+    root: str,
+    links: list[storage.SkippedLink],
+    frames: list[str],
+    sidecars: dict[str, Callable[[str], list[str]]] | None,
+) -> None:
+    """One warning for the links that lead to frames, folders or a listed frame's companion file."""
+
+    def leads_to_frames(link: storage.SkippedLink) -> bool:
+        return link.folder or link.path.lower().endswith(IMAGE_SUFFIXES)
+
+    companions: set[str] = set()
+    if sidecars and not all(leads_to_frames(link) for link in links):
+        # The names a listed frame's companion file (a world file, say) may have.
+        companions = {c for names in sidecars.values() for p in frames for c in names(p)}
+    skipped = [link for link in links if leads_to_frames(link) or link.path in companions]
+    if not skipped:
+        return
+    examples = ", ".join(f"{posixpath.relpath(link.path, root)} -> {link.target}" for link in skipped[:2])
+    log.warning(
+        "%s: %d symbolic link%s not followed (%s%s): links under the input are skipped, so each frame is "
+        "labelled once and nothing outside the input is read. To label what a link points at, point --input "
+        "at its target or list the files in a manifest",
+        input_uri,
+        len(skipped),
+        "" if len(skipped) == 1 else "s",
+        examples,
+        ", ..." if len(skipped) > 2 else "",
+    )
 
 
 def relative_path_from_uri(uri: str) -> str:

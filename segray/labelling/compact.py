@@ -4,7 +4,8 @@
 A nightly output of 1M frames written in 128-row parts is about 8k files, and every reader and every
 S3 LIST pays for each. Compaction:
 
-1. takes the output's lease (:mod:`segray.labelling.lease`), so no labelling run writes meanwhile;
+1. takes the output's lease (:mod:`segray.labelling.lease`), so no labelling run writes meanwhile (and
+   refuses, changing nothing, while a run holds it: step 4 would delete parts that run adds to);
 2. reads the key columns of every part and picks one row per (relative_path, model_id), as the
    readers do (:mod:`segray.labelling.reader`);
 3. writes the kept rows, sorted by model and path, as ``stats/compact-<id>-<n>.parquet`` files of at
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from segray import storage
-from segray.labelling.lease import OutputLease
+from segray.labelling.lease import LeaseHeld, OutputLease, read_lease
 from segray.labelling.reader import (
     INSTANCE_KEY,
     KEY,
@@ -79,7 +80,11 @@ def compact(output: str, rows_per_file: int = DEFAULT_ROWS_PER_FILE) -> CompactS
     storage.check_writable(output)
     started = time.time()
     compact_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    with OutputLease(output, f"compact-{compact_id}", purpose="compact") as lease:
+    try:
+        lease = OutputLease(output, f"compact-{compact_id}", purpose="compact").acquire()
+    except LeaseHeld as e:
+        raise LeaseHeld(_refusal(output, e)) from e
+    try:
         parts = stats_parts(output)
         fs = storage.resolve(storage.join(output, "stats"))[0]
         keys = scan_keys(fs, parts)
@@ -98,9 +103,27 @@ def compact(output: str, rows_per_file: int = DEFAULT_ROWS_PER_FILE) -> CompactS
         keep = {storage.resolve(u)[1] for u in [*written, *inst_written]}
         with ThreadPoolExecutor(DELETE_THREADS) as pool:
             list(pool.map(fs.delete_file, [p for p in [*parts, *inst_parts] if p not in keep]))
+    finally:
+        lease.release()
     log.info("%s: stats compacted from %d parts to %d files in %.1f s", output, len(parts), len(written),
              summary.seconds)  # fmt: skip
     return summary
+
+
+def _refusal(output: str, held: LeaseHeld) -> str:
+    """Why compaction does not run beside the run that holds ``output``, and when to run it."""
+    record = read_lease(output)
+    if record is None or record.is_free():  # released between the refusal and this read
+        return f"{held} Run `segray compact {output}` again."
+    expires = datetime.fromtimestamp(record.heartbeat_at + record.ttl_s, timezone.utc).strftime("%H:%M:%S UTC")
+    return (
+        f"{output} is being written by {record.describe()}, last heartbeat {record.age():.0f} s ago. Compaction "
+        "rewrites stats/ and instances/ and then deletes the parts it read, so beside a run that is still adding "
+        "parts it could delete rows written meanwhile (an instance model's instances/ rows) with no copy kept; it "
+        f"stops here and changes nothing. Run `segray compact {output}` once that run ends (`segray runs {output}` "
+        f"shows who holds the output); if that run is dead, its lease lapses {record.ttl_s:.0f} s after its last "
+        f"heartbeat ({expires})."
+    )
 
 
 def _write_compacted(

@@ -2,26 +2,53 @@
 
 On a GPU node the CPU side of a frame is mostly its JPEG decode; nvJPEG (through
 ``torchvision.io.decode_jpeg(..., device="cuda")``) decodes a batch on the GPU, where the frame is
-then resized to the model input (area averaging when shrinking, as the CPU path does). A frame the GPU decoder
+then turned as its EXIF orientation says (nvJPEG ignores EXIF, and torchvision applies it on the CPU only)
+and resized to the model input (area averaging when shrinking, as the CPU path does). A frame the GPU decoder
 refuses (CMYK, arithmetic coding, a corrupt body) is decoded by the CPU decoder instead, frame by
 frame, and one that neither can decode becomes an error row, as with CPU decoding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_resized
+from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_resized, read_header
+
+
+def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (..., H, W) image as stored -> as displayed under EXIF ``orientation`` (1-8), as
+    segray.frames.decode.orient turns an (H, W, 3) array (views: no copy)."""
+    if orientation >= 5:  # 5 transposes; 6 (clockwise), 7 (transverse) and 8 (anticlockwise) are flips of it
+        img = img.transpose(-1, -2)
+    flips = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(orientation)
+    return img.flip(flips) if flips else img
+
+
+def _orientation(data: bytes) -> int:
+    try:
+        return read_header(data).orientation
+    except FrameError:
+        return 1  # the decoders say what is wrong with it
 
 
 def decode_jpegs(
-    datas: list[bytes], device: torch.device, height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    datas: list[bytes],
+    device: torch.device,
+    height: int,
+    width: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    orientations: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, list[tuple[str, str] | None]]:
-    """Encoded JPEGs -> ((N, 3, height, width) uint8 on ``device``, per frame None or (stage, reason))."""
+    """Encoded JPEGs -> ((N, 3, height, width) uint8 on ``device`` as displayed, per frame None or
+    (stage, reason)). ``orientations``: each frame's EXIF orientation as the read stage found it
+    (segray.frames.decode.Header); else read from each frame's header segments (not its image data)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     n = len(datas)
+    turns = list(orientations) if orientations is not None else [_orientation(d) for d in datas]
     out = torch.zeros((n, 3, height, width), dtype=torch.uint8, device=device)
     errors: list[tuple[str, str] | None] = [None] * n
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
@@ -44,6 +71,7 @@ def decode_jpegs(
                 continue
             out[i] = torch.from_numpy(rgb).permute(2, 0, 1).to(device)
             continue
+        img = orient(img, int(turns[i]))
         if tuple(img.shape[1:]) == (height, width):
             out[i] = img
             continue

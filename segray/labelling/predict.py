@@ -5,8 +5,9 @@ from what torch sees, not from what Ray granted, so a fake-GPU or driverless nod
 BatchNorm is folded into the convolutions (segray.models.fusion): same outputs, 6-17% less time on CPU.
 An artifact whose preprocessing asks for flip averaging gets it here, so every caller (labelling,
 tiles, evaluation, comparison) predicts as the artifact's metrics were measured.
-Logits are resized back to each frame's own size (in horizontal stripes when large), so a frame's
-extra memory is bounded by ``STRIPE_BYTES`` plus its uint8 mask, whatever its size.
+Masks are made at each frame's own size from the model-size logits (segray.tiles.upsample): the
+argmax of bilinearly resized logits, without resizing them, so a frame costs its uint8 mask and a
+few values per pixel on its class boundaries, whatever its size.
 
 Frames the read stage left encoded (larger than the tiling threshold) are decoded here, one at a
 time, and labelled in overlapping windows at native resolution, ``batch_size`` windows per model
@@ -21,22 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError, decode_frame
+from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError
+from segray.labelling.read import decode_left_encoded
 from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
 from segray.models.precision import amp_dtype
 from segray.models.preprocessing import forward, normalise, pixel_stats
+from segray.tiles.upsample import masks_from_logits
 from segray.tiles.windows import TileSpec, label_tile
 
 log = logging.getLogger(__name__)
-
-#: Upper bound on the float32 logits held at full resolution while resizing one frame on a CPU
-#: (the actor's memory is the node's); on a GPU the bound is larger, so that a 1024x2048 frame's
-#: logits (92 MB at 11 classes) are resized in one call rather than in stripes.
-STRIPE_BYTES = 64 * 2**20
-GPU_STRIPE_BYTES = 1024 * 2**20
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -58,44 +54,10 @@ def mean_confidence(logits: torch.Tensor, stride: int = CONFIDENCE_STRIDE) -> np
 
 def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, C, h, w) logits of same-sized frames -> (N, height, width) uint8 class masks and their
-    (N, C) int64 class counts, both computed where the logits are (on the GPU when there is one),
-    so only the uint8 masks cross to the host.
-
-    Bilinear resampling of the logits (``align_corners=False``), then argmax. Frames are resized
-    together in chunks whose full-size logits fit in ``STRIPE_BYTES`` (channels-last, the fast
-    layout on CPU and GPU); a frame too large for that goes through ``grid_sample`` (the same
-    sampling) one stripe of rows at a time, so it costs its uint8 mask plus at most ``STRIPE_BYTES``.
-    """
-    n, c = logits.shape[:2]
-    src = logits.float()
-    frame_bytes = c * height * width * 4
-    limit = GPU_STRIPE_BYTES if logits.device.type == "cuda" else STRIPE_BYTES
-    per_chunk = limit // frame_bytes
-    counts = torch.zeros((n, c), dtype=torch.int64, device=logits.device)
-    if per_chunk >= 1:
-        masks = []
-        for i in range(0, n, per_chunk):
-            up = F.interpolate(src[i : i + per_chunk], size=(height, width), mode="bilinear", align_corners=False)
-            m = up.argmax(dim=1).to(torch.uint8)
-            for k in range(m.shape[0]):
-                counts[i + k] = torch.bincount(m[k].flatten(), minlength=c)[:c]
-            masks.append(m.cpu().numpy())
-        return np.concatenate(masks), counts.cpu().numpy()
-    dev = logits.device
-    out = np.empty((n, height, width), dtype=np.uint8)
-    rows = max(1, limit // (c * width * 4))
-    xs = (torch.arange(width, device=dev, dtype=torch.float32) * 2 + 1) / width - 1
-    for i in range(n):
-        for y0 in range(0, height, rows):
-            y1 = min(height, y0 + rows)
-            ys = (torch.arange(y0, y1, device=dev, dtype=torch.float32) * 2 + 1) / height - 1
-            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-            grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
-            part = F.grid_sample(src[i : i + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)
-            m = part[0].argmax(dim=0).to(torch.uint8)
-            counts[i] += torch.bincount(m.flatten(), minlength=c)[:c]
-            out[i, y0:y1] = m.cpu().numpy()
-    return out, counts.cpu().numpy()
+    (N, C) int64 class counts: the argmax of the logits resized bilinearly (``align_corners=False``),
+    computed without full-size logits (segray.tiles.upsample), where the logits are; only the
+    uint8 masks and the counts reach the host."""
+    return masks_from_logits(logits, height, width)
 
 
 class Predictor:
@@ -179,14 +141,22 @@ class Predictor:
         return forward(self.model, x, self.hflip_average)
 
     def _decode_on_device(
-        self, encoded: np.ndarray, on_device: np.ndarray, errors: np.ndarray, stages: np.ndarray
+        self,
+        encoded: np.ndarray,
+        on_device: np.ndarray,
+        errors: np.ndarray,
+        stages: np.ndarray,
+        orientations: np.ndarray | None = None,
     ) -> torch.Tensor:
         """The rows marked ``on_device`` decoded and resized on the device, in row order; a row that
-        fails becomes an error row and is unmarked (``on_device``, ``errors`` and ``stages`` change)."""
+        fails becomes an error row and is unmarked (``on_device``, ``errors`` and ``stages`` change).
+        ``orientations``: the read stage's EXIF orientation per row, so no header is read again."""
         from segray.labelling.device_decode import decode_jpegs
 
         rows = np.flatnonzero(on_device)
-        images, failed = decode_jpegs([bytes(encoded[i]) for i in rows], self.device, *self.input_size, self.max_pixels)
+        datas = [bytes(encoded[i]) for i in rows]
+        turns = None if orientations is None else [int(orientations[i]) for i in rows]
+        images, failed = decode_jpegs(datas, self.device, *self.input_size, self.max_pixels, turns)
         for i, f in zip(rows, failed, strict=True):
             if f is not None:
                 stages[i], errors[i] = f
@@ -207,7 +177,8 @@ class Predictor:
         stages = np.array([str(s) for s in batch["error_stage"]], dtype=object)
         encoded = batch["encoded"] if "encoded" in batch else np.full(n, b"", dtype=object)
         on_device = np.asarray(batch["on_device"], dtype=bool).copy() if "on_device" in batch else np.zeros(n, bool)
-        decoded = self._decode_on_device(encoded, on_device, errors, stages) if on_device.any() else None
+        turns = batch.get("exif_orientation")
+        decoded = self._decode_on_device(encoded, on_device, errors, stages, turns) if on_device.any() else None
         large = np.array([not errors[i] and len(encoded[i]) > 0 for i in range(n)], dtype=bool) & ~on_device
         ok = np.array([not e for e in errors], dtype=bool) & ~large
         masks = np.empty(n, dtype=object)
@@ -239,7 +210,7 @@ class Predictor:
                     int(batch["height"][i]),
                 )
             try:
-                rgb = decode_frame(bytes(encoded[i]), self.max_pixels)
+                rgb = decode_left_encoded(bytes(encoded[i]), batch, i, self.max_pixels)
             except FrameError as e:
                 errors[i], stages[i] = e.reason, e.stage
                 continue

@@ -3,7 +3,14 @@
 A frame that cannot be fetched or decoded stays in the batch with its ``error`` set (and a blank
 image), so it flows on to ``errors/`` instead of disappearing. A JPEG at least twice the model
 input is decoded at a reduced scale (segray.frames.decode.decode_resized); the mask is still
-written at the frame's own size.
+written at the frame's own size. Frames are labelled as displayed: a frame's EXIF orientation is
+applied by every decoder, and its width and height are the displayed ones.
+
+Each frame's header is parsed once, here (segray.frames.decode.check_frame): what later stages
+need of it travels in the batch (``width``, ``height``, ``exif_orientation``, ``frame_format``), so
+the windowed path decodes a large frame without reading its header again
+(:func:`decode_left_encoded`), and the GPU decoder can take each frame's orientation from the batch
+(segray.labelling.device_decode.decode_jpegs).
 
 Resized or windowed: a frame is resized to the model input unless either side is above
 ``tile_above`` x the matching side of the reference size: the frames the model was trained on
@@ -22,6 +29,7 @@ no request is spent looking; a manifest's frames are looked up one by one.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from segray import storage
-from segray.frames.decode import FrameError, check_frame, decode_resized
+from segray.frames.decode import FrameError, Header, check_frame, decode_checked, decode_frame, decode_resized
+from segray.labelling.stats import FORMAT_COLUMN, ORIENTATION_COLUMN
 from segray.models.preprocessing import Preprocessing
 from segray.tiles.pixel_size import MANIFEST_COLUMN, WORLD_FILE_COLUMN, pixel_area
 
@@ -51,6 +60,8 @@ class _Loaded:
     pixel_source: str = ""
     #: The encoded JPEG travels on to be decoded on the actor's GPU (``decode="gpu"``).
     on_device: bool = False
+    orientation: int = 1
+    format: str = ""
 
 
 def is_large(width: int, height: int, reference: tuple[int, int], tile_above: float) -> bool:
@@ -79,21 +90,36 @@ def _load_one(
         header = check_frame(data, max_pixels)
     except FrameError as e:
         return _Loaded(stage=e.stage, error=e.reason)
-    fmt, w, h = header
+    w, h = header.width, header.height  # as displayed
     tile_above, reference = tile_rule
     area_m2 = math.nan if area is None else area
+    told = {"orientation": header.orientation, "format": header.format}
     if is_large(w, h, reference, tile_above):
         # Decoded by the actor, the only place that needs the pixels.
-        return _Loaded(None, data, w, h, "", "", area_m2, source)
-    if decode == "gpu" and fmt == "JPEG":  # decoded on the GPU; other formats are decoded below
-        return _Loaded(None, data, w, h, "", "", area_m2, source, on_device=True)
+        return _Loaded(None, data, w, h, "", "", area_m2, source, **told)
+    if decode == "gpu" and header.format == "JPEG":  # decoded on the GPU; other formats are decoded below
+        return _Loaded(None, data, w, h, "", "", area_m2, source, on_device=True, **told)
     try:
         rgb, w, h = decode_resized(data, pre.height, pre.width, max_pixels, header)
     except FrameError as e:
         return _Loaded(stage=e.stage, error=e.reason)
     except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
         return _Loaded(stage="decode", error=f"{type(e).__name__}: {e}")
-    return _Loaded(rgb, b"", w, h, "", "", area_m2, source)
+    return _Loaded(rgb, b"", w, h, "", "", area_m2, source, **told)
+
+
+def decode_left_encoded(data: bytes, batch: Mapping[str, Any], i: int, max_pixels: int) -> np.ndarray:
+    """Row ``i``'s frame, which the read stage left encoded, as (height, width, 3) RGB as displayed.
+
+    The read stage checked its header: its format, size and orientation travel in the batch, so it is
+    decoded without a second parse. A batch built elsewhere, without them, gets every check of
+    segray.frames.decode.decode_frame.
+    """
+    fmt = str(batch[FORMAT_COLUMN][i]) if FORMAT_COLUMN in batch and ORIENTATION_COLUMN in batch else ""
+    if not fmt:
+        return decode_frame(data, max_pixels)
+    header = Header(fmt, int(batch["width"][i]), int(batch["height"][i]), int(batch[ORIENTATION_COLUMN][i]))
+    return decode_checked(data, header)
 
 
 def read_frames(
@@ -136,4 +162,6 @@ def read_frames(
     out["pixel_area_m2"] = np.array([r.pixel_area for r in results], dtype=np.float64)
     out["pixel_size_source"] = np.array([r.pixel_source for r in results], dtype=object)
     out["on_device"] = np.array([r.on_device for r in results], dtype=bool)
+    out[ORIENTATION_COLUMN] = np.array([r.orientation for r in results], dtype=np.int32)
+    out[FORMAT_COLUMN] = np.array([r.format for r in results], dtype=object)
     return out

@@ -58,8 +58,12 @@ def stats_parts(output: str) -> list[str]:
 
 
 def _read(fs: object, path: str, columns: list[str] | None) -> pa.Table:
+    """``columns`` the part lacks are left out (a column added to the schema after the part was
+    written): :func:`concat` fills them with nulls beside parts that have them."""
     with fs.open_input_file(path) as f:  # type: ignore[attr-defined]
-        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+        part = pq.ParquetFile(io.BytesIO(f.read()))
+        names = set(part.schema_arrow.names)
+        return part.read(columns=None if columns is None else [c for c in columns if c in names])
 
 
 def output_of(path: str, folder: str = "stats") -> str:

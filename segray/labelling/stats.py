@@ -9,7 +9,8 @@ it with no extra code (``SELECT sum(px_road) FROM 'out/stats/*.parquet'``).
 | source_uri | string | where the frame was read |
 | relative_path | string | the frame's path under the input root (the row's key) |
 | mask_path | string | the mask's path relative to the output root (``masks/<relative_path>.png``) |
-| width, height | int32 | the frame's own size (the mask's size) |
+| width, height | int32 | the frame's size as displayed, its EXIF orientation applied (the mask's size) |
+| exif_orientation | int32 | the frame's EXIF orientation (1-8), applied before labelling; 1 when it has none |
 | model_id | string | ``<name>@<weights sha256[:12]>`` |
 | px_<class> | int64 | pixels predicted as the class; they sum to width*height |
 | frac_<class> | float64 | px_<class> / (width*height); they sum to 1 |
@@ -55,6 +56,12 @@ import pyarrow.parquet as pq
 from segray.labels import LabelMap
 from segray.tiles.pixel_size import WORLD_FILE_COLUMN
 
+#: The frame's EXIF orientation (1-8; 1 = as stored, also when the frame has none): a stats column.
+ORIENTATION_COLUMN = "exif_orientation"
+#: The frame's format as its header names it ("JPEG", "PNG", ...), passed from the read stage to the
+#: decoders of later stages; not written.
+FORMAT_COLUMN = "frame_format"
+
 #: Columns the pipeline itself creates; anything else in a batch came from the manifest.
 PIPELINE_COLUMNS = {
     "uri",
@@ -74,6 +81,8 @@ PIPELINE_COLUMNS = {
     "on_device",
     "instances",
     "instance_counts",
+    ORIENTATION_COLUMN,
+    FORMAT_COLUMN,
     WORLD_FILE_COLUMN,
 }
 
@@ -117,6 +126,7 @@ def stats_schema(label_map: LabelMap, counts: bool = False) -> pa.Schema:
         ("mask_path", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        (ORIENTATION_COLUMN, pa.int32()),
         ("model_id", pa.string()),
     ]
     fields += [(f"px_{n}", pa.int64()) for n in label_map.names]

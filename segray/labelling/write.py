@@ -29,6 +29,7 @@ from segray.frames.listing import safe_relative_path
 from segray.labelling.stats import (
     ERRORS_SCHEMA,
     INSTANCES_SCHEMA,
+    ORIENTATION_COLUMN,
     passthrough_columns,
     stats_schema,
     to_parquet_bytes,
@@ -146,6 +147,12 @@ def write_outputs(
             "mask_path": [keys[i] for i in ok],
             "width": w.astype(np.int32),
             "height": h.astype(np.int32),
+            # A batch built without the read stage (a tool, a test) carries no orientation: as stored.
+            ORIENTATION_COLUMN: (
+                np.asarray(batch[ORIENTATION_COLUMN], dtype=np.int32)[ok]
+                if ORIENTATION_COLUMN in batch
+                else np.ones(len(ok), np.int32)
+            ),
             "model_id": [model_id] * len(ok),
         }
         for c, name in enumerate(lm.names):

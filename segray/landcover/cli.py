@@ -25,15 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_landcover(a: argparse.Namespace) -> int:
-    import os
-
-    import ray
-
+    from segray.cli import init_ray
     from segray.landcover.export import run_export
 
     by = [k.strip() for k in a.by.split(",") if k.strip()]
-    if not ray.is_initialized():
-        ray.init(address=a.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+    init_ray(a.address)
     s = run_export(a.stats, a.output, by, a.model_id)
     print(
         f"{s.groups} groups ({', '.join(s.by)}), {s.frames} frames, {s.frames_failed} failed, model {s.model_id} "

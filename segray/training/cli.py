@@ -33,8 +33,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    import os
-
     from segray.training.config import load_config
     from segray.training.job import run_training
 
@@ -49,10 +47,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         sys.stdout.write(cfg.to_yaml())
         return 0
     if not a.no_ray:
-        import ray
+        from segray.cli import init_ray
 
-        if not ray.is_initialized():
-            ray.init(address=a.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
+        init_ray(a.address)
     s = run_training(cfg, with_ray=not a.no_ray)
     if s.completed and s.task == "instance":
         print(
