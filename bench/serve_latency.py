@@ -5,7 +5,8 @@ and decode, one Predictor call, the mask PNG) one frame at a time, and with the 
 batches of 8 frames; (b) the Serve app on a local Ray over HTTP on loopback, at concurrency 1, 4
 and 16 (each client thread sends its next frame when the last is answered). Prints p50 and p99
 latency, frames/s, the mean model-call batch the replica formed, and each row's frames/s over (a)'s
-one-at-a-time figure. The HTTP client runs on the same cores as the server.
+one-at-a-time figure, then the replica's resident memory before and after the served rows. The
+HTTP client runs on the same cores as the server.
 
     python bench/serve_latency.py --frames ../shared/data/camvid/val --requests 64
 """
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -110,6 +112,10 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = deploy(opts, "127.0.0.1", port, num_cpus=1).rstrip("/")
+    replica = next(
+        p for p in psutil.process_iter(["cmdline"]) if any("ServeReplica:segray:" in c for c in p.info["cmdline"] or [])
+    )
+    rss_before = replica.memory_info().rss
     try:
         for c in (int(x) for x in a.concurrency.split(",")):
             before = requests.get(f"{url}/healthz", timeout=30).json()
@@ -117,6 +123,7 @@ def main() -> None:
             after = requests.get(f"{url}/healthz", timeout=30).json()
             mean_batch = (after["requests"] - before["requests"]) / max(1, after["batches"] - before["batches"])
             rows.append((f"served over HTTP, concurrency {c}", mean_batch, *percentiles(lat), fps))
+        rss_after = replica.memory_info().rss
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -126,6 +133,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for name, batch, p50, p99, fps in rows:
         print(f"| {name} | {batch:.1f} | {p50:.0f} | {p99:.0f} | {fps:.2f} | {fps / base:.2f} |")
+    mib = (rss_before / 2**20, rss_after / 2**20)
+    print("\nreplica resident memory: {:.0f} MiB before the served rows, {:.0f} MiB after".format(*mib))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,23 @@ def test_concurrent_requests_are_batched(served: Served) -> None:
     assert after["largest_batch"] > 1
 
 
+def test_a_sideways_jpeg_is_labelled_in_windows_as_displayed(served: Served) -> None:
+    """Stored 480x360 with EXIF orientation 6 (a phone held upright): displayed 360 wide and 480
+    high, above the window threshold of this app's 64x64 model, so labelled in windows as displayed."""
+    rgb = np.random.default_rng(6).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90, exif=exif)
+    r = post(served, buf.getvalue(), "?overlay=1")
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert (j["width"], j["height"], j["windowed"]) == (360, 480, True)
+    assert palette_mask(base64.b64decode(j["mask_png"])).shape == (480, 360)
+    with Image.open(io.BytesIO(base64.b64decode(j["overlay_png"]))) as im:
+        assert im.size == (360, 480)
+
+
 def truncated_jpeg(path: Path) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.imread(str(path)))
     return buf.tobytes()[: len(buf) // 2]
@@ -215,12 +232,15 @@ def test_wrong_method_or_path(served: Served, method: str, path: str, status: in
     assert path in r.json()["error"] and "POST /v1/segment" in r.json()["error"]
 
 
-def test_model_endpoint_is_model_info(served: Served) -> None:
+def test_model_endpoint_is_model_info_without_the_artifacts_location(served: Served) -> None:
     from segray.models.info import model_info
 
-    j = requests.get(f"{served.url}/v1/model", timeout=30).json()
+    r = requests.get(f"{served.url}/v1/model", timeout=30)
+    j = r.json()
     serving = j.pop("serving")
-    assert j == model_info(served.model)
+    info = model_info(served.model)
+    assert j == {k: v for k, v in info.items() if k not in ("uri", "recipe")}
+    assert served.model not in r.text and j["model_id"] == read_info(served.model).model_id
     assert serving["max_body_bytes"] == MAX_BODY and serving["max_batch_size"] == 8
 
 

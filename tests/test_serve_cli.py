@@ -13,7 +13,7 @@ from conftest import ROOT
 from test_cli import run
 
 from segray.cli import build_parser
-from segray.serving.app import Segmenter, build, deployment_options
+from segray.serving.app import REPLICA_ENV, Segmenter, build, deployment_options
 from segray.serving.inputs import RequestError, image_bytes
 from segray.serving.labeller import ServeOptions
 
@@ -23,6 +23,7 @@ def test_help_names_every_limit(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "exit codes: 0 done" in text
     for default in ("(default 127.0.0.1)", "(default 8000)", "(default 8)", "(default 10)", "(default 64)"):
         assert default in text, default
+    assert "(default 16,777,216 = 4096x4096)" in text and "(default 30)" in text
 
 
 def test_a_host_others_can_reach_needs_a_key(
@@ -48,7 +49,7 @@ def test_replica_counts() -> None:
         "max_replicas": 4,
         "target_ongoing_requests": 8,
     }
-    assert scaled["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert scaled["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0, "runtime_env": {"env_vars": REPLICA_ENV}}
     with pytest.raises(ValueError, match=r"min_replicas \(3\) <= max_replicas \(2\)"):
         deployment_options(1.0, 0.0, 3, 2, 8)
 
@@ -63,6 +64,8 @@ def test_the_config_file_is_a_valid_serve_config(tiny_model: str) -> None:
     assert [d.name for d in app.deployments] == [Segmenter.name]
     assert app.deployments[0].autoscaling_config["min_replicas"] == 0
     assert app.deployments[0].ray_actor_options.num_gpus == 1
+    # A file's ray_actor_options replace the deployment's own: the allocator settings are repeated there.
+    assert app.deployments[0].ray_actor_options.runtime_env["env_vars"] == REPLICA_ENV
     built = build({**app.args, "model": tiny_model})
     assert ServeOptions(**built._bound_deployment.init_args[0]).max_batch_size == app.args["max_batch_size"]
 

@@ -1,12 +1,15 @@
 """The Ray Serve application: one deployment whose replicas each hold the model and answer HTTP.
 
-Routes: ``GET /`` (the page), ``GET /healthz`` (liveness, and the requests and model calls this
-replica has served), ``GET /v1/model`` (what ``segray model info --json`` prints, plus the serving
-limits), ``POST /v1/segment`` (one frame -> JSON, or the PNG itself with ``Accept: image/png``).
+Routes: ``GET /`` (the page), ``GET /healthz`` (200 when the replica can answer, 503 with the reason
+when it is stuck or its event loop lags; with the requests and model calls it has served),
+``GET /v1/model`` (what ``segray model info --json`` prints without the artifact's location, plus the
+serving limits), ``POST /v1/segment`` (one frame -> JSON, or the PNG itself with ``Accept: image/png``).
 
 Concurrent requests to a replica are labelled together (``serve.batch``): up to ``max_batch_size``
-frames per model call, waiting at most ``batch_wait_s`` for a batch to fill. Body reading, header
-checks and decoding run per request before the batch; PNG encoding after it, off the event loop.
+frames per model call, waiting at most ``batch_wait_s`` for a batch to fill. Body reading, form
+parsing, header checks and decoding run per request before the batch, off the event loop; PNG
+encoding after it, also off the event loop. Every request has a deadline (``deadline_s``): past it
+the request is answered 504 and its frame's work is cancelled, as it is when the client disconnects.
 Every bad input is answered with its status and reason; nothing a client sends stops a replica.
 
 ``build`` is the application builder named by a Serve config file (``configs/serve.yaml``);
@@ -17,6 +20,8 @@ Every bad input is answered with its status and reason; nothing a client sends s
 
 import asyncio
 import logging
+import threading
+import time
 from importlib.resources import files
 from typing import Any
 
@@ -27,13 +32,21 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from segray.serving.auth import check_key, digest_from_env
-from segray.serving.inputs import RequestError, image_bytes, read_body
-from segray.serving.labeller import Labeller, ServeOptions
+from segray.serving.health import Watchdog
+from segray.serving.inputs import MAX_FORM_PARTS, PartCounter, RequestError, form_boundary, image_bytes, read_body
+from segray.serving.labeller import TRIM_ABOVE_PIXELS, Labeller, ServeOptions, release_memory
 
 log = logging.getLogger("segray.serve")
 
 ROUTES = "GET /, GET /healthz, GET /v1/model, POST /v1/segment"
 TRUE = ("1", "true", "yes", "on")
+#: The environment of every replica's process: how glibc's allocator keeps freed memory. By default
+#: each thread that allocates concurrently gets an arena of its own (up to 8 per core), and after a
+#: large buffer is freed, buffers up to 32 MiB come from the arenas instead of being mapped and
+#: unmapped, so the decode, model and PNG threads each keep the peak of the largest frames they
+#: handled. Two arenas, and buffers of 4 MiB and more (a frame's pixels, masks, PNGs) always mapped
+#: and unmapped, keep a replica's memory near its idle size between large requests.
+REPLICA_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(4 * 2**20)}
 
 api = FastAPI(title="segray", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -55,7 +68,7 @@ def _error(e: RequestError) -> JSONResponse:
     return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
 
 
-@serve.deployment(name="Segmenter", ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="Segmenter", ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": REPLICA_ENV}})
 @serve.ingress(api)
 class Segmenter:
     """A replica: the artifact loaded once, requests batched into Predictor calls."""
@@ -67,11 +80,15 @@ class Segmenter:
         self.label_batch.set_max_batch_size(self.opts.max_batch_size)
         self.label_batch.set_batch_wait_timeout_s(self.opts.batch_wait_s)
         self.page_html = files("segray.serving").joinpath("page.html").read_text()
+        self.watchdog = Watchdog(self.opts.deadline_s, self.opts.stuck_margin_s, self.opts.max_loop_lag_s)
+        self.in_flight = 0
+        self.timed_out = 0
         log.info(
-            "serving %s: up to %d frames per model call, %.0f ms batch wait, API key %s",
+            "serving %s: up to %d frames per model call, %.0f ms batch wait, %g s deadline, API key %s",
             self.labeller.info.model_id,
             self.opts.max_batch_size,
             self.opts.batch_wait_s * 1000,
+            self.opts.deadline_s,
             "required" if self.key_sha256 else "not required",
         )
 
@@ -80,14 +97,38 @@ class Segmenter:
         # The model runs in a thread, so the replica keeps accepting (and checking) requests meanwhile.
         return await asyncio.to_thread(self.labeller.label, frames)
 
+    async def check_health(self) -> None:
+        """Serve's periodic health check: fails while a model call is stuck, so Serve replaces the replica."""
+        self.watchdog.watch()
+        stuck = self.watchdog.stuck(self.labeller.model_call_s())
+        if stuck:
+            raise RuntimeError(stuck)
+
     @api.get("/")
     async def page(self) -> HTMLResponse:
         return HTMLResponse(self.page_html)
 
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        """Also what this replica has done: ``requests`` frames answered in ``batches`` model calls."""
-        return {"status": "ok", "model_id": self.labeller.info.model_id, **self.labeller.counters()}
+    async def healthz(self) -> JSONResponse:
+        """200 when the replica can answer, else 503 with the reason (``error``); both with what this
+        replica has done: ``requests`` frames answered in ``batches`` model calls, and so on."""
+        self.watchdog.watch()
+        now = time.monotonic()
+        call = self.labeller.model_call_s(now)
+        reason = self.watchdog.reason(now, call)
+        body: dict[str, Any] = {
+            "status": "ok" if reason is None else "unhealthy",
+            "model_id": self.labeller.info.model_id,
+            **self.labeller.counters(),
+            "timed_out": self.timed_out,
+            "in_flight": self.in_flight,
+            "model_call_s": None if call is None else round(call, 3),
+            "loop_lag_s": round(self.watchdog.loop_lag(now), 3),
+        }
+        if reason is not None:
+            body["error"] = reason
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     @api.get("/v1/model")
     async def model(self, request: Request) -> JSONResponse:
@@ -96,31 +137,70 @@ class Segmenter:
         except RequestError as e:
             return _error(e)
         limits = {k: v for k, v in self.opts.to_dict().items() if k not in ("model", "api_key_sha256")}
+        limits["max_form_parts"] = MAX_FORM_PARTS
         return JSONResponse({**self.labeller.model_info, "serving": limits})
 
     @api.post("/v1/segment")
     async def segment(self, request: Request) -> Response:
+        """One frame, answered within ``deadline_s`` or with 504; a request that ends early (deadline,
+        client gone) cancels its frame's work."""
+        self.watchdog.watch()
+        cancel = threading.Event()
+        self.in_flight += 1
+        try:
+            response, pixels = await asyncio.wait_for(self._segment(request, cancel), self.opts.deadline_s)
+        except asyncio.TimeoutError:
+            cancel.set()
+            self.timed_out += 1
+            return JSONResponse(
+                {
+                    "error": f"no answer within this endpoint's {self.opts.deadline_s:g} s deadline (--deadline-s): "
+                    "the frame's work was stopped; send a smaller frame, or raise the deadline"
+                },
+                status_code=504,
+            )
+        except asyncio.CancelledError:
+            cancel.set()  # the client went away: stop the frame's work too
+            raise
+        finally:
+            self.in_flight -= 1
+        if pixels >= TRIM_ABOVE_PIXELS:  # the frame's buffers are freed by now: give their pages back
+            await asyncio.to_thread(release_memory)
+        return response
+
+    async def _segment(self, request: Request, cancel: threading.Event) -> tuple[Response, int]:
+        """The answer and the frame's pixel count (0 when there is no frame)."""
         h = request.headers
         try:
             check_key(self.key_sha256, h.get("authorization"), h.get("x-api-key"))
-            body = await read_body(h.get("content-length"), request.stream(), self.opts.max_body_bytes)
-            data = image_bytes(body, h.get("content-type", ""))
-            frame = await asyncio.to_thread(self.labeller.prepare, data)
+            content_type = h.get("content-type", "")
+            boundary = form_boundary(content_type)
+            parts = None if boundary is None else PartCounter(boundary, MAX_FORM_PARTS)
+            body = await read_body(h.get("content-length"), request.stream(), self.opts.max_body_bytes, parts)
+            data, frame = await asyncio.to_thread(self._prepare, body, content_type, cancel)
+            del body
             result = await self.label_batch(frame)
+            pixels = frame.width * frame.height
             overlay = request.query_params.get("overlay", "0").lower() in TRUE
             accept = h.get("accept", "")
             if "image/png" in accept and "application/json" not in accept:
                 if result.error:
                     raise RequestError(400, result.error)
                 png = await asyncio.to_thread(self.labeller.png, data, result.mask, overlay)
-                return Response(png, media_type="image/png", headers={"X-Segray-Model-Id": self.labeller.info.model_id})
+                headers = {"X-Segray-Model-Id": self.labeller.info.model_id}
+                return Response(png, media_type="image/png", headers=headers), pixels
             answer = await asyncio.to_thread(self.labeller.answer, data, frame, result, overlay)
-            return JSONResponse(answer)
+            return JSONResponse(answer), pixels
         except RequestError as e:
-            return _error(e)
+            return _error(e), 0
         except Exception as e:  # noqa: BLE001 - answered as 500 with the reason; the replica keeps serving
             log.exception("segment request failed")
-            return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+            return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500), 0
+
+    def _prepare(self, body: bytes, content_type: str, cancel: threading.Event) -> tuple[bytes, Any]:
+        """The image in the body, and its frame (run in a thread: the form and the decode are CPU work)."""
+        data = image_bytes(body, content_type, MAX_FORM_PARTS)
+        return data, self.labeller.prepare(data, cancel)
 
 
 def deployment_options(
@@ -131,7 +211,7 @@ def deployment_options(
     if min_replicas < 0 or max_replicas < 1 or max_replicas < min_replicas:
         raise ValueError(f"need 0 <= min_replicas ({min_replicas}) <= max_replicas ({max_replicas}), max >= 1")
     out: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": REPLICA_ENV}},
         # A replica takes this many requests at once: enough to fill two batches.
         "max_ongoing_requests": 2 * max_batch_size,
     }

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 
 from segray.exit_codes import EXIT_CODES
-from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.labelling.read import DEFAULT_TILE_ABOVE
+from segray.serving.inputs import SERVE_MAX_PIXELS
 
 
 def add_parser(sub: argparse._SubParsersAction, window_type: Callable[[str], tuple[int, int]]) -> None:
@@ -55,11 +55,31 @@ def add_parser(sub: argparse._SubParsersAction, window_type: Callable[[str], tup
     p.add_argument(
         "--max-pixels",
         type=int,
-        default=DEFAULT_MAX_PIXELS,
+        default=SERVE_MAX_PIXELS,
         help=f"answer 413 to frames whose header declares more pixels, checked before decoding "
-        f"(default {DEFAULT_MAX_PIXELS:,})",
+        f"(default {SERVE_MAX_PIXELS:,} = 4096x4096)",
     )
     p.add_argument("--max-body-mb", type=float, default=64.0, help="answer 413 to larger request bodies (default 64)")
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=30.0,
+        help="answer 504 to a request not answered within this many seconds, and stop its frame's work (default 30)",
+    )
+    p.add_argument(
+        "--stuck-margin-s",
+        type=float,
+        default=30.0,
+        help="/healthz answers 503, and Serve replaces the replica, when a model call runs longer than the "
+        "deadline plus this many seconds (default 30)",
+    )
+    p.add_argument(
+        "--max-loop-lag-s",
+        type=float,
+        default=5.0,
+        help="/healthz answers 503 for a minute after the replica's event loop fell this many seconds behind "
+        "(default 5)",
+    )
     p.add_argument(
         "--tile-above",
         type=float,
@@ -118,6 +138,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
         batch_wait_s=a.batch_wait_ms / 1000,
         max_pixels=a.max_pixels,
         max_body_bytes=int(a.max_body_mb * 2**20),
+        deadline_s=a.deadline_s,
+        stuck_margin_s=a.stuck_margin_s,
+        max_loop_lag_s=a.max_loop_lag_s,
         tile_above=a.tile_above,
         tile_window=a.window,
         tile_overlap=a.overlap,

@@ -2,31 +2,48 @@
 and the answer each request gets (per-class pixels and fractions, mean confidence, the mask as
 the same palette PNG the job writes, optionally the frame blended with it).
 
-The batch handed to the Predictor has the columns the read stage gives it, so a frame takes the
-same path online as in ``segray label``: resized frames in one model call, frames above the window
-threshold decoded and labelled window by window (segray.tiles.windows).
+Resized frames go through the Predictor with the columns the read stage gives it, in one model
+call; frames above the window threshold are decoded and labelled window by window with the
+Predictor's own window spec and model (segray.tiles.windows), as ``segray label`` labels them, so a
+frame gets the same mask online as in the job. Windowed labelling checks the frame's ``cancel``
+flag before every batch of windows: a request that gives up (deadline, client gone) stops using
+the CPU or GPU within one model call.
+
+Memory: large frames leave freed memory in the C allocator's arenas, which glibc keeps for the
+process unless told otherwise. After a large frame the replica calls ``malloc_trim(0)``
+(:func:`release_memory`), and its deployment sets glibc's arena count and mapping threshold
+(segray.serving.app.REPLICA_ENV), so a replica's resident memory returns to about where it was once
+large requests are answered.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
-from segray.frames.decode import DEFAULT_MAX_PIXELS, decode_frame
+from segray.frames.decode import FrameError, decode_frame
 from segray.labelling.predict import Predictor
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.write import encode_mask_png
 from segray.models.artifact import read_info
 from segray.models.info import model_info
-from segray.serving.inputs import Frame, RequestError, prepare
+from segray.serving.inputs import SERVE_MAX_PIXELS, Frame, RequestError, prepare
+from segray.tiles.windows import label_tile
 
 #: Mask weight in the overlay (the rest is the frame).
 OVERLAY_ALPHA = 0.5
+#: Frames of at least this many pixels are followed by ``malloc_trim`` (:func:`release_memory`).
+TRIM_ABOVE_PIXELS = 2**20
 
 
 @dataclass
@@ -37,7 +54,8 @@ class ServeOptions:
     #: Frames per model call at most; concurrent requests wait at most ``batch_wait_s`` to fill one.
     max_batch_size: int = 8
     batch_wait_s: float = 0.01
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Frames whose header declares more pixels are refused with 413 before any pixel is decoded.
+    max_pixels: int = SERVE_MAX_PIXELS
     #: Request bodies above this are refused with 413 before they are read.
     max_body_bytes: int = 64 * 2**20
     tile_above: float = DEFAULT_TILE_ABOVE
@@ -46,6 +64,13 @@ class ServeOptions:
     #: torch CPU threads in the replica (0: torch's default, which Ray sets to the replica's CPUs).
     torch_threads: int = 0
     device: str = "auto"
+    #: Seconds a request may take in the replica; then it is answered 504 and its work is stopped.
+    deadline_s: float = 30.0
+    #: A model call running longer than ``deadline_s`` + this is stuck: /healthz answers 503 and
+    #: Serve's health check fails, so Serve replaces the replica.
+    stuck_margin_s: float = 30.0
+    #: /healthz answers 503 for a minute after the replica's event loop fell this far behind.
+    max_loop_lag_s: float = 5.0
     #: SHA-256 (hex) of the API key; None: the replica reads SEGRAY_API_KEY from its environment.
     api_key_sha256: str | None = None
 
@@ -54,6 +79,9 @@ class ServeOptions:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_wait_s < 0:
             raise ValueError(f"batch_wait_s must be >= 0, got {self.batch_wait_s}")
+        for name in ("deadline_s", "stuck_margin_s", "max_loop_lag_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_pixels < 1 or self.max_body_bytes < 1:
             raise ValueError("max_pixels and max_body_bytes must be >= 1")
         if self.tile_window is not None:
@@ -65,13 +93,77 @@ class ServeOptions:
 
 @dataclass
 class Labelled:
-    """One frame's result, or its error (a frame whose windows could not be decoded)."""
+    """One frame's result, or its error (a frame whose windows could not be decoded), or that it
+    was cancelled (nobody waits for its answer any more)."""
 
     mask: np.ndarray
     class_pixels: np.ndarray
     mean_confidence: float
     windowed: bool
     error: str = ""
+    cancelled: bool = False
+
+    @classmethod
+    def failed(cls, error: str, cancelled: bool = False) -> Labelled:
+        return cls(np.zeros((1, 1), np.uint8), np.zeros(0, np.int64), float("nan"), False, error, cancelled)
+
+
+class Cancelled(Exception):
+    """Raised between two window batches of a frame whose request gave up."""
+
+
+#: Fields of ``segray model info --json`` that any client may see. Left out: where the artifact
+#: lives (``uri``), the training recipe (data and run locations), and the locations in the other fields.
+PUBLIC_INFO = (
+    "model_id",
+    "name",
+    "format_version",
+    "task",
+    "arch",
+    "encoder",
+    "label_map",
+    "preprocessing",
+    "weights_sha256",
+    "saved_at",
+    "config",
+    "weights",
+    "metrics",
+)
+
+
+def is_location(value: Any) -> bool:
+    """A path or URI: a string with a slash or backslash (``s3://...``, ``/data/...``, ``runs/x``)."""
+    return isinstance(value, str) and ("/" in value or "\\" in value)
+
+
+def public_model_info(info: dict[str, Any]) -> dict[str, Any]:
+    """``segray model info --json`` as a client may see it: the model is named by its model id, and
+    no field says where the artifact, its training data or its run live."""
+    out = {k: info[k] for k in PUBLIC_INFO if k in info}
+    for key in ("config", "metrics"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k != "run" and not is_location(v)}
+    return out
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give the pages that the C allocator holds free back to the system (glibc's ``malloc_trim``).
+
+    glibc keeps freed memory in its arenas for reuse: after a large frame that is tens to hundreds
+    of megabytes that the replica no longer uses but still holds. Trimming takes milliseconds."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class Labeller:
@@ -80,7 +172,7 @@ class Labeller:
     def __init__(self, opts: ServeOptions) -> None:
         self.opts = opts
         self.info = read_info(opts.model)
-        self.model_info = model_info(opts.model)
+        self.model_info = public_model_info(model_info(opts.model))
         self.predictor = Predictor(
             opts.model,
             torch_threads=opts.torch_threads,
@@ -96,49 +188,111 @@ class Labeller:
         self.palette = self.info.label_map.palette()
         self.colours = np.asarray(self.palette, dtype=np.uint8).reshape(256, 3)
         self._lock = threading.Lock()  # one batch at a time on the model
+        #: When the model call now running started (time.monotonic), None when the model is idle.
+        self.call_started: float | None = None
         self.requests = 0
         self.batches = 0
         self.largest_batch = 0
+        self.windows = 0
+        self.cancelled = 0
 
-    def prepare(self, data: bytes) -> Frame:
-        return prepare(data, *self.input_size, self.opts.max_pixels, self.opts.tile_above, self.reference)
+    def prepare(self, data: bytes, cancel: threading.Event | None = None) -> Frame:
+        return prepare(data, *self.input_size, self.opts.max_pixels, self.opts.tile_above, self.reference, cancel)
 
     def label(self, frames: list[Frame]) -> list[Labelled]:
-        """One Predictor call over the frames, with the columns the read stage gives it."""
+        """Label the frames whose requests still wait: the resized ones in one Predictor call (with
+        the columns the read stage gives it), then the large ones window by window, one at a time."""
+        results: list[Labelled | None] = [None] * len(frames)
+        with self._lock:
+            self.call_started = time.monotonic()
+            try:
+                small = [i for i, f in enumerate(frames) if f.image is not None and not f.cancel.is_set()]
+                if small:
+                    for i, r in zip(small, self._label_resized([frames[i] for i in small]), strict=True):
+                        results[i] = r
+                windowed = False
+                for i, f in enumerate(frames):
+                    if f.image is None and not f.cancel.is_set():
+                        results[i] = self._label_windows(f)
+                        windowed = True
+            finally:
+                self.call_started = None
+            done = [r for r in results if r is not None and not r.cancelled]
+            self.batches += 1
+            self.requests += len(done)
+            self.largest_batch = max(self.largest_batch, len(done))
+            self.cancelled += len(frames) - len(done)
+        if windowed:
+            release_memory()
+        return [r if r is not None else Labelled.failed("cancelled", cancelled=True) for r in results]
+
+    def _label_resized(self, frames: list[Frame]) -> list[Labelled]:
         n = len(frames)
         h, w = self.input_size
-        images = np.zeros((n, h, w, 3), dtype=np.uint8)
-        for i, f in enumerate(frames):
-            if f.image is not None:
-                images[i] = f.image
+        images = np.stack([f.image for f in frames]) if n else np.zeros((0, h, w, 3), np.uint8)
         batch = {
             "uri": np.array([f"request-{i}" for i in range(n)], dtype=object),
             "relative_path": np.array([f"request-{i}" for i in range(n)], dtype=object),
             "image": images,
-            "encoded": np.array([f.encoded for f in frames], dtype=object),
+            "encoded": np.array([b""] * n, dtype=object),
             "width": np.array([f.width for f in frames], dtype=np.int32),
             "height": np.array([f.height for f in frames], dtype=np.int32),
             "error": np.array([""] * n, dtype=object),
             "error_stage": np.array([""] * n, dtype=object),
         }
-        with self._lock:
-            out = self.predictor(batch)
-            self.batches += 1
-            self.requests += n
-            self.largest_batch = max(self.largest_batch, n)
+        out = self.predictor(batch)
         return [
             Labelled(
                 np.asarray(out["mask"][i]),
                 np.asarray(out["class_pixels"][i]),
                 float(out["mean_confidence"][i]),
-                bool(out["windowed"][i]),
+                False,
                 str(out["error"][i]),
             )
             for i in range(n)
         ]
 
+    @torch.inference_mode()
+    def _label_windows(self, frame: Frame) -> Labelled:
+        """A frame above the window threshold: decoded at its own size and labelled in windows with
+        the Predictor's window spec and model (its ``label_large``), checking ``frame.cancel`` before
+        each batch of windows."""
+        try:
+            rgb = decode_frame(frame.encoded, self.opts.max_pixels)
+        except FrameError as e:
+            return Labelled.failed(e.reason)
+        except Exception as e:  # noqa: BLE001 - a decoder bug answers 400, the replica keeps serving
+            return Labelled.failed(f"could not decode the image ({type(e).__name__}: {e})")
+        p = self.predictor
+
+        def predict(windows: np.ndarray) -> torch.Tensor:
+            if frame.cancel.is_set():
+                raise Cancelled
+            self.windows += len(windows)
+            return p.predict_logits(windows)
+
+        try:
+            result = label_tile(rgb, predict, p.tile_spec, p.tile_batch_size)
+        except Cancelled:
+            return Labelled.failed("cancelled", cancelled=True)
+        finally:
+            del rgb
+        counts = np.bincount(result.mask.ravel(), minlength=p.num_classes)[: p.num_classes]
+        return Labelled(result.mask, counts, result.mean_confidence, True)
+
+    def model_call_s(self, now: float | None = None) -> float | None:
+        """Seconds the model call now running has taken, None when the model is idle."""
+        started = self.call_started
+        return None if started is None else (time.monotonic() if now is None else now) - started
+
     def counters(self) -> dict[str, int]:
-        return {"requests": self.requests, "batches": self.batches, "largest_batch": self.largest_batch}
+        return {
+            "requests": self.requests,
+            "batches": self.batches,
+            "largest_batch": self.largest_batch,
+            "windows": self.windows,
+            "cancelled": self.cancelled,
+        }
 
     def overlay(self, data: bytes, mask: np.ndarray) -> np.ndarray:
         """The frame at its own size blended with the mask's colours (RGB uint8)."""
