@@ -98,7 +98,7 @@ class InstanceScorer:
                 {**a, "id": len(out.gt) + i + 1, "image_id": a["image_id"] + offset} for i, a in enumerate(st["gt"])
             ]
             out.dt += [{**d, "image_id": d["image_id"] + offset} for d in st["dt"]]
-            out.counts += [tuple(x) for x in st["counts"]]  # type: ignore[misc]
+            out.counts += [tuple(x) for x in st["counts"]]
         return out
 
     def result(self) -> dict[str, Any]:
@@ -162,13 +162,13 @@ def quiet_pycocotools() -> Iterator[None]:
 
     modules = (pycocotools.coco, pycocotools.cocoeval)
     for m in modules:
-        m.print = lambda *a, **k: None  # type: ignore[attr-defined]
+        m.print = lambda *a, **k: None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         for m in modules:
-            del m.print  # type: ignore[attr-defined]
+            del m.print
 
 
 def _mean(p: np.ndarray) -> float:

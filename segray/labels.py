@@ -178,7 +178,7 @@ class CityscapesLabel:
 #: (34 label ids 0..33 plus license plate -1; train id 255 or -1 = not trained). A test compares it
 #: with the ``cityscapesscripts`` package itself.
 CITYSCAPES_LABELS: tuple[CityscapesLabel, ...] = tuple(
-    CityscapesLabel(*row)  # type: ignore[arg-type]
+    CityscapesLabel(*row)
     for row in [
         ("unlabeled", 0, 255, "void", 0, (0, 0, 0)),
         ("ego vehicle", 1, 255, "void", 0, (0, 0, 0)),

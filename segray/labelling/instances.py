@@ -195,17 +195,17 @@ class InstancePredictor:
         confidence = np.full(n, np.nan, dtype=np.float64)
         idx = np.flatnonzero(errors == "")
         if len(idx):
-            for i, det in zip(idx, self.detect(batch["image"][idx]), strict=True):
-                ids, records = self.frame_instances(det, int(batch["height"][i]), int(batch["width"][i]))
-                masks[i] = ids
-                instances[i] = json.dumps(records)
+            for row, det in zip(idx, self.detect(batch["image"][idx]), strict=True):
+                ids, records = self.frame_instances(det, int(batch["height"][row]), int(batch["width"][row]))
+                masks[row] = ids
+                instances[row] = json.dumps(records)
                 for cls, _score, *_box, px in records:
-                    class_pixels[i, cls] += px
-                    counts[i, cls] += 1
+                    class_pixels[row, cls] += px
+                    counts[row, cls] += 1
                 if records:
-                    confidence[i] = float(np.mean([r[1] for r in records]))
-        for i in np.flatnonzero(errors != ""):
-            masks[i] = np.zeros((1, 1), dtype=np.uint16)
+                    confidence[row] = float(np.mean([r[1] for r in records]))
+        for row in np.flatnonzero(errors != ""):
+            masks[row] = np.zeros((1, 1), dtype=np.uint16)
         out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
         out["error"] = errors
         out["error_stage"] = stages

@@ -95,7 +95,7 @@ class Predictor:
         pre = art.preprocessing
         probe = torch.randn((1, 3, pre.height, pre.width), generator=torch.Generator().manual_seed(0))
         model = fold_batchnorm(art.model.eval(), probe.to(self.device)) if fold_bn else art.model.eval()
-        self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model.to(memory_format=torch.channels_last)
         self.num_classes = art.label_map.num_classes
         self.hflip_average = pre.hflip_average
         self.mean, self.std = pixel_stats(pre.mean, pre.std, self.device)
@@ -210,7 +210,7 @@ class Predictor:
                     int(batch["height"][i]),
                 )
             try:
-                rgb = decode_left_encoded(bytes(encoded[i]), batch, i, self.max_pixels)
+                rgb = decode_left_encoded(bytes(encoded[i]), batch, int(i), self.max_pixels)
             except FrameError as e:
                 errors[i], stages[i] = e.reason, e.stage
                 continue

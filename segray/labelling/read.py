@@ -93,19 +93,19 @@ def _load_one(
     w, h = header.width, header.height  # as displayed
     tile_above, reference = tile_rule
     area_m2 = math.nan if area is None else area
-    told = {"orientation": header.orientation, "format": header.format}
+    told = header.orientation, header.format  # _Loaded's last two fields
     if is_large(w, h, reference, tile_above):
         # Decoded by the actor, the only place that needs the pixels.
-        return _Loaded(None, data, w, h, "", "", area_m2, source, **told)
+        return _Loaded(None, data, w, h, "", "", area_m2, source, False, *told)
     if decode == "gpu" and header.format == "JPEG":  # decoded on the GPU; other formats are decoded below
-        return _Loaded(None, data, w, h, "", "", area_m2, source, on_device=True, **told)
+        return _Loaded(None, data, w, h, "", "", area_m2, source, True, *told)
     try:
         rgb, w, h = decode_resized(data, pre.height, pre.width, max_pixels, header)
     except FrameError as e:
         return _Loaded(stage=e.stage, error=e.reason)
     except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
         return _Loaded(stage="decode", error=f"{type(e).__name__}: {e}")
-    return _Loaded(rgb, b"", w, h, "", "", area_m2, source, **told)
+    return _Loaded(rgb, b"", w, h, "", "", area_m2, source, False, *told)
 
 
 def decode_left_encoded(data: bytes, batch: Mapping[str, Any], i: int, max_pixels: int) -> np.ndarray:
@@ -135,12 +135,15 @@ def read_frames(
     """``tile_reference``: (height, width) that ``tile_above`` multiplies (default: the model input).
     ``decode="gpu"``: JPEG frames are only fetched and checked here (segray.labelling.device_decode)."""
     pre = Preprocessing.from_dict(preprocessing)
-    rule = (tile_above, tuple(tile_reference) if tile_reference else (pre.height, pre.width))
+    reference = (tile_reference[0], tile_reference[1]) if tile_reference else (pre.height, pre.width)
+    rule = (tile_above, reference)
     uris = [str(u) for u in batch["uri"]]
     sizes = list(batch[MANIFEST_COLUMN]) if MANIFEST_COLUMN in batch else [None] * len(uris)
     # What the folder listing found (a URI or None), else look beside each frame.
     listed = WORLD_FILE_COLUMN in batch and world_files
-    worlds = [w if isinstance(w, str) and w else None for w in batch[WORLD_FILE_COLUMN]] if listed else None
+    worlds: list[bool | str | None] | None = (
+        [w if isinstance(w, str) and w else None for w in batch[WORLD_FILE_COLUMN]] if listed else None
+    )
     with ThreadPoolExecutor(min(FETCH_THREADS, max(1, len(uris)))) as pool:
         results = list(
             pool.map(

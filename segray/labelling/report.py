@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -11,7 +11,8 @@ from segray import storage
 from segray.labelling.reader import read_stats, stats_parts, stats_uri
 
 
-class AreaRow(NamedTuple):
+@dataclass(frozen=True)
+class AreaRow:
     name: str
     pixels: int
     share: float  # of all labelled pixels

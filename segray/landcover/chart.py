@@ -28,16 +28,18 @@ def share_chart_png(rows: pa.Table, classes: list[str], title: str, label_map: L
     dates = [str(d) for d in rows.column("date").to_pylist()]
     x = _x_values(dates)
     shares = [[v or 0.0 for v in rows.column(f"share_{c}").to_pylist()] for c in classes]
-    colours = None
+    colours: list[tuple[float, float, float]] | None = None
     if label_map is not None and label_map.names == classes:
-        colours = [tuple(v / 255 for v in cls.color) for cls in label_map.classes]
+        colours = [(r / 255, g / 255, b / 255) for r, g, b in (cls.color for cls in label_map.classes)]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
-        ax.stackplot(x, shares, labels=classes, colors=colours, alpha=0.9)
+        # x may be dates, which matplotlib's unit conversion takes but its type hints (arrays, numbers) leave out.
+        ax.stackplot(x, shares, labels=classes, colors=colours, alpha=0.9)  # type: ignore[arg-type]
         if len(x) == 1:  # a single date has no extent: show it as a stacked bar
             bottom = 0.0
             for k, sh in enumerate(shares):
-                ax.bar(x, [sh[0]], bottom=bottom, color=None if colours is None else colours[k], width=20, label=None)
+                colour = None if colours is None else colours[k]
+                ax.bar(x, [sh[0]], bottom=bottom, color=colour, width=20, label=None)  # type: ignore[arg-type]
                 bottom += sh[0]
         if x and isinstance(x[0], int):
             ax.set_xticks(x, dates, rotation=30)

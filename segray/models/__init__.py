@@ -156,7 +156,7 @@ def match_encoder_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> d
     Bare encoder keys and keys prefixed with ``encoder.`` (a whole smp model's file) or ``backbone.``
     (a whole torchvision segmentation model's file) are accepted.
     """
-    own = model.encoder.state_dict()  # type: ignore[operator]
+    own = model.get_submodule("encoder").state_dict()
     cleaned = {k.removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items()}
     return {k: v for k, v in cleaned.items() if k in own and own[k].shape == v.shape}
 
@@ -168,7 +168,7 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], sourc
     the encoder's names but other shapes (weights of another variant or width), since that is
     almost always the wrong file.
     """
-    own = model.encoder.state_dict()  # type: ignore[operator]
+    own = model.get_submodule("encoder").state_dict()
     cleaned = {k.removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items()}
     misshaped = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
     if misshaped:
@@ -182,5 +182,5 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], sourc
     matched = match_encoder_tensors(model, state)
     if not matched:
         raise ValueError(f"{source}: no tensor matches the encoder's parameters (wrong file or encoder?)")
-    model.encoder.load_state_dict(matched, strict=False)  # type: ignore[operator]
+    model.get_submodule("encoder").load_state_dict(matched, strict=False)
     return len(matched)

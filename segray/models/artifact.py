@@ -195,9 +195,10 @@ def model_config(model: nn.Module) -> bytes:
     other models (torchvision's FCN) carry a ``config`` dict with the same keys (``encoder_name``,
     ``classes``, builder kwargs; keys starting with ``_`` are notes, not arguments).
     """
-    if hasattr(model, "save_pretrained"):
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if save_pretrained is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
+            save_pretrained(tmp)
             return Path(tmp, CONFIG).read_bytes()
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or not {"encoder_name", "classes"} <= config.keys():

@@ -90,7 +90,7 @@ def encoder_fit(state: dict[str, torch.Tensor], arch: str, encoder: str) -> tupl
     from segray.models import build_model, match_encoder_tensors
 
     model = build_model(arch, encoder, 1)
-    return len(match_encoder_tensors(model, state)), len(model.encoder.state_dict())  # type: ignore[operator]
+    return len(match_encoder_tensors(model, state)), len(model.get_submodule("encoder").state_dict())
 
 
 def convert_weights(src: str, dst: str, *, arch: str | None = None, encoder: str | None = None) -> Converted:

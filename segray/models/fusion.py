@@ -78,7 +78,9 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
         folded = copy.deepcopy(model)
         pairs = conv_bn_pairs(folded, probe)
         for conv, bn in pairs:
-            _set(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))  # type: ignore[arg-type]
+            conv_m, bn_m = folded.get_submodule(conv), folded.get_submodule(bn)
+            assert isinstance(conv_m, nn.Conv2d) and isinstance(bn_m, nn.BatchNorm2d)  # what conv_bn_pairs pairs
+            _set(folded, conv, fuse_conv_bn_eval(conv_m, bn_m))
             _set(folded, bn, nn.Identity())
         with torch.inference_mode():
             ref, out = model(probe), folded(probe)

@@ -62,7 +62,7 @@ class VGGEncoder(nn.Module):
 def unpool(x: torch.Tensor, indices: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """Each value of ``x`` back where its 2x2 pooling found it, zeros elsewhere, at the pre-pooling
     ``size`` (which keeps the odd row or column a floor-mode pooling dropped)."""
-    return F.max_unpool2d(x, indices, 2, 2, output_size=size)
+    return F.max_unpool2d(x, indices, (2, 2), (2, 2), output_size=size)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

@@ -23,12 +23,12 @@ import logging
 import threading
 import time
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from segray.serving.auth import check_key, digest_from_env
@@ -77,8 +77,9 @@ class Segmenter:
         self.opts = ServeOptions(**options)
         self.labeller = Labeller(self.opts)
         self.key_sha256 = self.opts.api_key_sha256 or digest_from_env()
-        self.label_batch.set_max_batch_size(self.opts.max_batch_size)
-        self.label_batch.set_batch_wait_timeout_s(self.opts.batch_wait_s)
+        # serve.batch gives the method these setters at run time; its type hints leave them out.
+        self.label_batch.set_max_batch_size(self.opts.max_batch_size)  # type: ignore[attr-defined]
+        self.label_batch.set_batch_wait_timeout_s(self.opts.batch_wait_s)  # type: ignore[attr-defined]
         self.page_html = files("segray.serving").joinpath("page.html").read_text()
         self.watchdog = Watchdog(self.opts.deadline_s, self.opts.stuck_margin_s, self.opts.max_loop_lag_s)
         self.in_flight = 0
@@ -231,7 +232,9 @@ def build_app(
     opts: ServeOptions, num_cpus: float = 1.0, num_gpus: float = 0.0, min_replicas: int = 1, max_replicas: int = 1
 ) -> Application:
     """The application ``segray serve`` runs."""
-    return Segmenter.options(
+    # serve.deployment made the class a Deployment; mypy keeps a decorated class's own type.
+    deployment = cast(Deployment, Segmenter)
+    return deployment.options(
         **deployment_options(num_cpus, num_gpus, min_replicas, max_replicas, opts.max_batch_size)
     ).bind(opts.to_dict())
 
@@ -249,7 +252,7 @@ def build(args: dict[str, Any]) -> Application:
     except TypeError as e:
         known = ", ".join(k for k in ServeOptions.__dataclass_fields__ if k != "api_key_sha256")
         raise ValueError(f"serve config args: {e}; known args: {known}") from e
-    return Segmenter.bind(opts.to_dict())
+    return cast(Deployment, Segmenter).bind(opts.to_dict())
 
 
 APP_NAME = "segray"

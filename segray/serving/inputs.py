@@ -198,7 +198,7 @@ def prepare(
     cancel = cancel or threading.Event()
     try:
         header = check_frame(data, max_pixels)
-        _, w, h = header
+        w, h = header.width, header.height
         if is_large(w, h, reference, tile_above):
             return Frame(None, data, w, h, cancel)
         rgb, w, h = decode_resized(data, height, width, max_pixels, header)

@@ -229,7 +229,7 @@ class Labeller:
     def _label_resized(self, frames: list[Frame]) -> list[Labelled]:
         n = len(frames)
         h, w = self.input_size
-        images = np.stack([f.image for f in frames]) if n else np.zeros((0, h, w, 3), np.uint8)
+        images = np.stack([f.image for f in frames if f.image is not None]) if n else np.zeros((0, h, w, 3), np.uint8)
         batch = {
             "uri": np.array([f"request-{i}" for i in range(n)], dtype=object),
             "relative_path": np.array([f"request-{i}" for i in range(n)], dtype=object),

@@ -37,8 +37,9 @@ def head_conv(model: nn.Module, num_classes: int) -> nn.Conv2d:
 @torch.no_grad()
 def fold_offsets(model: nn.Module, offsets: torch.Tensor) -> None:
     """Add per-class ``offsets`` to the head's bias: the model then outputs ``logits + offsets``."""
-    conv = head_conv(model, offsets.numel())
-    conv.bias.add_(offsets.to(conv.bias))
+    bias = head_conv(model, offsets.numel()).bias
+    assert bias is not None  # head_conv returns only a convolution with a bias
+    bias.add_(offsets.to(bias))
 
 
 #: Offset steps tried for each class in each sweep of :func:`fit_offsets`.

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 
 class CrossEntropy(nn.Module):
+    weight: torch.Tensor | None  # a buffer: follows the module to its device
+
     def __init__(self, term: LossTerm, label_map: LabelMap) -> None:
         super().__init__()
         self.ignore = label_map.ignore_index

@@ -13,7 +13,8 @@ from segray.training.config import OptimConfig
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW; the encoder's parameters form a second group at ``encoder_lr_factor`` times ``lr``
     (a pretrained encoder wants smaller steps than a fresh decoder)."""
-    enc, rest = [], []
+    enc: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (enc if n.startswith("encoder.") else rest).append(p)
@@ -30,6 +31,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, st
     total = max(1, epochs * steps_per_epoch)
     warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
     rest = total - warmup
+    main: sch.LRScheduler
     if cfg.schedule == "cosine":
         base = min(g["lr"] for g in opt.param_groups)
         main = sch.CosineAnnealingLR(opt, T_max=rest, eta_min=base * cfg.min_lr_factor)

@@ -52,5 +52,5 @@ def map_colours(rgb: np.ndarray, palette: Palette, tolerance: float, ignore_id: 
 def unknown_colours(rgb: np.ndarray, palette: Palette, limit: int = 5) -> list[tuple[int, int, int]]:
     """Colours present in ``rgb`` that the palette lacks (for an error message)."""
     present = np.unique(rgb.reshape(-1, 3), axis=0)
-    known = {tuple(int(v) for v in c) for c in palette.colours}
-    return [t for t in (tuple(int(v) for v in c) for c in present) if t not in known][:limit]  # type: ignore[misc]
+    known = {(int(r), int(g), int(b)) for r, g, b in palette.colours}
+    return [t for t in ((int(r), int(g), int(b)) for r, g, b in present) if t not in known][:limit]

@@ -74,7 +74,8 @@ def rasterise_instances(shape: tuple[int, int], annotations: list[Annotation]) -
                 cv2.fillPoly(layer, [np.rint(pts).astype(np.int32).reshape(-1, 1, 2)], 1)
             ids[layer.astype(bool)] = k
     present = set(np.unique(ids).tolist())
-    instances, renumber = [], np.zeros(len(annotations) + 1, np.uint16)
+    instances: list[dict] = []
+    renumber = np.zeros(len(annotations) + 1, np.uint16)
     for k, a in enumerate(annotations, start=1):
         if k in present:
             renumber[k] = len(instances) + 1

@@ -99,7 +99,7 @@ def polygon(shape: dict[str, Any], where: str) -> np.ndarray:
             rx, ry = (float(shape["r"]),) * 2 if kind == "circle" else (float(shape["rx"]), float(shape["ry"]))
             angle = math.degrees(float(shape.get("theta", 0.0)))
             centre, axes = (round(cx), round(cy)), (round(rx), round(ry))
-            return cv2.ellipse2Poly(centre, axes, round(angle), 0, 360, 1).astype(np.int32)
+            return np.asarray(cv2.ellipse2Poly(centre, axes, round(angle), 0, 360, 1), dtype=np.int32)
         else:
             raise ConvertError(f"{where}: shape {kind!r} has no area (use polygon, rect, circle or ellipse)")
     except (KeyError, TypeError, ValueError) as e:
