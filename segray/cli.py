@@ -11,11 +11,11 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
 from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL_EXIT_CODES, TERMINATED
-from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.landcover import cli as landcover_cli
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
@@ -66,57 +66,113 @@ def init_ray(address: str | None) -> None:
 
 
 def add_label_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``segray label`` (and ``nightly``); their defaults are :class:`LabelOptions`' own."""
+    d = label_defaults()
+    _add_io_args(p)
+    _add_pool_args(p, d)
+    _add_frame_args(p, d)
+    _add_run_args(p, d)
+    _add_failure_args(p, d)
+    _add_tile_args(p, d)
+    _add_instance_args(p, d)
+
+
+def label_defaults() -> dict[str, Any]:
+    """``LabelOptions``' field defaults by name: what a run does with a flag left out, stated once."""
+    import dataclasses
+
+    from segray.labelling.job import LabelOptions
+
+    return {f.name: f.default for f in dataclasses.fields(LabelOptions) if f.default is not dataclasses.MISSING}
+
+
+def _add_io_args(p: argparse.ArgumentParser) -> None:
+    """What to label with which model, and where the outputs go."""
     p.add_argument("--model", required=True, help="model artifact folder or s3:// URI")
     p.add_argument("--input", required=True, help="folder/S3 prefix of PNG/JPEG frames, or a manifest (.parquet/.csv)")
     p.add_argument("--output", required=True, help="output folder or s3:// prefix")
-    p.add_argument("--batch-size", type=int, default=8, help="frames per model call (default 8)")
+
+
+def _add_pool_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """Batch sizes, the inference actor pool and the Ray resources of each stage."""
+    p.add_argument(
+        "--batch-size", type=int, default=d["batch_size"], help=f"frames per model call (default {d['batch_size']})"
+    )
     p.add_argument(
         "--min-actors",
         type=int,
-        default=None,
+        default=d["min_actors"],
         help="inference actor pool minimum (default: 1 with GPUs; without, one actor per core, at most 4)",
     )
     p.add_argument(
         "--max-actors",
         type=int,
-        default=None,
+        default=d["max_actors"],
         help="inference actor pool maximum; > min autoscales; 0 = as many as the cluster can hold (default: = min)",
     )
     p.add_argument(
         "--cpus-per-actor",
         type=float,
-        default=None,
+        default=d["cpus_per_actor"],
         help="Ray CPUs reserved per inference actor (default: 1 with GPUs, 0.5 without)",
     )
     p.add_argument(
-        "--gpus-per-actor", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has GPUs)"
+        "--gpus-per-actor",
+        type=float,
+        default=d["gpus_per_actor"],
+        help="GPUs per actor (default: 1 if the cluster has GPUs)",
     )
     p.add_argument(
         "--torch-threads",
         type=int,
-        default=0,
+        default=d["torch_threads"],
         help="torch CPU threads per actor (default: node cores / max actors, at least 1)",
     )
-    p.add_argument("--read-cpus", type=float, default=0.5, help="Ray CPUs per read/decode task (default 0.5)")
-    p.add_argument("--write-cpus", type=float, default=0.5, help="Ray CPUs per write task (default 0.5)")
     p.add_argument(
-        "--write-batch-size", type=int, default=128, help="frames per stats/errors Parquet part (default 128)"
+        "--read-cpus",
+        type=float,
+        default=d["read_cpus"],
+        help=f"Ray CPUs per read/decode task (default {d['read_cpus']:g})",
     )
+    p.add_argument(
+        "--write-cpus",
+        type=float,
+        default=d["write_cpus"],
+        help=f"Ray CPUs per write task (default {d['write_cpus']:g})",
+    )
+    p.add_argument(
+        "--write-batch-size",
+        type=int,
+        default=d["write_batch_size"],
+        help=f"frames per stats/errors Parquet part (default {d['write_batch_size']})",
+    )
+
+
+def _add_frame_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """How frames are found and checked, and where they are decoded and labelled."""
     p.add_argument(
         "--max-pixels",
         type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"refuse frames whose header declares more pixels, before decoding (default {DEFAULT_MAX_PIXELS:,})",
+        default=d["max_pixels"],
+        help=f"refuse frames whose header declares more pixels, before decoding (default {d['max_pixels']:,})",
     )
-    p.add_argument("--uri-column", default="uri", help="manifest column holding frame URIs (default uri)")
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if torch sees one), cpu, cuda")
+    p.add_argument(
+        "--uri-column",
+        default=d["uri_column"],
+        help=f"manifest column holding frame URIs (default {d['uri_column']})",
+    )
+    p.add_argument("--device", default=d["device"], help="torch device: auto (cuda if torch sees one), cpu, cuda")
     p.add_argument(
         "--decode",
         choices=("cpu", "gpu"),
-        default="cpu",
+        default=d["decode"],
         help="where JPEG frames are decoded: cpu (the read tasks) or gpu (nvJPEG in the inference actors, which "
-        "then need GPUs; other formats stay on CPUs) (default cpu)",
+        f"then need GPUs; other formats stay on CPUs) (default {d['decode']})",
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """Where the run goes, what it prints, tags its rows with, and how much of the input it takes."""
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--print-table", action="store_true", help="print the per-class area table at the end")
     p.add_argument(
@@ -129,7 +185,7 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit",
         type=int,
-        default=None,
+        default=d["limit"],
         metavar="N",
         help="label at most N of the frames not yet labelled, in listing order; a rerun goes on with the rest",
     )
@@ -139,28 +195,42 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
         help="check the model, input and output, and print how many frames a run would label and which "
         "are already done, without starting Ray or taking the output",
     )
+
+
+def _add_failure_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """The failure policy: how many failed frames a run accepts before it exits non-zero."""
     p.add_argument(
         "--max-failed-fraction",
         type=float,
-        default=None,
+        default=d["max_failed_fraction"],
         help="exit non-zero (3) when more than this share of frames fails, after writing all outputs",
     )
+
+
+def _add_tile_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """Large frames in windows at their own resolution, and the pixel size that areas in m2 need."""
     tiles = p.add_argument_group("large tiles and physical units")
     tiles.add_argument(
         "--tile-above",
         type=float,
-        default=2.0,
+        default=d["tile_above"],
         help="label a frame in windows at its own resolution when a side is above this many times the size the "
-        "model was trained on (recorded by segray train; else its input size); others are resized (default 2)",
+        "model was trained on (recorded by segray train; else its input size); others are resized "
+        f"(default {d['tile_above']:g})",
     )
     tiles.add_argument(
-        "--window", type=parse_window, default=None, help="window HxW for large frames (default: the model input)"
+        "--window",
+        type=parse_window,
+        default=d["tile_window"],
+        help="window HxW for large frames (default: the model input)",
     )
-    tiles.add_argument("--overlap", type=int, default=None, help="window overlap in pixels (default: window / 4)")
+    tiles.add_argument(
+        "--overlap", type=int, default=d["tile_overlap"], help="window overlap in pixels (default: window / 4)"
+    )
     tiles.add_argument(
         "--pixel-size",
         type=float,
-        default=None,
+        default=d["pixel_size"],
         help="metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one",
     )
     tiles.add_argument(
@@ -168,10 +238,14 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore .pgw/.jgw/.tfw world files beside frames (a manifest's frames are otherwise looked up one by one)",
     )
+
+
+def _add_instance_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
+    """Options that apply to instance models only."""
     p.add_argument(
         "--min-score",
         type=float,
-        default=None,
+        default=d["min_score"],
         help="instance models: keep objects scoring at least this (0-1; part of the rows' model id) (default 0.5)",
     )
 
@@ -382,7 +456,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segray", description=DESCRIPTION, epilog=EXIT_CODES)
     p.add_argument("--version", action="version", version=f"segray {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_label_parsers(sub)  # label, nightly
+    _add_model_parsers(sub)  # model init, info, convert-weights
+    _add_demo_parser(sub)
+    _add_output_parsers(sub)  # runs, compact
+    training_cli.add_parsers(sub)  # train
+    evaluation_cli.add_parsers(sub)  # evaluate, compare
+    datasets_cli.add_parsers(sub)  # data convert, data stats
+    landcover_cli.add_parser(sub)
+    serving_cli.add_parser(sub, parse_window)
+    return p
 
+
+def _add_label_parsers(sub: argparse._SubParsersAction) -> None:
+    """``segray label`` and ``segray nightly``: the labelling job, on given or date-templated paths."""
     lab = sub.add_parser(
         "label", help="label frames: masks, per-class stats, errors (Ray Data)", epilog=LABEL_EXIT_CODES
     )
@@ -400,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--date", default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
     nightly.set_defaults(func=cmd_nightly)
 
+
+def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
+    """``segray model init|info|convert-weights``: model artifacts."""
     model = sub.add_parser("model", help="model artifacts")
     msub = model.add_subparsers(dest="model_command", required=True)
     init = msub.add_parser("init", help="write an untrained model artifact")
@@ -446,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--arch", default="unet", help="architecture for the --encoder check (default unet)")
     conv.set_defaults(func=cmd_model_convert_weights)
 
+
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``segray demo``: train, label and score on synthetic frames, with nothing to download."""
     demo = sub.add_parser(
         "demo",
         help="train a small model on synthetic street frames, label held-out ones, print mIoU and areas",
@@ -459,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 16)")
     demo.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     demo.set_defaults(func=cmd_demo)
+
+
+def _add_output_parsers(sub: argparse._SubParsersAction) -> None:
+    """``segray runs`` and ``segray compact``: reading and tidying a labelling output."""
     runs = sub.add_parser(
         "runs",
         help="what the runs on a labelling output did, who is writing it now, frames per model",
@@ -483,12 +580,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rows per compacted file (default {DEFAULT_ROWS_PER_FILE:,})",
     )
     comp.set_defaults(func=cmd_compact)
-    training_cli.add_parsers(sub)  # train
-    evaluation_cli.add_parsers(sub)  # evaluate, compare
-    datasets_cli.add_parsers(sub)  # data convert, data stats
-    landcover_cli.add_parser(sub)
-    serving_cli.add_parser(sub, parse_window)
-    return p
 
 
 def subcommand(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:

@@ -28,15 +28,15 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -46,10 +46,12 @@ from segray.frames.listing import is_manifest, list_folder, relative_paths_from_
 from segray.labelling.lease import OutputLease
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
-from segray.models.artifact import ArtifactInfo, read_info
 from segray.tiles.pixel_size import WORLD_FILE_COLUMN
 from segray.tiles.windows import TileSpec
 from segray.tiles.worldfile import world_file_candidates
+
+if TYPE_CHECKING:  # the artifact module brings torch: not loaded to parse a command line
+    from segray.models.artifact import ArtifactInfo
 
 log = logging.getLogger("segray.label")
 
@@ -266,6 +268,8 @@ def _done_in_part(fs: pafs.FileSystem, path: str, model_id: str) -> pa.Array:
 def _manifest_table(opts: LabelOptions) -> pa.Table:
     """A manifest's rows as (extra columns..., uri, relative_path). The ``uri`` column holds the
     URIs as written: :func:`_frames_table` resolves them for the frames still to label only."""
+    import pyarrow.dataset as pads  # brings pandas: loaded when a manifest is read, not to parse a command line
+
     fs, path = storage.resolve(opts.input)
     fmt = "csv" if opts.input.lower().endswith(".csv") else "parquet"
     table = pads.dataset(path, filesystem=fs, format=fmt).to_table()
@@ -291,7 +295,9 @@ def _frames_table(opts: LabelOptions, model_id: str) -> tuple[pa.Table | None, i
     """The frames still to label, in listing order, as a table of (uri, relative_path, extra
     manifest columns..., tags...), with the number of frames listed and of those already done."""
     manifest = is_manifest(opts.input)
-    sidecars = {WORLD_FILE_COLUMN: world_file_candidates} if opts.world_files else None
+    sidecars: dict[str, Callable[[str], list[str]]] | None = (
+        {WORLD_FILE_COLUMN: world_file_candidates} if opts.world_files else None
+    )
     table = _manifest_table(opts) if manifest else list_folder(opts.input, sidecars)
     for key in opts.tags:
         if key in table.column_names:
@@ -368,6 +374,8 @@ def _spread(
 
 def preflight(opts: LabelOptions) -> ArtifactInfo:
     """Everything that can fail before any frame is read: model, input, output, credentials."""
+    from segray.models.artifact import read_info
+
     info = read_info(opts.model)
     check_task_options(opts, info)
     # Window and overlap against the model's input size (the defaults come from it).
@@ -423,16 +431,53 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None, lease: O
 
 
 def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, lease: OutputLease) -> RunSummary:
-    from ray.data import ActorPoolStrategy
+    """The run's steps: plan, size the inference pool, build the pipeline, consume it, summarise."""
+    run = _plan(opts, info, run_id, started)
+    counts = _Counts()
+    if run.table is not None:
+        ds, pool, gpus = _size_pool(run, run.table)
+        ds = _build_pipeline(run, ds, pool, gpus)
+        counts = _consume(run, ds, run.table.num_rows, lease)
+    lease.check()
+    if not run.left_by_limit:  # every frame without a stats row was tried again in this run
+        _drop_old_error_parts(run.opts.output, run_id)
+    return _summarise(run, counts)
 
-    from segray.labelling.instances import DEFAULT_MIN_SCORE, InstancePredictor
-    from segray.labelling.predict import Predictor
-    from segray.labelling.read import read_frames
-    from segray.labelling.write import write_outputs
+
+@dataclass
+class _Run:
+    """What a run works on, decided before anything starts; passed between the steps of :func:`_label`."""
+
+    #: The options as used (an instance model's ``min_score`` filled in, so the run records it).
+    opts: LabelOptions
+    info: ArtifactInfo
+    run_id: str
+    started: float
+    model_id: str
+    #: The frames to label in this run (``limit`` applied); None when there are none.
+    table: pa.Table | None
+    total: int
+    skipped: int
+    left_by_limit: int
+
+
+@dataclass
+class _Counts:
+    """What the written batches reported, summed over the run."""
+
+    labelled: int = 0
+    failed: int = 0
+    windowed: int = 0
+    #: Seconds from the run's start to the first written batch.
+    first_output: float | None = None
+
+
+def _plan(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float) -> _Run:
+    """The frames this run labels: those without a stats row from this model, cut to ``limit``."""
+    from segray.labelling.instances import DEFAULT_MIN_SCORE
 
     check_task_options(opts, info)
-    instance = info.task == "instance"
-    if instance and opts.min_score is None:
+    if info.task == "instance" and opts.min_score is None:
         opts = replace(opts, min_score=DEFAULT_MIN_SCORE)  # recorded in the run's options as used
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
@@ -450,148 +495,178 @@ def _label(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float, 
         total - skipped - left_by_limit,
         f" (--limit {opts.limit}: {left_by_limit} left for a later run)" if left_by_limit else "",
     )
-    labelled = failed = windowed = 0
-    first_output: float | None = None
-    if table is not None:
-        cap = cluster_capacity()
-        gpus = gpus_per_actor(opts.gpus_per_actor, cap)
-        if opts.decode == "gpu" and not gpus:
-            raise ValueError(
-                "--decode gpu: the inference actors get no GPU (the cluster has none, and no node type with "
-                "GPUs to add); use --decode cpu"
-            )
-        # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
-        # stays small so that reads and writes still get scheduled (an actor pool that reserved
-        # every CPU of a 2-CPU node left none for them, and the job stalled).
-        cores = os.cpu_count() or 1
-        pool = pool_layout(opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, cores)
-        ds, pool = _spread(table, pool, opts.torch_threads > 0, cores, opts.read_batch_size)
-        log.info(
-            "run %s: inference pool %d-%d actors, %g GPU, %g CPU and %d torch threads each "
-            "(cluster: %g GPUs now, %s at most)",
-            run_id,
-            pool.min_actors,
-            pool.max_actors,
-            gpus,
-            pool.cpus_per_actor,
-            pool.torch_threads,
-            cap.gpus_now,
-            "unknown" if cap.gpus_max is None else f"{cap.gpus_max:g}",
+    return _Run(opts, info, run_id, started, mid, table, total, skipped, left_by_limit)
+
+
+def _size_pool(run: _Run, table: pa.Table) -> tuple[Any, PoolLayout, float]:
+    """The frames as a Ray dataset, the inference pool sized for them and the cluster, and the
+    GPUs each inference actor gets."""
+    opts = run.opts
+    cap = cluster_capacity()
+    gpus = gpus_per_actor(opts.gpus_per_actor, cap)
+    if opts.decode == "gpu" and not gpus:
+        raise ValueError(
+            "--decode gpu: the inference actors get no GPU (the cluster has none, and no node type with "
+            "GPUs to add); use --decode cpu"
         )
-        pre = info.preprocessing
-        reference = info.train_frame_size or (pre.height, pre.width)
-        log.info(
-            "run %s: frames up to %gx %dx%d (%s) are resized to the model input %dx%d; larger ones are labelled "
-            "in %s windows at their own resolution (--tile-above)",
-            run_id,
-            opts.tile_above,
-            *reference,
-            "the frames the model was trained on" if info.train_frame_size else "the model input",
-            pre.height,
-            pre.width,
-            "x".join(str(v) for v in (opts.tile_window or (pre.height, pre.width))),
-        )
-        ds = ds.map_batches(
-            read_frames,
-            batch_size=opts.read_batch_size,
-            num_cpus=opts.read_cpus,
-            fn_kwargs={
-                "preprocessing": info.preprocessing.to_dict(),
-                "max_pixels": opts.max_pixels,
-                "tile_above": opts.tile_above,
-                "pixel_size": opts.pixel_size,
-                "world_files": opts.world_files,
-                "tile_reference": reference,
-                "decode": opts.decode,
-            },
-        )
-        predictor: dict[str, Any] = {
-            "model_uri": opts.model,
-            "torch_threads": pool.torch_threads,
-            "device": opts.device,
+    # The node's cores are shared among the actors that may run on it; the Ray CPU reservation
+    # stays small so that reads and writes still get scheduled (an actor pool that reserved
+    # every CPU of a 2-CPU node left none for them, and the job stalled).
+    cores = os.cpu_count() or 1
+    pool = pool_layout(opts.min_actors, opts.max_actors, opts.cpus_per_actor, opts.torch_threads, gpus, cap, cores)
+    ds, pool = _spread(table, pool, opts.torch_threads > 0, cores, opts.read_batch_size)
+    log.info(
+        "run %s: inference pool %d-%d actors, %g GPU, %g CPU and %d torch threads each "
+        "(cluster: %g GPUs now, %s at most)",
+        run.run_id,
+        pool.min_actors,
+        pool.max_actors,
+        gpus,
+        pool.cpus_per_actor,
+        pool.torch_threads,
+        cap.gpus_now,
+        "unknown" if cap.gpus_max is None else f"{cap.gpus_max:g}",
+    )
+    return ds, pool, gpus
+
+
+def _build_pipeline(run: _Run, ds: Any, pool: PoolLayout, gpus: float) -> Any:
+    """read -> predict -> write on ``ds``; nothing runs until the result is consumed."""
+    from ray.data import ActorPoolStrategy
+
+    from segray.labelling.instances import InstancePredictor
+    from segray.labelling.predict import Predictor
+    from segray.labelling.read import read_frames
+    from segray.labelling.write import write_outputs
+
+    opts, info = run.opts, run.info
+    pre = info.preprocessing
+    reference = info.train_frame_size or (pre.height, pre.width)
+    log.info(
+        "run %s: frames up to %gx %dx%d (%s) are resized to the model input %dx%d; larger ones are labelled "
+        "in %s windows at their own resolution (--tile-above)",
+        run.run_id,
+        opts.tile_above,
+        *reference,
+        "the frames the model was trained on" if info.train_frame_size else "the model input",
+        pre.height,
+        pre.width,
+        "x".join(str(v) for v in (opts.tile_window or (pre.height, pre.width))),
+    )
+    ds = ds.map_batches(
+        read_frames,
+        batch_size=opts.read_batch_size,
+        num_cpus=opts.read_cpus,
+        fn_kwargs={
+            "preprocessing": info.preprocessing.to_dict(),
+            "max_pixels": opts.max_pixels,
+            "tile_above": opts.tile_above,
+            "pixel_size": opts.pixel_size,
+            "world_files": opts.world_files,
+            "tile_reference": reference,
+            "decode": opts.decode,
+        },
+    )
+    ds = ds.map_batches(
+        InstancePredictor if info.task == "instance" else Predictor,
+        batch_size=opts.batch_size,
+        compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=gpus,
+        fn_constructor_kwargs=_predictor_kwargs(opts, info, pool),
+    )
+    return ds.map_batches(
+        write_outputs,
+        batch_size=opts.write_batch_size,
+        num_cpus=opts.write_cpus,
+        fn_kwargs={
+            "output": opts.output,
+            "run_id": run.run_id,
+            "model_id": run.model_id,
+            "label_map": info.label_map.to_dict(),
+            "task": info.task,
+        },
+    )
+
+
+def _predictor_kwargs(opts: LabelOptions, info: ArtifactInfo, pool: PoolLayout) -> dict[str, Any]:
+    """The inference actor's constructor arguments: those of the model's task only."""
+    predictor: dict[str, Any] = {
+        "model_uri": opts.model,
+        "torch_threads": pool.torch_threads,
+        "device": opts.device,
+    }
+    if info.task == "instance":
+        predictor |= {"min_score": opts.min_score, "tile_above": opts.tile_above}
+    else:
+        predictor |= {
+            "tile_window": opts.tile_window,
+            "tile_overlap": opts.tile_overlap,
+            "tile_batch_size": opts.batch_size,
+            "max_pixels": opts.max_pixels,
+            "decode": opts.decode,
         }
-        if instance:
-            predictor |= {"min_score": opts.min_score, "tile_above": opts.tile_above}
-        else:
-            predictor |= {
-                "tile_window": opts.tile_window,
-                "tile_overlap": opts.tile_overlap,
-                "tile_batch_size": opts.batch_size,
-                "max_pixels": opts.max_pixels,
-                "decode": opts.decode,
-            }
-        ds = ds.map_batches(
-            InstancePredictor if instance else Predictor,
-            batch_size=opts.batch_size,
-            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-            num_cpus=pool.cpus_per_actor,
-            num_gpus=gpus,
-            fn_constructor_kwargs=predictor,
+    return predictor
+
+
+def _consume(run: _Run, ds: Any, todo: int, lease: OutputLease) -> _Counts:
+    """Runs the pipeline to its end, summing what the written batches report and logging progress
+    every 15 s; stops at once if another run took the output over."""
+    counts = _Counts()
+    last = time.time()
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        lease.check()  # taken over: stop writing at once (what was written stays, once per frame)
+        if counts.first_output is None:
+            counts.first_output = time.time() - run.started
+        counts.labelled += int(b["labelled"].sum())
+        counts.failed += int(b["failed"].sum())
+        counts.windowed += int(b["windowed"].sum())
+        if time.time() - last > 15:
+            last = time.time()
+            done = counts.labelled + counts.failed
+            rate = done / (last - run.started)
+            log.info("run %s: %d/%d frames (%d failed), %.1f frames/s", run.run_id, done, todo, counts.failed, rate)
+    if counts.labelled + counts.failed != todo:
+        raise RuntimeError(
+            f"run {run.run_id}: {todo} frames went in but {counts.labelled} were labelled and {counts.failed} "
+            "failed; outputs are incomplete, rerun the same command to finish"
         )
-        ds = ds.map_batches(
-            write_outputs,
-            batch_size=opts.write_batch_size,
-            num_cpus=opts.write_cpus,
-            fn_kwargs={
-                "output": opts.output,
-                "run_id": run_id,
-                "model_id": mid,
-                "label_map": info.label_map.to_dict(),
-                "task": info.task,
-            },
-        )
-        todo = table.num_rows
-        last = time.time()
-        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            lease.check()  # taken over: stop writing at once (what was written stays, once per frame)
-            if first_output is None:
-                first_output = time.time() - started
-            labelled += int(b["labelled"].sum())
-            failed += int(b["failed"].sum())
-            windowed += int(b["windowed"].sum())
-            if time.time() - last > 15:
-                last = time.time()
-                rate = (labelled + failed) / (last - started)
-                log.info(
-                    "run %s: %d/%d frames (%d failed), %.1f frames/s", run_id, labelled + failed, todo, failed, rate
-                )
-        if labelled + failed != todo:
-            raise RuntimeError(
-                f"run {run_id}: {todo} frames went in but {labelled} were labelled and {failed} failed; "
-                "outputs are incomplete, rerun the same command to finish"
-            )
-    lease.check()
-    if not left_by_limit:  # every frame without a stats row was tried again in this run
-        _drop_old_error_parts(opts.output, run_id)
-    seconds = time.time() - started
+    return counts
+
+
+def _summarise(run: _Run, counts: _Counts) -> RunSummary:
+    """Writes ``_runs/<run_id>.json`` and logs the totals; raises :class:`FailureBudgetExceeded`
+    (after writing) when more frames failed than ``max_failed_fraction`` allows."""
+    opts, labelled, failed = run.opts, counts.labelled, counts.failed
+    seconds = time.time() - run.started
     failed_fraction = round(failed / (labelled + failed), 6) if labelled + failed else 0.0
     over = opts.max_failed_fraction is not None and failed_fraction > opts.max_failed_fraction
     summary = RunSummary(
-        run_id=run_id,
-        model_id=mid,
+        run_id=run.run_id,
+        model_id=run.model_id,
         input=opts.input,
         output=opts.output,
-        frames_in=total,
-        skipped_done=skipped,
+        frames_in=run.total,
+        skipped_done=run.skipped,
         labelled=labelled,
         failed=failed,
         seconds=round(seconds, 3),
         frames_per_s=round((labelled + failed) / seconds, 3) if seconds > 0 else 0.0,
-        first_output_s=None if first_output is None else round(first_output, 3),
-        started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        first_output_s=None if counts.first_output is None else round(counts.first_output, 3),
+        started_at=datetime.fromtimestamp(run.started, timezone.utc).isoformat(),
         options={k: v for k, v in asdict(opts).items() if k not in {"run_id"}},
         failed_fraction=failed_fraction,
-        left_by_limit=left_by_limit,
-        windowed=windowed,
-        status="over failure budget" if over else "limited" if left_by_limit else "complete",
+        left_by_limit=run.left_by_limit,
+        windowed=counts.windowed,
+        status="over failure budget" if over else "limited" if run.left_by_limit else "complete",
     )
-    storage.write_bytes(storage.join(opts.output, "_runs", f"{run_id}.json"), summary.to_json().encode())
+    storage.write_bytes(storage.join(opts.output, "_runs", f"{run.run_id}.json"), summary.to_json().encode())
     log.info(
         "run %s: %d labelled, %d failed, %d skipped (already done) in %.1f s (%.2f frames/s)",
-        run_id,
+        run.run_id,
         labelled,
         failed,
-        skipped,
+        run.skipped,
         seconds,
         summary.frames_per_s,
     )

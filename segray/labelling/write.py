@@ -99,12 +99,43 @@ def mask_key(relative_path: str) -> str:
 def write_outputs(
     batch: dict[str, Any], output: str, run_id: str, model_id: str, label_map: dict[str, Any], task: str = "semantic"
 ) -> dict[str, np.ndarray]:
+    """Writes a batch's masks, then its instances, stats and errors parts; returns the batch's counts
+    of frames labelled, failed and labelled in windows."""
     lm = LabelMap.from_dict(label_map)
-    palette = lm.palette()
     instance = task == "instance"
-    n = len(batch["uri"])
     errors = [str(e) for e in batch["error"]]
     stages = [str(s) for s in batch["error_stage"]]
+    keys = _write_masks(batch, output, lm, instance, errors, stages)
+
+    now = datetime.now(timezone.utc)
+    n = len(batch["uri"])
+    ok = [i for i in range(n) if not errors[i]]
+    bad = [i for i in range(n) if errors[i]]
+    # The part's name comes from the frames it holds: a write task that Ray retries (its worker died
+    # after the PUT but before returning) rewrites the same key instead of adding duplicate rows.
+    part = f"part-{run_id}-{batch_key(batch)}.parquet"
+    if ok and instance:
+        table = instances_table(batch, ok, lm, model_id, run_id, now)
+        if table.num_rows:
+            storage.write_bytes(storage.join(output, "instances", part), to_parquet_bytes(table))
+    if ok:
+        table = _stats_table(batch, ok, keys, lm, instance, model_id, run_id, now)
+        storage.write_bytes(storage.join(output, "stats", part), to_parquet_bytes(table))
+    if bad:
+        table = _errors_table(batch, bad, errors, stages, run_id, now)
+        storage.write_bytes(storage.join(output, "errors", part), to_parquet_bytes(table))
+    windowed = int(np.asarray(batch["windowed"])[ok].sum()) if "windowed" in batch and ok else 0
+    return {"labelled": np.array([len(ok)]), "failed": np.array([len(bad)]), "windowed": np.array([windowed])}
+
+
+def _write_masks(
+    batch: dict[str, Any], output: str, lm: LabelMap, instance: bool, errors: list[str], stages: list[str]
+) -> list[str | None]:
+    """Writes the mask of every frame without an error, several at a time; returns each frame's mask
+    key (None where there is none). A frame whose mask cannot be named or written gets its error
+    and stage set in ``errors`` and ``stages``."""
+    palette = lm.palette()
+    n = len(batch["uri"])
     keys: list[str | None] = [None] * n
 
     def put(i: int) -> None:
@@ -124,77 +155,89 @@ def write_outputs(
     todo = [i for i in range(n) if not errors[i]]
     with ThreadPoolExecutor(min(WRITE_THREADS, max(1, len(todo)))) as pool:
         list(pool.map(put, todo))
+    return keys
 
-    now = datetime.now(timezone.utc)
-    ok = [i for i in range(n) if not errors[i]]
-    bad = [i for i in range(n) if errors[i]]
-    # The part's name comes from the frames it holds: a write task that Ray retries (its worker died
-    # after the PUT but before returning) rewrites the same key instead of adding duplicate rows.
-    part = f"part-{run_id}-{batch_key(batch)}.parquet"
-    if ok and instance:
-        table = instances_table(batch, ok, lm, model_id, run_id, now)
-        if table.num_rows:
-            storage.write_bytes(storage.join(output, "instances", part), to_parquet_bytes(table))
-    if ok:
-        schema = stats_schema(lm, counts=instance)
-        counts = np.asarray(batch["class_pixels"])[ok]
-        w = np.asarray(batch["width"])[ok].astype(np.int64)
-        h = np.asarray(batch["height"])[ok].astype(np.int64)
-        area = (w * h).astype(np.float64)
-        cols: dict[str, Any] = {
-            "source_uri": [str(batch["uri"][i]) for i in ok],
-            "relative_path": [str(batch["relative_path"][i]) for i in ok],
-            "mask_path": [keys[i] for i in ok],
-            "width": w.astype(np.int32),
-            "height": h.astype(np.int32),
-            # A batch built without the read stage (a tool, a test) carries no orientation: as stored.
-            ORIENTATION_COLUMN: (
-                np.asarray(batch[ORIENTATION_COLUMN], dtype=np.int32)[ok]
-                if ORIENTATION_COLUMN in batch
-                else np.ones(len(ok), np.int32)
-            ),
-            "model_id": [model_id] * len(ok),
-        }
+
+def _stats_table(
+    batch: dict[str, Any],
+    ok: list[int],
+    keys: list[str | None],
+    lm: LabelMap,
+    instance: bool,
+    model_id: str,
+    run_id: str,
+    now: datetime,
+) -> pa.Table:
+    """One stats row per labelled frame ``ok`` (schema: :func:`segray.labelling.stats.stats_schema`)."""
+    counts = np.asarray(batch["class_pixels"])[ok]
+    w = np.asarray(batch["width"])[ok].astype(np.int64)
+    h = np.asarray(batch["height"])[ok].astype(np.int64)
+    area = (w * h).astype(np.float64)
+    cols: dict[str, Any] = {
+        "source_uri": [str(batch["uri"][i]) for i in ok],
+        "relative_path": [str(batch["relative_path"][i]) for i in ok],
+        "mask_path": [keys[i] for i in ok],
+        "width": w.astype(np.int32),
+        "height": h.astype(np.int32),
+        # A batch built without the read stage (a tool, a test) carries no orientation: as stored.
+        ORIENTATION_COLUMN: (
+            np.asarray(batch[ORIENTATION_COLUMN], dtype=np.int32)[ok]
+            if ORIENTATION_COLUMN in batch
+            else np.ones(len(ok), np.int32)
+        ),
+        "model_id": [model_id] * len(ok),
+    }
+    for c, name in enumerate(lm.names):
+        cols[f"px_{name}"] = counts[:, c]
+    if instance:
+        numbers = np.asarray(batch["instance_counts"])[ok]
         for c, name in enumerate(lm.names):
-            cols[f"px_{name}"] = counts[:, c]
-        if instance:
-            numbers = np.asarray(batch["instance_counts"])[ok]
-            for c, name in enumerate(lm.names):
-                cols[f"count_{name}"] = numbers[:, c]
-        for c, name in enumerate(lm.names):
-            cols[f"frac_{name}"] = counts[:, c] / area
-        px_area = (
-            np.asarray(batch["pixel_area_m2"], dtype=np.float64)[ok]
-            if "pixel_area_m2" in batch
-            else np.full(len(ok), np.nan)
-        )
-        unknown = np.isnan(px_area)  # no pixel size: areas stay null, never guessed
-        cols["pixel_area_m2"] = pa.array(px_area, pa.float64(), mask=unknown)
-        for c, name in enumerate(lm.names):
-            cols[f"area_m2_{name}"] = pa.array(counts[:, c] * px_area, pa.float64(), mask=unknown)
-        sources = [str(batch["pixel_size_source"][i]) for i in ok] if "pixel_size_source" in batch else [""] * len(ok)
-        cols["pixel_size_source"] = pa.array([s or None for s in sources], pa.string())
-        cols["mean_confidence"] = np.asarray(batch["mean_confidence"], dtype=np.float64)[ok]
-        cols["run_id"] = [run_id] * len(ok)
-        cols["processed_at"] = pa.array([now] * len(ok), pa.timestamp("us", tz="UTC"))
-        table = pa.table(cols, schema=schema)
-        for extra in passthrough_columns(batch):
-            table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[ok])))
-        storage.write_bytes(storage.join(output, "stats", part), to_parquet_bytes(table))
-    if bad:
-        table = pa.table(
-            {
-                "source_uri": [str(batch["uri"][i]) for i in bad],
-                "relative_path": [str(batch["relative_path"][i]) for i in bad],
-                "stage": [stages[i] for i in bad],
-                "error": [errors[i] for i in bad],
-                "run_id": [run_id] * len(bad),
-                "processed_at": pa.array([now] * len(bad), pa.timestamp("us", tz="UTC")),
-            },
-            schema=ERRORS_SCHEMA,
-        )
-        for extra in passthrough_columns(batch):  # region, date...: failed frames count per group too
-            table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[bad])))
-        storage.write_bytes(storage.join(output, "errors", part), to_parquet_bytes(table))
-    windowed = int(np.asarray(batch["windowed"])[ok].sum()) if "windowed" in batch and ok else 0
-    return {"labelled": np.array([len(ok)]), "failed": np.array([len(bad)]), "windowed": np.array([windowed])}
+            cols[f"count_{name}"] = numbers[:, c]
+    for c, name in enumerate(lm.names):
+        cols[f"frac_{name}"] = counts[:, c] / area
+    cols |= _area_columns(batch, ok, counts, lm)
+    cols["mean_confidence"] = np.asarray(batch["mean_confidence"], dtype=np.float64)[ok]
+    cols["run_id"] = [run_id] * len(ok)
+    cols["processed_at"] = pa.array([now] * len(ok), pa.timestamp("us", tz="UTC"))
+    table = pa.table(cols, schema=stats_schema(lm, counts=instance))
+    for extra in passthrough_columns(batch):
+        table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[ok])))
+    return table
+
+
+def _area_columns(batch: dict[str, Any], ok: list[int], counts: np.ndarray, lm: LabelMap) -> dict[str, Any]:
+    """``pixel_area_m2``, ``area_m2_<class>`` and ``pixel_size_source`` of frames ``ok``: null where a
+    frame has no pixel size (areas are never guessed)."""
+    cols: dict[str, Any] = {}
+    px_area = (
+        np.asarray(batch["pixel_area_m2"], dtype=np.float64)[ok]
+        if "pixel_area_m2" in batch
+        else np.full(len(ok), np.nan)
+    )
+    unknown = np.isnan(px_area)  # no pixel size: areas stay null, never guessed
+    cols["pixel_area_m2"] = pa.array(px_area, pa.float64(), mask=unknown)
+    for c, name in enumerate(lm.names):
+        cols[f"area_m2_{name}"] = pa.array(counts[:, c] * px_area, pa.float64(), mask=unknown)
+    sources = [str(batch["pixel_size_source"][i]) for i in ok] if "pixel_size_source" in batch else [""] * len(ok)
+    cols["pixel_size_source"] = pa.array([s or None for s in sources], pa.string())
+    return cols
+
+
+def _errors_table(
+    batch: dict[str, Any], bad: list[int], errors: list[str], stages: list[str], run_id: str, now: datetime
+) -> pa.Table:
+    """One errors row per failed frame ``bad``, with the stage that failed and why (ERRORS_SCHEMA)."""
+    table = pa.table(
+        {
+            "source_uri": [str(batch["uri"][i]) for i in bad],
+            "relative_path": [str(batch["relative_path"][i]) for i in bad],
+            "stage": [stages[i] for i in bad],
+            "error": [errors[i] for i in bad],
+            "run_id": [run_id] * len(bad),
+            "processed_at": pa.array([now] * len(bad), pa.timestamp("us", tz="UTC")),
+        },
+        schema=ERRORS_SCHEMA,
+    )
+    for extra in passthrough_columns(batch):  # region, date...: failed frames count per group too
+        table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[bad])))
+    return table

@@ -16,6 +16,7 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,8 +28,8 @@ from segray.models.precision import amp_dtype as amp_dtype_for
 from segray.training import checkpoint as ckpt_io
 from segray.training.config import TrainConfig
 from segray.training.curves import write_curves
-from segray.training.optim import make_optimizer, make_scheduler
-from segray.training.session import CHECKPOINT_SCORE, RaySession, Session, checkpoint_score, maybe_inject_failure
+from segray.training.epoch import Stepper, epochs_this_run, report_epoch, seed_epoch, start_worker
+from segray.training.session import CHECKPOINT_SCORE, RaySession, Session, checkpoint_score
 from segray.training.validate import all_reduce, is_validation_epoch
 
 log = logging.getLogger("segray.train")
@@ -86,10 +87,11 @@ def precise_bn(model: torch.nn.Module, dataset: Any, batch_size: int, device: to
         b.reset_running_stats()
         b.momentum = None  # cumulative average
         b.train()
+    rcnn: Any = model  # torchvision's Mask R-CNN: its own transform, then the backbone
     n = min(PRECISE_BN_FRAMES, len(dataset))
     for i in range(0, n, batch_size):
-        images, _ = model.transform([dataset[j][0].to(device) for j in range(i, min(n, i + batch_size))])
-        model.backbone(images.tensors)
+        images, _ = rcnn.transform([dataset[j][0].to(device) for j in range(i, min(n, i + batch_size))])
+        rcnn.backbone(images.tensors)
     for b, m in zip(bns, momenta, strict=True):
         b.momentum = m
     model.train(was_training)
@@ -131,33 +133,130 @@ def instance_train_loop(config: dict[str, Any], session: Session | None = None) 
 
 
 def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None:
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    """Set up, then per epoch: train, validate, report with a checkpoint, redraw the curves."""
+    w = _set_up(config, session, scratch)
+    for epoch in range(w.start, w.stop):
+        t0 = time.monotonic()
+        loss_sum = _train_epoch(w, epoch)
+        train_seconds = time.monotonic() - t0
+        all_reduce(loss_sum)
+        s = _validate_epoch(w, epoch)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": w.stepper.step,
+            "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
+            "val_loss": float("nan"),  # Mask R-CNN has no loss in eval mode
+            "val_mask_ap": s["ap"],
+            "val_mask_ap50": s["ap50"],
+            "val_mask_ap75": s["ap75"],
+            "val_exact_count_fraction": s["exact_count_fraction"],
+            "val_count_mae": s["count_mae"],
+            "lr": w.stepper.lr,
+            "train_seconds": train_seconds,
+            "epoch_seconds": time.monotonic() - t0,
+            SCORE: checkpoint_score(s["ap50"]),
+            **{f"val_ap_{n}": v["ap"] for n, v in s["per_class"].items()},
+            **{f"val_ap50_{n}": v["ap50"] for n, v in s["per_class"].items()},
+        }
+        w.history.append({k: metrics[k] for k in HISTORY_KEYS})
+        rank0 = session.rank == 0
+        if rank0:
+            log.info("epoch %d/%d: train loss %.4f, val mask AP %.4f AP50 %.4f AP75 %.4f, exact counts %.3f (%.0f s)",
+                     epoch + 1, w.cfg.run.epochs, metrics["train_loss"], s["ap"], s["ap50"], s["ap75"],
+                     s["exact_count_fraction"], metrics["epoch_seconds"])  # fmt: skip
+        state = _checkpoint_state(w, epoch, metrics) if rank0 else None
+        report_epoch(session, w.model, w.stepper.opt, metrics, state, epoch + 1)
+        if rank0:
+            write_curves(w.cfg.run_uri, w.history, w.cfg.name, (SCORE, "val mask AP50 (%)"))
 
-    from segray.training.instance_data import InstanceDataset, collate, to_target
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+@dataclass
+class _Worker:
+    """A worker's training set-up, built once and carried through the epochs."""
+
+    cfg: TrainConfig
+    label_map: LabelMap
+    session: Session
+    #: The bare module (validated and checkpointed) and what trains (DDP-wrapped under Ray Train).
+    model: Any
+    ddp_model: Any
+    train_ds: Any
+    sampler: Any
+    loader: Any
+    val_loader: Any
+    stepper: Stepper
+    amp_dtype: torch.dtype | None
+    history: list[dict[str, Any]]
+    #: Epochs done before this run, and the epoch this run stops after.
+    start: int
+    stop: int
+
+
+def _set_up(config: dict[str, Any], session: Session, scratch: list[str]) -> _Worker:
+    """Model, loaders and optimiser, from the latest checkpoint if there is one."""
     cfg, label_map = TrainConfig.from_dict(config["cfg"]), LabelMap.from_dict(config["label_map"])
     train_frames = [InstanceFrame(*f) for f in config["train_frames"]]
     val_frames = [InstanceFrame(*f) for f in config["val_frames"]]
-    rank, device, c = session.rank, session.device, label_map.num_classes
-    torch.set_num_threads(cfg.run.torch_threads or max(1, int(cfg.run.cpus_per_worker)))
-    torch.manual_seed(cfg.run.seed)
+    rank, device = session.rank, session.device
+    start_worker(cfg)
+    model, state, ckpt_dir = _load_start(cfg, label_map.num_classes, session, scratch)
+    model.to(device)
+    ddp_model = session.prepare_model(model)
+    train_ds, sampler, loader, val_loader = _make_loaders(cfg, label_map.num_classes, train_frames, val_frames, session)
+    start = int(state.get("epoch", 0))
+    steps_per_epoch = max(1, len(loader))
+    amp_dtype = amp_dtype_for(device, cfg.run.amp)
+    stepper = Stepper.create(model, cfg, steps_per_epoch, amp_dtype, ckpt_dir, state)
+    history: list[dict[str, Any]] = list(state.get("history", []))
+    stop = epochs_this_run(cfg, start)
+    if rank == 0:
+        what = f"resuming from epoch {start}'s checkpoint" if state else "starting"
+        log.info("rank 0 of %d: %s; epochs %d-%d of %d; %d train / %d val frames, %d steps/epoch, device %s, amp %s",
+                 session.world, what, start + 1, stop, cfg.run.epochs, len(train_frames), len(val_frames),
+                 steps_per_epoch, device, amp_dtype)  # fmt: skip
+    return _Worker(
+        cfg, label_map, session, model, ddp_model, train_ds, sampler, loader, val_loader, stepper, amp_dtype,
+        history, start, stop,
+    )  # fmt: skip
+
+
+def _load_start(
+    cfg: TrainConfig, num_classes: int, session: Session, scratch: list[str]
+) -> tuple[torch.nn.Module, dict[str, Any], str | None]:
+    """(model, checkpoint state, checkpoint folder): the latest checkpoint's, or a new model (with the
+    encoder's pretrained weights) and no state."""
     checkpoint = session.checkpoint()
     state: dict[str, Any] = {}
     ckpt_dir = None
-    model = build(cfg, c, weights=checkpoint is None)
+    model = build(cfg, num_classes, weights=checkpoint is None)
     if checkpoint is not None:
         ckpt_dir = tempfile.mkdtemp(prefix="segray-resume-")
         scratch.append(ckpt_dir)
         checkpoint.to_directory(ckpt_dir)
         model.load_state_dict(ckpt_io.load_model_weights(ckpt_dir))
         state = ckpt_io.load_state(ckpt_dir)
-    model.to(device)
-    ddp_model = session.prepare_model(model)
+    return model, state, ckpt_dir
+
+
+def _make_loaders(
+    cfg: TrainConfig,
+    num_classes: int,
+    train_frames: list[InstanceFrame],
+    val_frames: list[InstanceFrame],
+    session: Session,
+) -> tuple[Any, Any, Any, Any]:
+    """(training dataset, its sampler, its loader, the val loader) of this worker's share of the frames."""
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from segray.training.instance_data import InstanceDataset, collate
+
+    rank, world = session.rank, session.world
     size = (cfg.model.height, cfg.model.width)
-    train_ds = InstanceDataset(train_frames, c, size, cfg.augment, cfg.data.cache)
-    sampler = DistributedSampler(train_ds, num_replicas=session.world, rank=rank, shuffle=True, seed=cfg.run.seed)
-    per_worker = math.ceil(len(train_ds) / session.world)
+    train_ds = InstanceDataset(train_frames, num_classes, size, cfg.augment, cfg.data.cache)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed
+    )
+    per_worker = math.ceil(len(train_ds) / world)
     loader = DataLoader(
         train_ds,
         batch_size=cfg.run.batch_size,
@@ -168,91 +267,48 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
         drop_last=per_worker > cfg.run.batch_size,  # BatchNorm refuses a final batch of one
     )
     val_ds = Subset(
-        InstanceDataset(val_frames, c, size, None, cfg.data.cache), range(rank, len(val_frames), session.world)
+        InstanceDataset(val_frames, num_classes, size, None, cfg.data.cache), range(rank, len(val_frames), world)
     )
     val_loader = DataLoader(val_ds, batch_size=cfg.run.val_batch_size, collate_fn=collate, num_workers=0)
-    start = int(state.get("epoch", 0))
-    opt = make_optimizer(model, cfg.optim)
-    steps_per_epoch = max(1, len(loader))
-    scheduler = make_scheduler(opt, cfg.optim, cfg.run.epochs, steps_per_epoch)
-    amp_dtype = amp_dtype_for(device, cfg.run.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    if ckpt_dir is not None:
-        ckpt_io.restore_optimizer(ckpt_dir, opt, state)
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    history: list[dict[str, Any]] = list(state.get("history", []))
-    step = int(state.get("step", 0))
-    stop = min(cfg.run.epochs, start + (cfg.run.max_epochs_this_run or cfg.run.epochs))
-    if rank == 0:
-        what = f"resuming from epoch {start}'s checkpoint" if state else "starting"
-        log.info("rank 0 of %d: %s; epochs %d-%d of %d; %d train / %d val frames, %d steps/epoch, device %s, amp %s",
-                 session.world, what, start + 1, stop, cfg.run.epochs, len(train_frames), len(val_frames),
-                 steps_per_epoch, device, amp_dtype)  # fmt: skip
+    return train_ds, sampler, loader, val_loader
 
-    for epoch in range(start, stop):
-        t0 = time.monotonic()
-        sampler.set_epoch(epoch)
-        torch.manual_seed(cfg.run.seed + 1009 * rank + 7919 * epoch)
-        ddp_model.train()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
-        for images, instances in loader:
-            targets = [{k: v.to(device) for k, v in to_target(inst).items()} for inst in instances]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                losses = ddp_model([im.to(device, non_blocking=True) for im in images], targets)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            maybe_inject_failure(cfg.run.inject_failure_at_epoch, cfg.run_uri, epoch + 1, rank)
-            loss_sum += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64, device=device)
-            if rank == 0 and cfg.run.log_every and step % cfg.run.log_every == 0:
-                parts = ", ".join(f"{k.removeprefix('loss_')} {v.item():.3f}" for k, v in losses.items())
-                log.info("epoch %d step %d loss %.4f (%s) lr %.2e", epoch + 1, step, loss.item(), parts,
-                         opt.param_groups[0]["lr"])  # fmt: skip
-        train_seconds = time.monotonic() - t0
-        all_reduce(loss_sum)
-        nan = float("nan")
-        if is_validation_epoch(epoch + 1, cfg.run.epochs, cfg.run.val_every):
-            precise_bn(model, train_ds, cfg.run.batch_size, device)  # the checkpoint keeps these statistics
-            s = validate_instances(model, val_loader, label_map.names, device, amp_dtype)
-        else:  # NaN ranks below every score in the checkpoint manager: never kept as the best
-            s = {"ap": nan, "ap50": nan, "ap75": nan, "exact_count_fraction": nan, "count_mae": nan,
-                 "per_class": {n: {"ap": nan, "ap50": nan, "ap75": nan} for n in label_map.names}}  # fmt: skip
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": float(loss_sum[0] / max(1.0, float(loss_sum[1]))),
-            "val_loss": nan,  # Mask R-CNN has no loss in eval mode
-            "val_mask_ap": s["ap"],
-            "val_mask_ap50": s["ap50"],
-            "val_mask_ap75": s["ap75"],
-            "val_exact_count_fraction": s["exact_count_fraction"],
-            "val_count_mae": s["count_mae"],
-            "lr": opt.param_groups[0]["lr"],
-            "train_seconds": train_seconds,
-            "epoch_seconds": time.monotonic() - t0,
-            SCORE: checkpoint_score(s["ap50"]),
-            **{f"val_ap_{n}": v["ap"] for n, v in s["per_class"].items()},
-            **{f"val_ap50_{n}": v["ap50"] for n, v in s["per_class"].items()},
-        }
-        history.append({k: metrics[k] for k in HISTORY_KEYS})
-        if rank == 0:
-            log.info("epoch %d/%d: train loss %.4f, val mask AP %.4f AP50 %.4f AP75 %.4f, exact counts %.3f (%.0f s)",
-                     epoch + 1, cfg.run.epochs, metrics["train_loss"], s["ap"], s["ap50"], s["ap75"],
-                     s["exact_count_fraction"], metrics["epoch_seconds"])  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="segray-ckpt-") as tmp:
-            if rank == 0:
-                state = {"epoch": epoch + 1, "step": step, "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "history": history,
-                         "metrics": metrics, "task": "instance", "arch": cfg.model.arch,
-                         "encoder": cfg.model.encoder, "label_map": label_map.to_dict()}  # fmt: skip
-                ckpt_io.save_checkpoint(tmp, model, opt, state)
-            session.report(metrics, tmp if rank == 0 else None, f"epoch-{epoch + 1:04d}")
-        if rank == 0:
-            write_curves(cfg.run_uri, history, cfg.name, (SCORE, "val mask AP50 (%)"))
+
+def _train_epoch(w: _Worker, epoch: int) -> torch.Tensor:
+    """One pass over this worker's shard: the summed loss and frame count, to be all-reduced."""
+    from segray.training.instance_data import to_target
+
+    rank, device = w.session.rank, w.session.device
+    w.sampler.set_epoch(epoch)
+    seed_epoch(w.cfg, rank, epoch)
+    w.ddp_model.train()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+    for images, instances in w.loader:
+        targets = [{k: v.to(device) for k, v in to_target(inst).items()} for inst in instances]
+        with torch.autocast(device.type, dtype=w.amp_dtype or torch.float32, enabled=w.amp_dtype is not None):
+            losses = w.ddp_model([im.to(device, non_blocking=True) for im in images], targets)
+        loss = sum(losses.values())
+        w.stepper.backward(loss, epoch + 1, rank)
+        loss_sum += torch.tensor([loss.item() * len(images), len(images)], dtype=torch.float64, device=device)
+        if w.stepper.should_log(rank):
+            parts = ", ".join(f"{k.removeprefix('loss_')} {v.item():.3f}" for k, v in losses.items())
+            log.info("epoch %d step %d loss %.4f (%s) lr %.2e", epoch + 1, w.stepper.step, loss.item(), parts,
+                     w.stepper.lr)  # fmt: skip
+    return loss_sum
+
+
+def _validate_epoch(w: _Worker, epoch: int) -> dict[str, Any]:
+    """COCO scores on a validation epoch; NaN scores on the others."""
+    if is_validation_epoch(epoch + 1, w.cfg.run.epochs, w.cfg.run.val_every):
+        device = w.session.device
+        precise_bn(w.model, w.train_ds, w.cfg.run.batch_size, device)  # the checkpoint keeps these statistics
+        return validate_instances(w.model, w.val_loader, w.label_map.names, device, w.amp_dtype)
+    nan = float("nan")  # NaN ranks below every score in the checkpoint manager: never kept as the best
+    return {"ap": nan, "ap50": nan, "ap75": nan, "exact_count_fraction": nan, "count_mae": nan,
+            "per_class": {n: {"ap": nan, "ap50": nan, "ap75": nan} for n in w.label_map.names}}  # fmt: skip
+
+
+def _checkpoint_state(w: _Worker, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What rank 0's checkpoint records beside the weights and optimiser (checkpoint.py's ``state.json``)."""
+    return {"epoch": epoch + 1, **w.stepper.state(), "history": w.history, "metrics": metrics,
+            "task": "instance", "arch": w.cfg.model.arch, "encoder": w.cfg.model.encoder,
+            "label_map": w.label_map.to_dict()}  # fmt: skip
