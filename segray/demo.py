@@ -1,9 +1,10 @@
 """The embedded default: ``segray demo`` trains a small model and labels frames it has not seen.
 
 Needs no cloud account, no dataset and no download. It synthesises street-like frames with their
-ground truth (:mod:`segray.datasets.synthetic`), trains a UNet on some of them through the training code on Ray Train (a short
-recipe, :data:`DEMO_RECIPE`), labels the others with the labelling job, scores the masks the job
-wrote against the ground truth, and writes a picture of frame | ground truth | predicted mask.
+ground truth (:mod:`segray.datasets.synthetic`), trains a UNet on some of them through the training
+code on Ray Train (a short recipe, :data:`DEMO_RECIPE`), labels the others with the labelling job,
+scores the masks the job wrote against the ground truth, and writes a picture of frame | ground
+truth | predicted mask.
 Every step is the code a real run uses; only the frames are made up.
 """
 
