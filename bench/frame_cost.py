@@ -52,7 +52,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segray import storage  # noqa: E402
-from segray.demo import STREET, street_frame  # noqa: E402
+from segray.datasets.synthetic import STREET, street_frame  # noqa: E402
 from segray.frames.decode import decode_frame  # noqa: E402
 from segray.labelling import predict  # noqa: E402
 from segray.labelling.predict import Predictor  # noqa: E402

@@ -267,7 +267,7 @@ class Bench:
         import cv2
         import numpy as np
 
-        from segray.demo import street_frame
+        from segray.datasets.synthetic import street_frame
         from segray.labels import CAMVID
         from segray.models.artifact import init_artifact
 

@@ -40,7 +40,7 @@ def main() -> None:
     a = p.parse_args()
 
     from segray.datasets.formats import convert
-    from segray.datasets.synthetic_instances import write_synthetic_instances
+    from segray.datasets.synthetic import write_synthetic_instances
 
     out = Path(a.out).resolve()
     t0 = time.monotonic()

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segray.demo import street_frame  # noqa: E402
+from segray.datasets.synthetic import street_frame  # noqa: E402
 from segray.labelling.job import LabelOptions  # noqa: E402
 from segray.labelling.lease import DEFAULT_TTL_S  # noqa: E402
 from segray.labelling.write import encode_mask_png  # noqa: E402

@@ -17,6 +17,7 @@ from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
 from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL_EXIT_CODES, TERMINATED
 from segray.landcover import cli as landcover_cli
+from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
 
@@ -42,27 +43,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the clean-up short
     _sigterm.set()
     raise Terminated
-
-
-def init_ray(address: str | None) -> None:
-    """Join the Ray at ``address`` (else ``$RAY_ADDRESS``, else start a local one), unless connected.
-
-    ``ray.init`` replaces the process's SIGTERM handling: a Python handler that exits with status 15
-    from wherever the main thread is, and in Ray's core worker a C++ failure-signal handler that prints
-    a stack dump for SIGTERM and leaves the process to abort on its way out (exit 134). A Python
-    handler that was installed before (:func:`main`'s, which stops the command cleanly with exit 143)
-    is put back after it.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if in_main_thread else None
-    ray.init(address=address, log_to_driver=True)
-    if callable(before):
-        signal.signal(signal.SIGTERM, before)
 
 
 def add_label_args(p: argparse.ArgumentParser) -> None:

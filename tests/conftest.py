@@ -71,7 +71,7 @@ def write_frames(folder: Path, sizes: list[tuple[int, int]], seed: int = 0, ext:
     """Synthetic street frames of the given (height, width) sizes, in two sub-folders."""
     import cv2
 
-    from segray.demo import street_frame
+    from segray.datasets.synthetic import street_frame
 
     rng = np.random.default_rng(seed)
     out = []

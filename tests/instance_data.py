@@ -1,4 +1,4 @@
-"""The synthetic instance set (:mod:`segray.datasets.synthetic_instances`) written and converted for tests."""
+"""The synthetic instance set (:mod:`segray.datasets.synthetic`) written and converted for tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from segray import storage
 from segray.datasets.formats import ConvertOptions, convert
-from segray.datasets.synthetic_instances import ATTRIBUTE, CLASSES, write_synthetic_instances
+from segray.datasets.synthetic import ATTRIBUTE, CLASSES, write_synthetic_instances
 from segray.labelling.reader import read_instances, read_stats
 from segray.labels import LabelMap
 

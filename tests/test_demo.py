@@ -9,7 +9,8 @@ import cv2
 import pytest
 from test_cli import run
 
-from segray.demo import STREET, score_masks
+from segray.datasets.synthetic import STREET
+from segray.demo import score_masks
 from segray.labelling.job import LabelOptions, run_label_job
 from segray.models.artifact import init_artifact
 

@@ -24,7 +24,7 @@ import torch
 from instance_data import check_instance_output
 
 from segray import storage
-from segray.datasets.synthetic_instances import CLASSES, make_frame
+from segray.datasets.synthetic import CLASSES, make_frame
 from segray.labelling.instances import paint_instances
 from segray.labelling.job import LabelOptions, preflight, run_label_job
 from segray.labelling.reader import read_instances, read_stats

@@ -19,7 +19,7 @@ from rayhead import RayHead, start_ray_head
 from seaweed import SeaweedS3
 
 from segray import storage
-from segray.demo import street_frame
+from segray.datasets.synthetic import street_frame
 from segray.labels import CAMVID
 from segray.models.artifact import init_artifact
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_ENCODER
 
-from segray.demo import street_frame
+from segray.datasets.synthetic import street_frame
 from segray.labels import CAMVID
 from segray.models.artifact import init_artifact
 from segray.tiles import upsample

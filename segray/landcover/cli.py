@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_landcover(a: argparse.Namespace) -> int:
-    from segray.cli import init_ray
     from segray.landcover.export import run_export
+    from segray.ray_runtime import init_ray
 
     by = [k.strip() for k in a.by.split(",") if k.strip()]
     init_ray(a.address)

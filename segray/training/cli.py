@@ -47,7 +47,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         sys.stdout.write(cfg.to_yaml())
         return 0
     if not a.no_ray:
-        from segray.cli import init_ray
+        from segray.ray_runtime import init_ray
 
         init_ray(a.address)
     s = run_training(cfg, with_ray=not a.no_ray)

@@ -1,29 +1,143 @@
-"""A synthetic instance set: grape-like "bunches" and boxes on textured backgrounds.
+"""Synthetic frames with their ground truth, for the demo, the tests and the benchmarks: no download,
+no dataset, the same frames from the same seed.
 
-Each frame holds a few non-overlapping objects of two classes: a ``bunch`` (a cluster of shaded
-berries, outlined by one convex polygon as an annotator would draw it) and a ``box`` (a textured
-rectangle, drawn as a 4-point polygon). The same frames are written in two annotation forms, so a
-reader can check that both converters produce the same canonical data:
+Two sets:
 
-- ``<out>/via/<split>/*.png`` + ``<out>/via/<split>/via_regions.json`` (VIA 2 polygons, the class in
-  the region attribute ``class``);
-- ``<out>/coco/<split>/*.png`` + ``<out>/coco/annotations/instances_<split>.json`` (COCO instances:
-  bunches as polygons, boxes as compressed RLE of the same polygon's filled mask).
+- **Street frames** (semantic): dash-camera-like scenes of the :data:`STREET` classes, written as
+  frames alone (:func:`write_street_frames`) or as a dataset in segray's folder layout with masks
+  (:func:`write_street_dataset`). ``segray demo`` trains and labels on them.
+- **An instance set**: grape-like "bunches" and boxes on textured backgrounds. Each frame holds a
+  few non-overlapping objects of two classes: a ``bunch`` (a cluster of shaded berries, outlined by
+  one convex polygon as an annotator would draw it) and a ``box`` (a textured rectangle, drawn as a
+  4-point polygon). :func:`write_synthetic_instances` writes the same frames in two annotation
+  forms, so a reader can check that both converters produce the same canonical data:
 
-Used by the tests (tiny frames) and by ``bench/instance_check.py`` (512x512).
+  - ``<out>/via/<split>/*.png`` + ``<out>/via/<split>/via_regions.json`` (VIA 2 polygons, the class
+    in the region attribute ``class``);
+  - ``<out>/coco/<split>/*.png`` + ``<out>/coco/annotations/instances_<split>.json`` (COCO
+    instances: bunches as polygons, boxes as compressed RLE of the same polygon's filled mask).
+
+  Used by the tests (tiny frames) and by ``bench/instance_check.py`` (512x512).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from segray import storage
+from segray.labels import LabelClass, LabelMap
 
-#: The object classes, in the order the converters' label map has them (sorted names).
+#: The street frames' classes (the demo's), in CamVid's colours.
+STREET = LabelMap(
+    "street-demo",
+    tuple(
+        LabelClass(i, name, colour)
+        for i, (name, colour) in enumerate(
+            [
+                ("sky", (128, 128, 128)),
+                ("building", (128, 0, 0)),
+                ("road", (128, 64, 128)),
+                ("sidewalk", (60, 40, 222)),
+                ("tree", (128, 128, 0)),
+                ("car", (64, 0, 128)),
+                ("pole", (192, 192, 128)),
+            ]
+        )
+    ),
+)
+
+
+def street_frame(rng: np.random.Generator, height: int = 240, width: int = 320) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic dash-camera-like frame (RGB, uint8) and its true :data:`STREET` class mask.
+
+    Sky gradient, facades with windows, a road with lane marks running to the horizon, sidewalks,
+    textured trees, cars of several colours, a pole, and sensor noise: each class has its own look,
+    none is painted in its label colour.
+    """
+    ids = {c.name: c.id for c in STREET.classes}
+    img = np.zeros((height, width, 3), np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def fill(name: str, region: np.ndarray, look: np.ndarray) -> None:
+        img[region] = look[region] if look.ndim == 3 else look
+        mask[region] = ids[name]
+
+    horizon = int(height * rng.uniform(0.35, 0.5))
+    t = (yy / max(horizon, 1))[..., None]
+    zenith, haze = np.array([110, 160, 225], np.float32), np.array([200, 215, 235], np.float32)
+    fill("sky", yy < horizon, (1 - t) * zenith + t * haze)
+    top = horizon - int(rng.integers(20, horizon))
+    left, right = width * rng.uniform(0.2, 0.35), width * rng.uniform(0.65, 0.8)
+    facade = np.broadcast_to(rng.uniform(90, 170) * np.array([1.0, 0.85, 0.7], np.float32), img.shape).copy()
+    facade[((xx.astype(int) // 6) % 3 == 0) & ((yy.astype(int) // 8) % 3 == 0)] *= 0.45  # windows
+    fill("building", (yy < horizon + 10) & (yy > top) & ((xx < left) | (xx > right)), facade)
+    vx = width * rng.uniform(0.4, 0.6)
+    road = (yy >= horizon) & (np.abs(xx - vx) < (yy - horizon) * rng.uniform(1.2, 2.0) + 4)
+    fill("sidewalk", (yy >= horizon) & ~road, np.array([175, 170, 160], np.float32))
+    fill("road", road, np.array([80, 80, 85], np.float32))
+    img[road & (np.abs(xx - vx) < 1.5) & ((yy.astype(int) // 10) % 2 == 0)] = (230, 230, 220)  # lane marks
+    for _ in range(rng.integers(1, 4)):
+        cx, cy, r = rng.integers(0, width), rng.integers(horizon - 30, horizon + 10), rng.integers(10, 30)
+        leaves = np.stack([lo + span * rng.random(mask.shape) for lo, span in ((30, 40), (90, 60), (30, 30))], -1)
+        fill("tree", (xx - cx) ** 2 + (yy - cy) ** 2 < r * r, leaves.astype(np.float32))
+    paints = np.array([[200, 30, 30], [30, 60, 180], [230, 230, 230], [30, 30, 30], [200, 180, 40]], np.float32)
+    for _ in range(rng.integers(1, 3)):
+        x0, y0 = rng.integers(20, width - 60), rng.integers(horizon + 10, height - 30)
+        body = (xx >= x0) & (xx < x0 + 50) & (yy >= y0) & (yy < y0 + 25)
+        fill("car", body, paints[rng.integers(len(paints))])
+        img[body & (yy < y0 + 9) & (xx > x0 + 8) & (xx < x0 + 42)] = (60, 80, 100)  # windows
+    x0 = rng.integers(0, width - 6)
+    pole = (xx >= x0) & (xx < x0 + 6) & (yy > horizon - 40) & (yy < horizon + 30)
+    fill("pole", pole, np.array([70, 70, 60], np.float32))
+    img += rng.normal(0, 8, img.shape).astype(np.float32)
+    return img.clip(0, 255).astype(np.uint8), mask
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    """An RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG bytes."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 else arr)
+    if not ok:
+        raise ValueError("could not encode PNG")
+    return buf.tobytes()
+
+
+def write_street_frames(
+    folder: str | Path, n: int = 36, seed: int = 0, height: int = 240, width: int = 320
+) -> list[Path]:
+    """``n`` PNG frames in two 'drive' sub-folders (so relative paths have depth), without masks."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img, _ = street_frame(rng, height, width)
+        p = Path(folder, f"drive{i % 2}", f"frame{i:05d}.png")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(png_bytes(img))
+        out.append(p)
+    return out
+
+
+def write_street_dataset(root: str | Path, splits: dict[str, int], seed: int = 0) -> Path:
+    """A dataset in segray's folder layout: ``<split>/`` frames, ``<split>annot/`` masks, ``labels.json``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, n in splits.items():
+        for i in range(n):
+            img, mask = street_frame(rng)
+            for folder, arr in ((split, img), (f"{split}annot", mask)):
+                p = root / folder / f"drive{i % 2}_{split}_{i:04d}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(png_bytes(arr))
+    (root / "labels.json").write_text(STREET.to_json())
+    return root
+
+
+#: The instance set's object classes, in the order the converters' label map has them (sorted names).
 CLASSES = ("box", "bunch")
 #: The region attribute naming a VIA region's class.
 ATTRIBUTE = "class"
@@ -100,13 +214,6 @@ def make_frame(rng: np.random.Generator, h: int, w: int, max_objects: int = 5) -
     return img, out
 
 
-def _png(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("could not encode a PNG")
-    return buf.tobytes()
-
-
 def _rle(poly: np.ndarray, h: int, w: int) -> dict:
     """The polygon's filled mask (as the converters rasterise it) as compressed COCO RLE."""
     from pycocotools import mask as mask_utils
@@ -132,7 +239,7 @@ def write_synthetic_instances(
         for i in range(n):
             img, instances = make_frame(rng, h, w, max_objects)
             name = f"{split}_{i:04d}.png"
-            data = _png(img)
+            data = png_bytes(img)
             storage.write_bytes(storage.join(via_root, split, name), data)
             storage.write_bytes(storage.join(coco_root, split, name), data)
             regions = [
