@@ -15,6 +15,7 @@ import yaml
 
 from segray import storage
 from segray.datasets.pairs import PairSource
+from segray.options import close_matches
 
 
 @dataclass
@@ -263,9 +264,11 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any], source: str = "the recipe") -> TrainConfig:
+        """A recipe from its dict; an unknown key is an error naming ``source`` and the closest known key."""
         if not isinstance(d, dict):
             raise ValueError(f"config: expected a mapping, got {d!r}")
+        check_keys(d, source)
         d = dict(d)
         terms = d.pop("loss", None)
         cfg = _build(cls, d, "")
@@ -297,13 +300,84 @@ class TrainConfig:
                 )
 
 
+#: The type of ``TrainConfig.loss`` in :func:`_section`: a list of :class:`LossTerm`.
+_LOSS_LIST = "loss list"
+
+
+def _section(cls: type, key: str) -> Any:
+    """What ``cls.key`` holds when it has keys of its own (a section, or the loss list); None otherwise
+    (a value, or a free-form mapping such as ``model.kwargs``)."""
+    if cls is TrainConfig and key == "loss":
+        return _LOSS_LIST
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    sub = type(f.default_factory())
+    return sub if dataclasses.is_dataclass(sub) else None
+
+
+def _unknown_key(parts: list[str], i: int, cls: type, source: str) -> ValueError:
+    """``parts[i]`` is not a key of ``cls``: the error names the key and ``source`` and suggests the
+    closest keys of that section, else the same key in another section, else lists the known keys."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    key = ".".join(parts[: i + 1])
+    close = close_matches(str(parts[i]), known)
+    if not close and cls is not TrainConfig and i == 1:  # optim.crop_height -> augment.crop_height
+        sections = [n for n in known_sections() if n != parts[0]]
+        close_keys = [f"{n}.{parts[i]}" for n in sections if parts[i] in _keys(n)]
+        if close_keys:
+            return ValueError(f"unknown key {key} in {source}: did you mean {' or '.join(close_keys)}?")
+    if close:
+        guesses = [".".join([*parts[:i], c, *parts[i + 1 :]]) for c in close]
+        return ValueError(f"unknown key {key} in {source}: did you mean {' or '.join(guesses)}?")
+    where = f" in {'.'.join(parts[:i])}" if i else ""
+    return ValueError(f"unknown key {key} in {source}; known keys{where}: {', '.join(known)}")
+
+
+def known_sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig) if _section(TrainConfig, f.name) not in (None, _LOSS_LIST)]
+
+
+def _keys(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_section(TrainConfig, section))]
+
+
+def check_key(parts: list[str], source: str) -> None:
+    """The dotted key ``parts`` (``["model", "encoder"]``, ``["loss", "0", "type"]``) names a recipe
+    key, or a key inside a free-form mapping (``model.kwargs.x``); else a ValueError with a suggestion."""
+    cls: Any = TrainConfig
+    for i, part in enumerate(parts):
+        if cls is None:
+            return
+        if cls is _LOSS_LIST:
+            cls = LossTerm if part.isdigit() else None  # apply_overrides reports a bad index
+            continue
+        if part not in {f.name for f in dataclasses.fields(cls)}:
+            raise _unknown_key(parts, i, cls, source)
+        cls = _section(cls, part)
+
+
+def check_keys(d: dict[str, Any], source: str) -> None:
+    """Every key of the recipe dict ``d`` is known (see :func:`check_key`)."""
+
+    def walk(node: Any, cls: Any, parts: list[str]) -> None:
+        if cls is _LOSS_LIST and isinstance(node, list):
+            for i, term in enumerate(node):
+                walk(term, LossTerm, [*parts[:-1], f"{parts[-1]}[{i}]"])
+        elif cls not in (None, _LOSS_LIST) and isinstance(node, dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            for k, v in node.items():
+                if k not in names:
+                    raise _unknown_key([*parts, str(k)], len(parts), cls, source)
+                walk(v, _section(cls, k), [*parts, k])
+
+    walk(d, TrainConfig, [])
+
+
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
     kwargs = {}
     for k, v in d.items():
         sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
@@ -338,6 +412,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             raise ValueError(f"override {item!r}: expected key=value (e.g. optim.lr=3e-4)")
         node: Any = d
         parts = key.split(".")
+        check_key(parts, f"override {item!r}")
         for p in parts[:-1]:
             if isinstance(node, list):
                 if not p.isdigit() or int(p) >= len(node):
@@ -355,6 +430,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             node[int(last)] = value
         else:
             node[last] = value
+        check_keys(d, f"override {item!r}")  # keys inside the value: loss=[{type: ce, wieght: 2}]
     return d
 
 
@@ -368,7 +444,8 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
             raise ValueError(f"{path}: not valid YAML ({e})") from e
         if not isinstance(d, dict):
             raise ValueError(f"{path}: the config must be a mapping")
+    check_keys(d, path or "the recipe")
     d.setdefault("loss", [dataclasses.asdict(LossTerm())])  # so that loss.0.<key>=... has a term to set
-    cfg = TrainConfig.from_dict(apply_overrides(d, overrides or []))
+    cfg = TrainConfig.from_dict(apply_overrides(d, overrides or []), path or "the recipe")
     cfg.validate()
     return cfg
