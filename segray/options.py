@@ -18,15 +18,15 @@ DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 #: Size suffixes -> bytes (kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024).
 #: A plain number is bytes.
 SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
+    "B": 1,
+    "kB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
 }
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z]*)\s*$")
 
@@ -39,7 +39,7 @@ def parse_quantity(value: str | float, units: dict[str, float], what: str) -> fl
     if isinstance(value, (int, float)):
         return float(value)
     m = _QUANTITY.match(str(value))
-    factor = units.get(m.group(2).lower()) if m and m.group(2) else 1.0
+    factor = {k.lower(): v for k, v in units.items()}.get(m.group(2).lower()) if m and m.group(2) else 1.0
     if m is None or factor is None:
         raise ValueError(f"{what} {value!r}: give a number, optionally with a unit ({', '.join(units)})")
     return float(m.group(1)) * factor
@@ -91,7 +91,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     _argv: list[str] | None = None
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+    def parse_known_args(  # type: ignore[override]  # one signature for argparse's overloads
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> Any:
         self._argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from segray.cli import main
+from segray.cli import build_parser, main
+from segray.options import duration, size
 from segray.training.config import load_config
 
 
@@ -81,3 +82,58 @@ def test_a_misspelt_flag_gets_a_suggestion_from_its_own_subcommand(capsys: pytes
     # --window belongs to label and serve, not to train: no suggestion from another subcommand.
     assert usage_error(["serve", "--model", "m", "--windw", "64x64"], capsys).endswith("did you mean --window?")
     assert "did you mean" not in usage_error(["train", "--config", "x.yaml", "--windw", "64x64"], capsys)
+
+
+def test_durations_and_sizes_take_a_plain_number_or_a_unit() -> None:
+    assert [duration(v) for v in ("500ms", "30s", "30", " 2 min", "1h", "1.5e1s", 0.25, 7)] == [
+        0.5, 30.0, 30.0, 120.0, 3600.0, 15.0, 0.25, 7.0,
+    ]  # fmt: skip
+    assert [size(v) for v in ("64MiB", "64MB", "2GiB", "1kb", "512", 4096, "1.5KiB")] == [
+        64 * 2**20, 64 * 10**6, 2 * 2**30, 1000, 512, 4096, 1536,
+    ]  # fmt: skip
+    for bad in ("10 parsecs", "ms", "", True, "1e"):
+        with pytest.raises(ValueError, match="duration"):
+            duration(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a whole number of bytes"):
+        size("1.5")
+
+
+def test_serve_takes_seconds_and_bytes_on_the_command_line_as_in_its_config_file(
+    capsys: pytest.CaptureFixture[str], tiny_model: str
+) -> None:
+    from segray.serving.app import build
+    from segray.serving.labeller import ServeOptions
+
+    a = build_parser().parse_args(["serve", "--model", "m"])
+    defaults = ServeOptions(model="m")
+    assert (a.batch_wait, a.max_body, a.deadline_s) == (
+        defaults.batch_wait_s, defaults.max_body_bytes, defaults.deadline_s,
+    )  # fmt: skip
+    a = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "m",
+            "--batch-wait",
+            "50ms",
+            "--max-body",
+            "2MiB",
+            "--deadline-s",
+            "1.5",
+            "--stuck-margin-s",
+            "2min",
+        ]
+    )
+    assert (a.batch_wait, a.max_body, a.deadline_s, a.stuck_margin_s) == (0.05, 2 * 2**20, 1.5, 120.0)
+    assert usage_error(["serve", "--model", "m", "--max-body", "lots"], capsys).endswith(
+        "argument --max-body: size 'lots': give a number, optionally with a unit "
+        "(B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+    )
+    # The old flags, with their old units, are refused, naming the new ones.
+    assert usage_error(["serve", "--model", "m", "--batch-wait-ms", "10"], capsys).endswith(
+        "--batch-wait-ms: did you mean --batch-wait?"
+    )
+    # A Serve config file's args take the same units, as numbers or with a unit.
+    built = build({"model": tiny_model, "batch_wait_s": "50ms", "max_body_bytes": "2MiB", "deadline_s": 1.5})
+    opts = ServeOptions(**built._bound_deployment.init_args[0])
+    assert (opts.batch_wait_s, opts.max_body_bytes, opts.deadline_s) == (0.05, 2 * 2**20, 1.5)

@@ -380,9 +380,8 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in d.items():
-        sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
-        sub_cls = type(sub()) if sub is not None else None
-        if sub_cls is not None and dataclasses.is_dataclass(sub_cls):
+        sub_cls = _section(cls, k)
+        if sub_cls not in (None, _LOSS_LIST):
             kwargs[k] = _build(sub_cls, v or {}, f"{prefix}{k}.")
         else:
             kwargs[k] = _coerce(v, str(fields[k].type), prefix + k)
