@@ -137,3 +137,49 @@ def test_serve_takes_seconds_and_bytes_on_the_command_line_as_in_its_config_file
     built = build({"model": tiny_model, "batch_wait_s": "50ms", "max_body_bytes": "2MiB", "deadline_s": 1.5})
     opts = ServeOptions(**built._bound_deployment.init_args[0])
     assert (opts.batch_wait_s, opts.max_body_bytes, opts.deadline_s) == (0.05, 2 * 2**20, 1.5)
+
+
+#: What every resolved recipe held for the keys since removed, as recipes saved by older versions have them.
+OLD_KEYS = {
+    "model": {"name": None},
+    "data": {"labels": None},
+    "augment": {"enabled": True},
+    "optim": {"poly_power": 0.9, "min_lr_factor": 0.0},
+    "run": {"export_to": "s3://old-bucket/models/x"},
+}
+
+
+def test_a_removed_key_in_a_recipe_is_refused_saying_what_replaced_it(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("optim:\n  schedule: cosine\n  min_lr_factor: 0.1\n")
+    with pytest.raises(ValueError, match=rf"^unknown key optim.min_lr_factor in {recipe}: it was removed; the cosine"):
+        load_config(str(recipe))
+    for section, keys in OLD_KEYS.items():
+        for key, value in keys.items():
+            with pytest.raises(ValueError, match=rf"^unknown key {section}.{key} in override .*: it was removed; "):
+                load_config(None, [f"{section}.{key}={value}"])
+
+
+def test_a_recipe_saved_by_an_older_version_still_loads(tmp_path: Path, tiny_model: str) -> None:
+    import shutil
+
+    import yaml
+
+    from segray.models.artifact import RECIPE, ModelArtifact
+    from segray.models.info import model_info
+    from segray.training.config import TrainConfig
+
+    current = load_config(None, ["name=tiny", "model.arch=pspnet", "optim.schedule=cosine"]).to_dict()
+    old = {k: {**v, **OLD_KEYS.get(k, {})} if isinstance(v, dict) else v for k, v in current.items()}
+    assert TrainConfig.from_stored(old).to_dict() == current
+    assert TrainConfig.from_stored(yaml.safe_load(yaml.safe_dump(old))).to_dict() == current
+    # An artifact exported by an older version: its recipe.yaml and segray.json's metrics.recipe hold the old keys.
+    model = tmp_path / "old-model"
+    shutil.copytree(tiny_model, model)
+    art = ModelArtifact.load(str(model))
+    art.metrics["recipe"] = old
+    art.save(str(model))
+    (model / RECIPE).write_text(yaml.safe_dump(old, sort_keys=False))
+    loaded = ModelArtifact.load(str(model))
+    assert TrainConfig.from_stored(loaded.metrics["recipe"]).to_dict() == current
+    assert "export_to: s3://old-bucket/models/x" in model_info(str(model))["recipe"]

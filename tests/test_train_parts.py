@@ -216,10 +216,9 @@ def test_random_rescale_keeps_masks_centred_on_their_frames(size: int) -> None:
         assert not any(type(t) is v2.RandomResize for t in steps)
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_progressive_resizing_shrinks_scene_and_crop_together(shapes: str, enabled: bool) -> None:
+def test_progressive_resizing_shrinks_scene_and_crop_together(shapes: str) -> None:
     pairs = list_pairs(PairSource(root=shapes, split="train"))
-    plain = AugmentConfig(enabled=enabled, brightness=0, contrast=0, saturation=0, hue=0, scale_min=1.0, scale_max=1.0)
+    plain = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, scale_min=1.0, scale_max=1.0)
     full = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255))
     small = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255, 0.5))
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ long run. Overrides use dotted keys and YAML values: ``optim.lr=3e-4 run.num_wor
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,20 @@ import yaml
 from segray import storage
 from segray.datasets.pairs import PairSource
 from segray.options import close_matches
+
+log = logging.getLogger(__name__)
+
+#: Keys recipes no longer take, each with what takes its place. A recipe that gives one is refused
+#: (saying so); a recipe saved by an older version (a run's or an artifact's recipe.yaml) holds them
+#: all and is read by :meth:`TrainConfig.from_stored`, which drops them.
+REMOVED = {
+    "model.name": "the artifact takes the run's name (the top-level name key)",
+    "data.labels": "the label map is <data.root>/labels.json (segray data convert writes it), else CamVid's",
+    "augment.enabled": "turn off each augmentation instead (scale_min/scale_max 1, hflip 0, colour jitter 0)",
+    "optim.poly_power": "the poly schedule's power is 0.9",
+    "optim.min_lr_factor": "the cosine schedule decays to 0",
+    "run.export_to": "the artifact is exported to <run.storage>/<name>/model",
+}
 
 
 @dataclass
@@ -33,7 +48,6 @@ class ModelConfig:
     height: int = 352
     width: int = 480
     kwargs: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
 
     def check(self) -> None:
         if self.height % 32 or self.width % 32 or min(self.height, self.width) < 32:
@@ -44,9 +58,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    #: The dataset; its label map is ``<root>/labels.json``, else CamVid's.
     root: str | None = None
-    #: Label map: built-in name or JSON path/URI; default ``<root>/labels.json``, else CamVid.
-    labels: str | None = None
     train: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
     val: dict[str, Any] = field(default_factory=lambda: {"split": "val"})
     #: Keep decoded (and resized) frames in each worker's memory after the first epoch.
@@ -68,7 +81,6 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
     #: Random rescale of the model-size frame, as a factor range, before the crop.
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -119,17 +131,14 @@ class OptimConfig:
     encoder_lr_factor: float = 1.0
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    schedule: str = "poly"  # poly | cosine
-    poly_power: float = 0.9
-    min_lr_factor: float = 0.0
+    #: ``poly`` (power 0.9) or ``cosine`` (down to 0), after the warm-up.
+    schedule: str = "poly"
 
     def check(self) -> None:
         if self.schedule not in ("poly", "cosine"):
             raise ValueError(f"optim.schedule {self.schedule!r}: choose poly or cosine")
         if not self.lr > 0 or self.encoder_lr_factor < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("optim.lr must be > 0; optim.encoder_lr_factor, weight_decay and warmup_epochs >= 0")
-        if not self.poly_power > 0 or not 0 <= self.min_lr_factor <= 1:
-            raise ValueError("optim.poly_power must be > 0 and optim.min_lr_factor in [0, 1]")
 
 
 #: ``loss[i].class_weights: auto``: computed from the training masks (``resolve_auto_weights``).
@@ -207,8 +216,6 @@ class RunConfigSection:
     keep_checkpoints: int = 2
     #: Stop after this many epochs in this invocation (rerunning continues); null = run to the end.
     max_epochs_this_run: int | None = None
-    #: Where the best checkpoint is exported as a model artifact (default ``<storage>/<name>/model``).
-    export_to: str | None = None
     seed: int = 0
     log_every: int = 20
     #: Fault drill: rank 0's process is killed once, mid-epoch N (FailureConfig then restarts the workers).
@@ -245,7 +252,8 @@ class TrainConfig:
 
     @property
     def export_uri(self) -> str:
-        return self.run.export_to or storage.join(self.run_uri, "model")
+        """Where the best checkpoint is exported as a model artifact."""
+        return storage.join(self.run_uri, "model")
 
     @property
     def class_weights(self) -> list[float] | None:
@@ -262,6 +270,18 @@ class TrainConfig:
     def to_yaml(self) -> str:
         """The resolved recipe (overrides applied, defaults filled in), as saved with the run and the model."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any], source: str = "a stored recipe") -> TrainConfig:
+        """A resolved recipe saved by ``segray train`` (a run's or an artifact's ``recipe.yaml``,
+        ``metrics.recipe`` in ``segray.json``), possibly by an older version: keys since removed
+        (:data:`REMOVED`) are dropped, so that what was saved can always be read back."""
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+        for key in REMOVED:
+            section, name = key.split(".")
+            if isinstance(d.get(section), dict) and name in d[section]:
+                log.debug("%s: dropping %s=%r (%s)", source, key, d[section].pop(name), REMOVED[key])
+        return cls.from_dict(d, source)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "the recipe") -> TrainConfig:
@@ -321,6 +341,8 @@ def _unknown_key(parts: list[str], i: int, cls: type, source: str) -> ValueError
     closest keys of that section, else the same key in another section, else lists the known keys."""
     known = [f.name for f in dataclasses.fields(cls)]
     key = ".".join(parts[: i + 1])
+    if key in REMOVED:
+        return ValueError(f"unknown key {key} in {source}: it was removed; {REMOVED[key]}")
     close = close_matches(str(parts[i]), known)
     if not close and cls is not TrainConfig and i == 1:  # optim.crop_height -> augment.crop_height
         sections = [n for n in known_sections() if n != parts[0]]
