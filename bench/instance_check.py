@@ -105,9 +105,9 @@ def export_latest(config: str, overrides: list[str], run: Path, dest: Path) -> P
     from segray.training.config import load_config
     from segray.training.instance_job import export_checkpoint
 
-    cfg = load_config(config, [*overrides, f"run.export_to={dest}"])
+    cfg = load_config(config, overrides)
     latest = max(run.glob("epoch-*"))
-    export_checkpoint(str(latest), cfg, instance_label_map(cfg.data.root), {"partial": latest.name})
+    export_checkpoint(str(latest), cfg, instance_label_map(cfg.data.root), {"partial": latest.name}, str(dest))
     print(f"exported {latest.name} (training stopped by the time limit) to {dest}", flush=True)
     return dest
 

@@ -17,6 +17,7 @@ from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
 from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL_EXIT_CODES, TERMINATED
 from segray.landcover import cli as landcover_cli
+from segray.options import ArgumentParser
 from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
@@ -433,7 +434,7 @@ a local Ray or a Ray cluster. Start with `segray demo`; `segray COMMAND --help` 
 def build_parser() -> argparse.ArgumentParser:
     from segray import __version__
 
-    p = argparse.ArgumentParser(prog="segray", description=DESCRIPTION, epilog=EXIT_CODES)
+    p = ArgumentParser(prog="segray", description=DESCRIPTION, epilog=EXIT_CODES)  # suggests misspelt flags
     p.add_argument("--version", action="version", version=f"segray {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_label_parsers(sub)  # label, nightly

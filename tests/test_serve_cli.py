@@ -21,7 +21,7 @@ from segray.serving.labeller import ServeOptions
 def test_help_names_every_limit(capsys: pytest.CaptureFixture[str]) -> None:
     code, text = run(capsys, "serve", "--help")
     assert code == 0 and "exit codes: 0 done" in text
-    for default in ("(default 127.0.0.1)", "(default 8000)", "(default 8)", "(default 10)", "(default 64)"):
+    for default in ("(default 127.0.0.1)", "(default 8000)", "(default 8)", "(default 10ms)", "(default 64MiB)"):
         assert default in text, default
     assert "(default 16,777,216 = 4096x4096)" in text and "(default 30)" in text
 

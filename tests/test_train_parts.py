@@ -64,7 +64,7 @@ def test_recipes_load_and_bad_keys_are_named() -> None:
         assert cfg.loss[0].type == "ce" and all(t.type in ("ce", "dice") for t in cfg.loss)
     cfg = load_config(str(recipes[0]), ["optim.lr=3e-4", "run.epochs=2", "data.train={split: train, limit: 4}"])
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.run.epochs == 2 and cfg.data.source("train").limit == 4
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['optim.lrr'\]"):
+    with pytest.raises(ValueError, match=r"unknown key optim.lrr in override 'optim.lrr=1': did you mean optim.lr\?"):
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ValueError, match=r"data.train: unknown key\(s\) \['splt'\]"):
         load_config(None, ["data.train={splt: train}"])
@@ -83,7 +83,7 @@ def test_recipes_load_and_bad_keys_are_named() -> None:
         load_config(None, ["loss=[{type: ce, class_weights: [1, 0]}]"])
     with pytest.raises(ValueError, match=r"loss\[0\]\.class_weights: only a ce term takes class weights"):
         load_config(None, ["loss=[{type: dice, class_weights: [1, 2]}]"])
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['loss\[0\].dice_weight'\]"):
+    with pytest.raises(ValueError, match=r"unknown key loss\[0\]\.dice_weight in override"):
         load_config(None, ["loss=[{type: ce, dice_weight: 1}]"])
     with pytest.raises(ValueError, match=r"export.logit_adjustment needs class weights"):
         load_config(None, ["export.logit_adjustment=0.5"])
@@ -216,10 +216,9 @@ def test_random_rescale_keeps_masks_centred_on_their_frames(size: int) -> None:
         assert not any(type(t) is v2.RandomResize for t in steps)
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_progressive_resizing_shrinks_scene_and_crop_together(shapes: str, enabled: bool) -> None:
+def test_progressive_resizing_shrinks_scene_and_crop_together(shapes: str) -> None:
     pairs = list_pairs(PairSource(root=shapes, split="train"))
-    plain = AugmentConfig(enabled=enabled, brightness=0, contrast=0, saturation=0, hue=0, scale_min=1.0, scale_max=1.0)
+    plain = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, scale_min=1.0, scale_max=1.0)
     full = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255))
     small = PairDataset(pairs, SHAPES, 128, 128, train=True, transform=train_transform(plain, 128, 128, 255, 0.5))
     torch.manual_seed(0)
@@ -313,7 +312,7 @@ def test_train_cli_refuses_a_bad_recipe(tmp_path: Path, capsys: pytest.CaptureFi
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "camvid-unet-cpu.yaml"
     assert main(["train", "--config", str(recipe), "optim.lrr=1"]) == 2
-    assert "unknown config key(s) ['optim.lrr']" in capsys.readouterr().err
+    assert "unknown key optim.lrr in override 'optim.lrr=1': did you mean optim.lr?" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
 

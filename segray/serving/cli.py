@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from segray.exit_codes import EXIT_CODES
 from segray.labelling.read import DEFAULT_TILE_ABOVE
+from segray.options import duration_arg, size_arg
 from segray.serving.inputs import SERVE_MAX_PIXELS
 
 
@@ -47,39 +48,12 @@ def add_parser(sub: argparse._SubParsersAction, window_type: Callable[[str], tup
     )
     p.add_argument("--max-batch-size", type=int, default=8, help="frames per model call at most (default 8)")
     p.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=10.0,
-        help="longest a request waits for others to fill a batch (default 10)",
+        "--batch-wait",
+        type=duration_arg,
+        default=0.01,
+        help="longest a request waits for others to fill a batch: seconds, or with a unit (default 10ms)",
     )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=SERVE_MAX_PIXELS,
-        help=f"answer 413 to frames whose header declares more pixels, checked before decoding "
-        f"(default {SERVE_MAX_PIXELS:,} = 4096x4096)",
-    )
-    p.add_argument("--max-body-mb", type=float, default=64.0, help="answer 413 to larger request bodies (default 64)")
-    p.add_argument(
-        "--deadline-s",
-        type=float,
-        default=30.0,
-        help="answer 504 to a request not answered within this many seconds, and stop its frame's work (default 30)",
-    )
-    p.add_argument(
-        "--stuck-margin-s",
-        type=float,
-        default=30.0,
-        help="/healthz answers 503, and Serve replaces the replica, when a model call runs longer than the "
-        "deadline plus this many seconds (default 30)",
-    )
-    p.add_argument(
-        "--max-loop-lag-s",
-        type=float,
-        default=5.0,
-        help="/healthz answers 503 for a minute after the replica's event loop fell this many seconds behind "
-        "(default 5)",
-    )
+    add_limit_args(p)
     p.add_argument(
         "--tile-above",
         type=float,
@@ -98,6 +72,45 @@ def add_parser(sub: argparse._SubParsersAction, window_type: Callable[[str], tup
         help="listen on a non-loopback --host without SEGRAY_API_KEY set (only behind a gateway that authenticates)",
     )
     p.set_defaults(func=cmd_serve)
+
+
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    """What bounds one request: its frame's pixels and body size, its deadline, and the health limits.
+    Durations are seconds and sizes bytes, here as in a Serve config file, each optionally with a unit."""
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=SERVE_MAX_PIXELS,
+        help=f"answer 413 to frames whose header declares more pixels, checked before decoding "
+        f"(default {SERVE_MAX_PIXELS:,} = 4096x4096)",
+    )
+    p.add_argument(
+        "--max-body",
+        type=size_arg,
+        default=64 * 2**20,
+        help="answer 413 to larger request bodies: bytes, or with a unit such as 64MiB or 50MB (default 64MiB)",
+    )
+    p.add_argument(
+        "--deadline-s",
+        type=duration_arg,
+        default=30.0,
+        help="answer 504 to a request not answered within this time, and stop its frame's work: seconds, or with "
+        "a unit such as 500ms (default 30)",
+    )
+    p.add_argument(
+        "--stuck-margin-s",
+        type=duration_arg,
+        default=30.0,
+        help="/healthz answers 503, and Serve replaces the replica, when a model call runs longer than the "
+        "deadline plus this: seconds, or with a unit (default 30)",
+    )
+    p.add_argument(
+        "--max-loop-lag-s",
+        type=duration_arg,
+        default=5.0,
+        help="/healthz answers 503 for a minute after the replica's event loop fell this far behind: seconds, "
+        "or with a unit (default 5)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -135,9 +148,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     opts = ServeOptions(
         model=a.model,
         max_batch_size=a.max_batch_size,
-        batch_wait_s=a.batch_wait_ms / 1000,
+        batch_wait_s=a.batch_wait,
         max_pixels=a.max_pixels,
-        max_body_bytes=int(a.max_body_mb * 2**20),
+        max_body_bytes=a.max_body,
         deadline_s=a.deadline_s,
         stuck_margin_s=a.stuck_margin_s,
         max_loop_lag_s=a.max_loop_lag_s,

@@ -37,6 +37,7 @@ from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.write import encode_mask_png
 from segray.models.artifact import read_info
 from segray.models.info import model_info
+from segray.options import duration, size
 from segray.serving.inputs import SERVE_MAX_PIXELS, Frame, RequestError, prepare
 from segray.tiles.windows import label_tile
 
@@ -75,6 +76,9 @@ class ServeOptions:
     api_key_sha256: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("batch_wait_s", "deadline_s", "stuck_margin_s", "max_loop_lag_s"):  # "500ms" from a config file
+            setattr(self, name, duration(getattr(self, name)))
+        self.max_body_bytes = size(self.max_body_bytes)
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_wait_s < 0:

@@ -43,11 +43,6 @@ def train_transform(cfg: AugmentConfig, height: int, width: int, ignore_id: int,
     early epochs): the crop keeps the same share of the scene, only with fewer pixels.
     """
     crop = scaled_crop((cfg.crop_height or height, cfg.crop_width or width), factor)
-    if not cfg.enabled:
-        if factor != 1.0:
-            side = round(min(height, width) * factor)
-            return v2.Compose([CentredRandomResize(side, side + 1), v2.CenterCrop(crop)])
-        return v2.Compose([v2.CenterCrop(crop)]) if crop != (height, width) else v2.Identity()
     short = min(height, width) * factor
     steps: list[v2.Transform] = []
     if any((cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)):

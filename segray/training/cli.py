@@ -43,7 +43,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         absolutise(cfg)  # as the run folder's recipe.yaml has it
         with contextlib.redirect_stdout(sys.stderr):  # stdout is the recipe alone
-            resolve_auto_weights(cfg, dataset_label_map(cfg.data.root, cfg.data.labels))
+            resolve_auto_weights(cfg, dataset_label_map(cfg.data.root))
         sys.stdout.write(cfg.to_yaml())
         return 0
     if not a.no_ray:

@@ -15,6 +15,19 @@ import yaml
 
 from segray import storage
 from segray.datasets.pairs import PairSource
+from segray.options import close_matches
+
+#: Keys recipes no longer take, each with what takes its place. A recipe that gives one is refused,
+#: saying so. Recipes saved with older runs and artifacts (recipe.yaml, segray.json) may hold them:
+#: those are only shown (``segray model info``), never parsed back, so they always load.
+REMOVED = {
+    "model.name": "the artifact takes the run's name (the top-level name key)",
+    "data.labels": "the label map is <data.root>/labels.json (segray data convert writes it), else CamVid's",
+    "augment.enabled": "turn off each augmentation instead (scale_min/scale_max 1, hflip 0, colour jitter 0)",
+    "optim.poly_power": "the poly schedule's power is 0.9",
+    "optim.min_lr_factor": "the cosine schedule decays to 0",
+    "run.export_to": "the artifact is exported to <run.storage>/<name>/model",
+}
 
 
 @dataclass
@@ -32,7 +45,6 @@ class ModelConfig:
     height: int = 352
     width: int = 480
     kwargs: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
 
     def check(self) -> None:
         if self.height % 32 or self.width % 32 or min(self.height, self.width) < 32:
@@ -43,9 +55,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    #: The dataset; its label map is ``<root>/labels.json``, else CamVid's.
     root: str | None = None
-    #: Label map: built-in name or JSON path/URI; default ``<root>/labels.json``, else CamVid.
-    labels: str | None = None
     train: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
     val: dict[str, Any] = field(default_factory=lambda: {"split": "val"})
     #: Keep decoded (and resized) frames in each worker's memory after the first epoch.
@@ -67,7 +78,6 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
     #: Random rescale of the model-size frame, as a factor range, before the crop.
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -118,17 +128,14 @@ class OptimConfig:
     encoder_lr_factor: float = 1.0
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    schedule: str = "poly"  # poly | cosine
-    poly_power: float = 0.9
-    min_lr_factor: float = 0.0
+    #: ``poly`` (power 0.9) or ``cosine`` (down to 0), after the warm-up.
+    schedule: str = "poly"
 
     def check(self) -> None:
         if self.schedule not in ("poly", "cosine"):
             raise ValueError(f"optim.schedule {self.schedule!r}: choose poly or cosine")
         if not self.lr > 0 or self.encoder_lr_factor < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("optim.lr must be > 0; optim.encoder_lr_factor, weight_decay and warmup_epochs >= 0")
-        if not self.poly_power > 0 or not 0 <= self.min_lr_factor <= 1:
-            raise ValueError("optim.poly_power must be > 0 and optim.min_lr_factor in [0, 1]")
 
 
 #: ``loss[i].class_weights: auto``: computed from the training masks (``resolve_auto_weights``).
@@ -206,8 +213,6 @@ class RunConfigSection:
     keep_checkpoints: int = 2
     #: Stop after this many epochs in this invocation (rerunning continues); null = run to the end.
     max_epochs_this_run: int | None = None
-    #: Where the best checkpoint is exported as a model artifact (default ``<storage>/<name>/model``).
-    export_to: str | None = None
     seed: int = 0
     log_every: int = 20
     #: Fault drill: rank 0's process is killed once, mid-epoch N (FailureConfig then restarts the workers).
@@ -244,7 +249,8 @@ class TrainConfig:
 
     @property
     def export_uri(self) -> str:
-        return self.run.export_to or storage.join(self.run_uri, "model")
+        """Where the best checkpoint is exported as a model artifact."""
+        return storage.join(self.run_uri, "model")
 
     @property
     def class_weights(self) -> list[float] | None:
@@ -263,9 +269,11 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any], source: str = "the recipe") -> TrainConfig:
+        """A recipe from its dict; an unknown key is an error naming ``source`` and the closest known key."""
         if not isinstance(d, dict):
             raise ValueError(f"config: expected a mapping, got {d!r}")
+        check_keys(d, source)
         d = dict(d)
         terms = d.pop("loss", None)
         cfg = _build(cls, d, "")
@@ -297,18 +305,90 @@ class TrainConfig:
                 )
 
 
+#: The type of ``TrainConfig.loss`` in :func:`_section`: a list of :class:`LossTerm`.
+_LOSS_LIST = "loss list"
+
+
+def _section(cls: type, key: str) -> Any:
+    """What ``cls.key`` holds when it has keys of its own (a section, or the loss list); None otherwise
+    (a value, or a free-form mapping such as ``model.kwargs``)."""
+    if cls is TrainConfig and key == "loss":
+        return _LOSS_LIST
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    sub = type(f.default_factory())
+    return sub if dataclasses.is_dataclass(sub) else None
+
+
+def _unknown_key(parts: list[str], i: int, cls: type, source: str) -> ValueError:
+    """``parts[i]`` is not a key of ``cls``: the error names the key and ``source`` and suggests the
+    closest keys of that section, else the same key in another section, else lists the known keys."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    key = ".".join(parts[: i + 1])
+    if key in REMOVED:
+        return ValueError(f"unknown key {key} in {source}: it was removed; {REMOVED[key]}")
+    close = close_matches(str(parts[i]), known)
+    if not close and cls is not TrainConfig and i == 1:  # optim.crop_height -> augment.crop_height
+        sections = [n for n in known_sections() if n != parts[0]]
+        close_keys = [f"{n}.{parts[i]}" for n in sections if parts[i] in _keys(n)]
+        if close_keys:
+            return ValueError(f"unknown key {key} in {source}: did you mean {' or '.join(close_keys)}?")
+    if close:
+        guesses = [".".join([*parts[:i], c, *parts[i + 1 :]]) for c in close]
+        return ValueError(f"unknown key {key} in {source}: did you mean {' or '.join(guesses)}?")
+    where = f" in {'.'.join(parts[:i])}" if i else ""
+    return ValueError(f"unknown key {key} in {source}; known keys{where}: {', '.join(known)}")
+
+
+def known_sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig) if _section(TrainConfig, f.name) not in (None, _LOSS_LIST)]
+
+
+def _keys(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_section(TrainConfig, section))]
+
+
+def check_key(parts: list[str], source: str) -> None:
+    """The dotted key ``parts`` (``["model", "encoder"]``, ``["loss", "0", "type"]``) names a recipe
+    key, or a key inside a free-form mapping (``model.kwargs.x``); else a ValueError with a suggestion."""
+    cls: Any = TrainConfig
+    for i, part in enumerate(parts):
+        if cls is None:
+            return
+        if cls is _LOSS_LIST:
+            cls = LossTerm if part.isdigit() else None  # apply_overrides reports a bad index
+            continue
+        if part not in {f.name for f in dataclasses.fields(cls)}:
+            raise _unknown_key(parts, i, cls, source)
+        cls = _section(cls, part)
+
+
+def check_keys(d: dict[str, Any], source: str) -> None:
+    """Every key of the recipe dict ``d`` is known (see :func:`check_key`)."""
+
+    def walk(node: Any, cls: Any, parts: list[str]) -> None:
+        if cls is _LOSS_LIST and isinstance(node, list):
+            for i, term in enumerate(node):
+                walk(term, LossTerm, [*parts[:-1], f"{parts[-1]}[{i}]"])
+        elif cls not in (None, _LOSS_LIST) and isinstance(node, dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            for k, v in node.items():
+                if k not in names:
+                    raise _unknown_key([*parts, str(k)], len(parts), cls, source)
+                walk(v, _section(cls, k), [*parts, k])
+
+    walk(d, TrainConfig, [])
+
+
 def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {sorted(fields)}")
     kwargs = {}
     for k, v in d.items():
-        sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
-        sub_cls = type(sub()) if sub is not None else None
-        if sub_cls is not None and dataclasses.is_dataclass(sub_cls):
+        sub_cls = _section(cls, k)
+        if sub_cls not in (None, _LOSS_LIST):
             kwargs[k] = _build(sub_cls, v or {}, f"{prefix}{k}.")
         else:
             kwargs[k] = _coerce(v, str(fields[k].type), prefix + k)
@@ -338,6 +418,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             raise ValueError(f"override {item!r}: expected key=value (e.g. optim.lr=3e-4)")
         node: Any = d
         parts = key.split(".")
+        check_key(parts, f"override {item!r}")
         for p in parts[:-1]:
             if isinstance(node, list):
                 if not p.isdigit() or int(p) >= len(node):
@@ -355,6 +436,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             node[int(last)] = value
         else:
             node[last] = value
+        check_keys(d, f"override {item!r}")  # keys inside the value: loss=[{type: ce, wieght: 2}]
     return d
 
 
@@ -368,7 +450,8 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> TrainCo
             raise ValueError(f"{path}: not valid YAML ({e})") from e
         if not isinstance(d, dict):
             raise ValueError(f"{path}: the config must be a mapping")
+    check_keys(d, path or "the recipe")
     d.setdefault("loss", [dataclasses.asdict(LossTerm())])  # so that loss.0.<key>=... has a term to set
-    cfg = TrainConfig.from_dict(apply_overrides(d, overrides or []))
+    cfg = TrainConfig.from_dict(apply_overrides(d, overrides or []), path or "the recipe")
     cfg.validate()
     return cfg

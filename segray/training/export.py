@@ -88,7 +88,7 @@ def export_checkpoint(
         model,
         label_map,
         Preprocessing(height=cfg.model.height, width=cfg.model.width),
-        cfg.model.name or cfg.name,
+        cfg.name,
         cfg.model.arch,
         metrics=metrics,
     )

@@ -77,7 +77,7 @@ class InstanceDataset(Dataset):
         rgb, inst = self.load(i)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255
         a = self.augment
-        if a is not None and a.enabled:
+        if a is not None:
             if torch.rand(()) < a.hflip:
                 image = image.flip(-1)
                 inst = Instances(np.ascontiguousarray(inst.masks[:, :, ::-1]), inst.classes, inst.crowd)

@@ -59,7 +59,7 @@ def plan(cfg: TrainConfig) -> InstancePlan:
             "data.root: give the canonical instance dataset (segray data convert --format coco|via-instances)"
         )
     absolutise(cfg)
-    label_map = instance_label_map(cfg.data.root, cfg.data.labels)
+    label_map = instance_label_map(cfg.data.root)
     train = list_frames(cfg.data.root, _split(cfg, "train"))
     val = list_frames(cfg.data.root, _split(cfg, "val"))
     for frames in (train, val):  # one frame of each split decoded here: a foreign layout fails in seconds
@@ -107,8 +107,11 @@ def make_trainer(cfg: TrainConfig, p: InstancePlan) -> Any:
     )
 
 
-def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any]) -> Any:
-    """The checkpoint's weights as an instance artifact at ``cfg.export_uri``."""
+def export_checkpoint(
+    ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extra: dict[str, Any], dest: str | None = None
+) -> Any:
+    """The checkpoint's weights as an instance artifact at ``dest`` (default ``cfg.export_uri``)."""
+    dest = dest or cfg.export_uri
     from segray.models.artifact import RECIPE, ModelArtifact
     from segray.models.maskrcnn import INSTANCE_ARCH
     from segray.models.preprocessing import Preprocessing
@@ -138,14 +141,14 @@ def export_checkpoint(ckpt_dir: str, cfg: TrainConfig, label_map: LabelMap, extr
         model,
         label_map,
         Preprocessing(height=cfg.model.height, width=cfg.model.width),
-        cfg.model.name or cfg.name,
+        cfg.name,
         INSTANCE_ARCH,
         metrics=metrics,
         encoder_weights=cfg.model.encoder_weights,
         task="instance",
     )
-    storage.write_bytes(storage.join(cfg.export_uri, RECIPE), cfg.to_yaml().encode())
-    art.save(cfg.export_uri)  # segray.json last: the folder is an artifact only once it is complete
+    storage.write_bytes(storage.join(dest, RECIPE), cfg.to_yaml().encode())
+    art.save(dest)  # segray.json last: the folder is an artifact only once it is complete
     return art
 
 

@@ -63,7 +63,7 @@ def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
 
     cfg.validate()
     absolutise(cfg)
-    label_map = dataset_label_map(cfg.data.root, cfg.data.labels)
+    label_map = dataset_label_map(cfg.data.root)
     cfg.check_data(label_map.num_classes, label_map.name)
     train_pairs = list_pairs(cfg.data.source("train"))
     val_pairs = list_pairs(cfg.data.source("val"))
@@ -134,7 +134,6 @@ def absolutise(cfg: TrainConfig) -> None:
         return None if uri is None else storage.absolute(uri)
 
     cfg.run.storage = fix(cfg.run.storage) or cfg.run.storage
-    cfg.run.export_to = fix(cfg.run.export_to)
     if cfg.model.encoder_weights and is_weights_file(cfg.model.encoder_weights):  # not a name such as imagenet
         cfg.model.encoder_weights = fix(cfg.model.encoder_weights)
     cfg.model.init_artifact = fix(cfg.model.init_artifact)

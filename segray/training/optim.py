@@ -9,6 +9,9 @@ from torch import nn
 
 from segray.training.config import OptimConfig
 
+#: The poly schedule's power (DeepLab's), as every recipe has trained with.
+POLY_POWER = 0.9
+
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW; the encoder's parameters form a second group at ``encoder_lr_factor`` times ``lr``
@@ -33,10 +36,9 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, st
     rest = total - warmup
     main: sch.LRScheduler
     if cfg.schedule == "cosine":
-        base = min(g["lr"] for g in opt.param_groups)
-        main = sch.CosineAnnealingLR(opt, T_max=rest, eta_min=base * cfg.min_lr_factor)
+        main = sch.CosineAnnealingLR(opt, T_max=rest, eta_min=0.0)
     else:
-        main = sch.PolynomialLR(opt, total_iters=rest, power=cfg.poly_power)
+        main = sch.PolynomialLR(opt, total_iters=rest, power=POLY_POWER)
     if warmup <= 0:
         return main
     warm = sch.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
