@@ -96,9 +96,9 @@ def setup_listed(n: int, work: Path, todo: int, rows_per_part: int) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from segray.labelling.stats import stats_schema
     from segray.labels import CAMVID
     from segray.models.artifact import init_artifact, read_info
+    from segray.outputs.schema import stats_schema
 
     model = work / "model"
     init_artifact("unet", TINY_ENCODER, CAMVID, height=64, width=64).save(str(model))

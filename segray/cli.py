@@ -283,8 +283,8 @@ def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the
 
 def cmd_label(a: argparse.Namespace) -> int:
     from segray.labelling.job import FailureBudgetExceeded, new_run_id, preflight, run_label_job
-    from segray.labelling.lease import LeaseLost, OutputLease
-    from segray.labelling.report import area_table, format_area_table
+    from segray.outputs.lease import LeaseLost, OutputLease
+    from segray.outputs.report import area_table, format_area_table
 
     opts = label_options(a)
     opts.run_id = new_run_id()
@@ -386,7 +386,7 @@ def cmd_model_info(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from segray.demo import run_demo
-    from segray.labelling.report import format_area_table
+    from segray.outputs.report import format_area_table
 
     started = time.time()
     init_ray(a.address)
@@ -402,7 +402,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_compact(a: argparse.Namespace) -> int:
-    from segray.labelling.compact import compact
+    from segray.outputs.compact import compact
 
     s = compact(a.output, a.rows_per_file)
     print(
@@ -418,7 +418,7 @@ def cmd_compact(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from segray.labelling.runs import format_report, output_report
+    from segray.outputs.runs import format_report, output_report
 
     print(format_report(output_report(a.output)))
     return 0
@@ -545,7 +545,7 @@ def _add_output_parsers(sub: argparse._SubParsersAction) -> None:
     runs.add_argument("output", help="labelling output folder or s3:// prefix")
     runs.set_defaults(func=cmd_runs)
 
-    from segray.labelling.compact import DEFAULT_ROWS_PER_FILE
+    from segray.outputs.compact import DEFAULT_ROWS_PER_FILE
 
     comp = sub.add_parser(
         "compact",
@@ -579,8 +579,8 @@ def job_main(script: str, command: list[str], argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None, prog: str | None = None, command: list[str] | None = None) -> int:
     from segray import storage
-    from segray.labelling.lease import LeaseHeld
     from segray.models.artifact import ArtifactError
+    from segray.outputs.lease import LeaseHeld
 
     _setup_logging()
     parser = build_parser()

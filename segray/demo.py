@@ -22,7 +22,7 @@ import numpy as np
 from segray.datasets.synthetic import STREET, png_bytes, write_street_dataset
 
 if TYPE_CHECKING:
-    from segray.labelling.report import AreaRow
+    from segray.outputs.report import AreaRow
 
 #: The demo's training recipe (``segray train`` keys): UNet-ResNet18 with a slim decoder at
 #: 128x160, from scratch, one worker with both cores.
@@ -103,7 +103,7 @@ def run_demo(
 ) -> DemoResult:
     """Synthesise, train, label the held-out frames, score the job's masks; needs Ray initialised."""
     from segray.labelling.job import LabelOptions, run_label_job
-    from segray.labelling.report import area_table
+    from segray.outputs.report import area_table
     from segray.training.config import TrainConfig
     from segray.training.job import run_training
 

@@ -10,8 +10,8 @@ import pytest
 from segray import storage
 from segray.datasets.formats import ConvertOptions, convert
 from segray.datasets.synthetic import ATTRIBUTE, CLASSES, write_synthetic_instances
-from segray.labelling.reader import read_instances, read_stats
 from segray.labels import LabelMap
+from segray.outputs.read import read_instances, read_stats
 
 __all__ = [
     "ATTRIBUTE",

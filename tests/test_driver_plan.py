@@ -18,9 +18,9 @@ from segray.frames.listing import (
     resolve_manifest_uris,
 )
 from segray.labelling.job import LabelOptions, _frames_table, plan_run
-from segray.labelling.stats import stats_schema
 from segray.labels import CAMVID
 from segray.models.artifact import read_info
+from segray.outputs.schema import stats_schema
 
 MODEL = "tiny-unet@000000000000"
 OTHER = "other-model@111111111111"

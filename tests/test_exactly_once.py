@@ -25,14 +25,14 @@ from test_label_job import read_table
 
 from segray import read_stats, storage
 from segray.cli import main as cli_main
-from segray.labelling.compact import compact
 from segray.labelling.job import LabelOptions, run_label_job
-from segray.labelling.lease import LeaseHeld, OutputLease, read_lease
-from segray.labelling.reader import DUCKDB_LATEST, stats_parts
 from segray.labelling.write import write_outputs
 from segray.labels import CAMVID
 from segray.landcover.export import run_export
 from segray.models.artifact import init_artifact, read_info
+from segray.outputs.compact import compact
+from segray.outputs.lease import LeaseHeld, OutputLease, read_lease
+from segray.outputs.read import DUCKDB_LATEST, stats_parts
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -49,7 +49,7 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 HOLDER = """
 import sys, time
-from segray.labelling.lease import OutputLease
+from segray.outputs.lease import OutputLease
 lease = OutputLease(sys.argv[1], sys.argv[2], ttl=float(sys.argv[3])).acquire()
 print("held", flush=True)
 while not lease.lost:
@@ -84,7 +84,7 @@ def test_runs_racing_for_the_lease_one_wins(where: str) -> None:
     """Eight processes try to take the same fresh lease at the same instant: exactly one gets it."""
     start = time.time() + 3
     script = (
-        "import sys, time\nfrom segray.labelling.lease import OutputLease, LeaseHeld\n"
+        "import sys, time\nfrom segray.outputs.lease import OutputLease, LeaseHeld\n"
         f"time.sleep(max(0, {start} - time.time()))\n"
         "try:\n    OutputLease(sys.argv[1], sys.argv[2]).acquire(); print('won')\n"
         "except LeaseHeld as e:\n    print('refused', e)\n"

@@ -217,7 +217,7 @@ def test_s3_outage_mid_run_is_ridden_out(tmp_path: Path, tiny_model: str, s3: Se
 def test_sigterm_stops_the_driver_cleanly_then_a_rerun_finishes_exactly_once(tmp_path: Path, tiny_model: str) -> None:
     """SIGTERM (``ray job stop``, a scheduler's timeout, ``kill``) to a labelling driver: exit 143 with
     one line saying so, no C++ stack dump or abort, the output's lease released (not left to lapse)."""
-    from segray.labelling.lease import read_lease
+    from segray.outputs.lease import read_lease
 
     write_frames(tmp_path / "in", [(48, 64)] * 160)
     frames = frame_set(tmp_path / "in")

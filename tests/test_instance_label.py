@@ -27,10 +27,10 @@ from segray import storage
 from segray.datasets.synthetic import CLASSES, make_frame
 from segray.labelling.instances import paint_instances
 from segray.labelling.job import LabelOptions, preflight, run_label_job
-from segray.labelling.reader import read_instances, read_stats
 from segray.labels import LabelClass, LabelMap
 from segray.models.artifact import ModelArtifact, init_artifact, read_info
 from segray.models.maskrcnn import INSTANCE_ARCH
+from segray.outputs.read import read_instances, read_stats
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

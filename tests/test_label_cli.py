@@ -11,7 +11,7 @@ from conftest import write_frames
 from test_cli import run
 
 from segray import storage
-from segray.labelling.reader import read_stats
+from segray.outputs.read import read_stats
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -121,7 +121,7 @@ def test_model_info_reads_an_s3_artifact_without_its_weights(
 def test_compact_beside_a_run_says_why_it_stops_and_changes_nothing(
     tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from segray.labelling.lease import OutputLease
+    from segray.outputs.lease import OutputLease
 
     write_frames(tmp_path / "frames", [(60, 80)] * 2)
     out = str(tmp_path / "labels")

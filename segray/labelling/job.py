@@ -4,11 +4,11 @@ Output layout under ``output``::
 
     masks/<relative_path>.png        palette PNG per frame (class index per pixel); for an instance
                                      model, a 16-bit PNG of instance ids (segray.labelling.instances)
-    instances/part-<run>-<id>.parquet  instance models: one row per instance (segray.labelling.stats)
-    stats/part-<run>-<id>.parquet    one row per labelled frame (schema: segray.labelling.stats)
+    instances/part-<run>-<id>.parquet  instance models: one row per instance (segray.outputs.schema)
+    stats/part-<run>-<id>.parquet    one row per labelled frame (schema: segray.outputs.schema)
     errors/part-<run>-<id>.parquet   one row per frame that could not be labelled, with the reason
     _runs/<run_id>.json              counts, timing, model id, options (written last)
-    _lease.json                      which run writes the output now (segray.labelling.lease)
+    _lease.json                      which run writes the output now (segray.outputs.lease)
 
 One run at a time: a run takes the output's lease before it lists anything and holds it to the end,
 so a second run on the same output exits with LeaseHeld instead of labelling frames twice.
@@ -43,9 +43,9 @@ import pyarrow.parquet as pq
 from segray import storage
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.frames.listing import is_manifest, list_folder, relative_paths_from_uris, resolve_manifest_uris
-from segray.labelling.lease import OutputLease
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
+from segray.outputs.lease import OutputLease
 from segray.tiles.pixel_size import WORLD_FILE_COLUMN
 from segray.tiles.windows import TileSpec
 from segray.tiles.worldfile import world_file_candidates
@@ -209,7 +209,7 @@ def label_model_id(info: ArtifactInfo, opts: LabelOptions) -> str:
 
 def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan:
     """Lists the input and the output's stats as a run would, and reads who holds the output."""
-    from segray.labelling.lease import read_lease
+    from segray.outputs.lease import read_lease
 
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
@@ -413,7 +413,7 @@ def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None, lease: O
     ``info`` is the result of an earlier :func:`preflight` of the same options (the CLI runs it
     before starting Ray); without it the checks run here. ``lease`` is the output's lease, already
     taken for ``opts.run_id`` (the CLI takes it before starting Ray, so a refused run costs
-    nothing); without it the run takes it here and raises :class:`~segray.labelling.lease.LeaseHeld`
+    nothing); without it the run takes it here and raises :class:`~segray.outputs.lease.LeaseHeld`
     if another run holds the output. Either way it is released when the run ends.
     """
     started = time.time()

@@ -38,8 +38,8 @@ import numpy as np
 
 from segray import storage
 from segray.frames.decode import FrameError, Header, check_frame, decode_checked, decode_frame, decode_resized
-from segray.labelling.stats import FORMAT_COLUMN, ORIENTATION_COLUMN
 from segray.models.preprocessing import Preprocessing
+from segray.outputs.schema import FORMAT_COLUMN, ORIENTATION_COLUMN
 from segray.tiles.pixel_size import MANIFEST_COLUMN, WORLD_FILE_COLUMN, pixel_area
 
 #: Concurrent fetches per task: object-store reads are latency-bound, decode releases the GIL.

@@ -26,7 +26,8 @@ from PIL import Image
 
 from segray import storage
 from segray.frames.listing import safe_relative_path
-from segray.labelling.stats import (
+from segray.labels import LabelMap
+from segray.outputs.schema import (
     ERRORS_SCHEMA,
     INSTANCES_SCHEMA,
     ORIENTATION_COLUMN,
@@ -34,7 +35,6 @@ from segray.labelling.stats import (
     stats_schema,
     to_parquet_bytes,
 )
-from segray.labels import LabelMap
 
 WRITE_THREADS = 8
 
@@ -168,7 +168,7 @@ def _stats_table(
     run_id: str,
     now: datetime,
 ) -> pa.Table:
-    """One stats row per labelled frame ``ok`` (schema: :func:`segray.labelling.stats.stats_schema`)."""
+    """One stats row per labelled frame ``ok`` (schema: :func:`segray.outputs.schema.stats_schema`)."""
     counts = np.asarray(batch["class_pixels"])[ok]
     w = np.asarray(batch["width"])[ok].astype(np.int64)
     h = np.asarray(batch["height"])[ok].astype(np.int64)

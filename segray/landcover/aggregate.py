@@ -50,7 +50,7 @@ def combine(table: pa.Table, keys: list[str], classes: list[str], counts: bool =
 
 def drop_superseded(batch: pa.Table, losers: pa.Table | None) -> pa.Table:
     """Stats rows read with their part's ``path`` -> without the (path, relative_path, model_id) rows
-    that :meth:`segray.labelling.reader.Keys.losers` named (a later row of the same frame counts)."""
+    that :meth:`segray.outputs.read.Keys.losers` named (a later row of the same frame counts)."""
     if losers is None or losers.num_rows == 0 or batch.num_rows == 0:
         return batch
     sep = "\0"

@@ -10,7 +10,7 @@ Output layout under ``output``::
 Stats rows of different models are never summed together: the input must hold one model id, or
 ``model_id`` must pick one. Frames failed come from the labelling outputs' ``errors/`` parts (they
 describe each output's latest run) and are counted per group like the stats rows. Each frame counts
-once (:mod:`segray.labelling.reader`): a superseded stats row, or an error row of a frame that has a
+once (:mod:`segray.outputs.read`): a superseded stats row, or an error row of a frame that has a
 stats row, is not counted.
 """
 
@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from segray import storage
-from segray.labelling.reader import current_errors, scan_keys
-from segray.labelling.stats import to_parquet_bytes
 from segray.landcover.aggregate import finish, group_partials
 from segray.landcover.chart import share_chart_png
 from segray.landcover.inputs import find_inputs
+from segray.outputs.read import current_errors, scan_keys
+from segray.outputs.schema import to_parquet_bytes
 
 log = logging.getLogger("segray.landcover")
 

@@ -16,7 +16,7 @@ output's lease, ``<output>/_lease.json``, and a second run that finds it held ex
   (``SEGRAY_LEASE_TTL_S``, default 60 s). Heartbeat times are wall-clock: the machines of one
   cluster must agree on the time within a small part of the TTL (NTP does).
 
-The lease is what keeps writers apart; readers do not take it (see :mod:`segray.labelling.reader`,
+The lease is what keeps writers apart; readers do not take it (see :mod:`segray.outputs.read`,
 which counts each frame once whatever ``stats/`` holds).
 """
 

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segray import storage
-from segray.labelling.reader import read_stats, stats_parts, stats_uri
+from segray.outputs.read import read_stats, stats_parts, stats_uri
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class AreaRow:
 
 def area_table(output: str, model_id: str | None = None) -> list[AreaRow]:
     """One row per class over the stats rows (of ``model_id``), each frame counted once
-    (:func:`segray.labelling.reader.read_stats`); instance models' rows also sum ``count_<class>``."""
+    (:func:`segray.outputs.read.read_stats`); instance models' rows also sum ``count_<class>``."""
     parts = stats_parts(output)
     if not parts:
         return []

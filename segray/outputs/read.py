@@ -230,7 +230,7 @@ def current_instances(tables: list[pa.Table], current: pa.Table) -> pa.Table:
     """The instance rows of ``tables`` that belong to a frame's current stats row: ``current`` holds
     (relative_path, model_id, run_id) of those rows. A write retried within one run may leave a
     frame's rows in two parts; one is kept. Sorted by frame, model and id."""
-    from segray.labelling.stats import INSTANCES_SCHEMA
+    from segray.outputs.schema import INSTANCES_SCHEMA
 
     if not tables or not current.num_rows:
         return INSTANCES_SCHEMA.empty_table()

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from segray import storage
-from segray.labelling.lease import read_lease
-from segray.labelling.reader import scan_keys, stats_parts, stats_uri
+from segray.outputs.lease import read_lease
+from segray.outputs.read import scan_keys, stats_parts, stats_uri
 
 
 @dataclass

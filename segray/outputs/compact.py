@@ -4,13 +4,13 @@
 A nightly output of 1M frames written in 128-row parts is about 8k files, and every reader and every
 S3 LIST pays for each. Compaction:
 
-1. takes the output's lease (:mod:`segray.labelling.lease`), so no labelling run writes meanwhile (and
+1. takes the output's lease (:mod:`segray.outputs.lease`), so no labelling run writes meanwhile (and
    refuses, changing nothing, while a run holds it: step 4 would delete parts that run adds to);
 2. reads the key columns of every part and picks one row per (relative_path, model_id), as the
-   readers do (:mod:`segray.labelling.reader`);
+   readers do (:mod:`segray.outputs.read`);
 3. writes the kept rows, sorted by model and path, as ``stats/compact-<id>-<n>.parquet`` files of at
    most ``rows_per_file`` rows, each published whole; then the ``instances/`` rows of the runs those
-   rows name (:func:`~segray.labelling.reader.current_instances`: rows of superseded runs go) as
+   rows name (:func:`~segray.outputs.read.current_instances`: rows of superseded runs go) as
    ``instances/compact-<id>-<n>.parquet``;
 4. records what it did in ``_runs/compact-<id>.json``, then deletes the parts it read.
 
@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from segray import storage
-from segray.labelling.lease import LeaseHeld, OutputLease, read_lease
-from segray.labelling.reader import (
+from segray.outputs.lease import LeaseHeld, OutputLease, read_lease
+from segray.outputs.read import (
     INSTANCE_KEY,
     KEY,
     concat,
@@ -43,7 +43,7 @@ from segray.labelling.reader import (
     scan_keys,
     stats_parts,
 )
-from segray.labelling.stats import to_parquet_bytes
+from segray.outputs.schema import to_parquet_bytes
 
 log = logging.getLogger("segray.compact")
 
@@ -168,7 +168,7 @@ def _compact_instances(
     lease: OutputLease,
 ) -> tuple[tuple[int, int], list[str]]:
     """``instances/`` parts -> files of the rows the kept stats rows ``win`` count, at most
-    ``rows_per_file`` each. Reads every part at once, as :func:`~segray.labelling.reader.read_instances`
+    ``rows_per_file`` each. Reads every part at once, as :func:`~segray.outputs.read.read_instances`
     does. -> ((rows before, rows after), the files written)."""
     if not parts:
         return (0, 0), []
