@@ -280,7 +280,7 @@ def s3_check(tmp: Path, model: str, n: int, size: tuple[int, int]) -> tuple[dict
     import s3fs
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from seaweed import create_bucket, start_seaweed
+    from helpers.seaweed import create_bucket, start_seaweed
 
     server = start_seaweed(tmp / "seaweed")
     try:

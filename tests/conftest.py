@@ -12,22 +12,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+# tests/ on sys.path: test files in every folder import the shared pieces as `helpers.*`.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from seaweed import SeaweedS3, create_bucket, start_seaweed  # noqa: E402
+from helpers.common import BUCKET, TINY_ENCODER  # noqa: E402
+from helpers.seaweed import SeaweedS3, create_bucket, start_seaweed  # noqa: E402
 
 from segray.labels import CAMVID  # noqa: E402
 from segray.models.artifact import init_artifact  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-#: Real datasets live outside the repository: $SEGRAY_DATA_DIR, else ../shared/data beside the checkout.
-DATA_DIR = Path(os.environ.get("SEGRAY_DATA_DIR", ROOT.parent / "shared" / "data"))
-BUCKET = "segray-test"
-#: The tiny encoder every test model uses: fast on 2 CPU cores, small on disk.
-TINY_ENCODER = "tu-mobilenetv3_small_050"
 
 
 @pytest.fixture(scope="session")
@@ -65,21 +59,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("models") / "tiny-unet"
     init_artifact("unet", TINY_ENCODER, CAMVID, name="tiny-unet", height=64, width=64).save(str(path))
     return str(path)
-
-
-def write_frames(folder: Path, sizes: list[tuple[int, int]], seed: int = 0, ext: str = ".png") -> list[Path]:
-    """Synthetic street frames of the given (height, width) sizes, in two sub-folders."""
-    import cv2
-
-    from segray.datasets.synthetic import street_frame
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, (h, w) in enumerate(sizes):
-        img, _ = street_frame(rng)
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        p = folder / f"seq{i % 2}" / f"f{i:04d}{ext}"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        out.append(p)
-    return out

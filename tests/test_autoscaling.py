@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_ENCODER, write_frames
-from rayhead import RayHead, start_ray_head
+from helpers.common import ROOT, TINY_ENCODER
+from helpers.frames import write_frames
+from helpers.rayhead import RayHead, start_ray_head
 
 from segray.labels import CAMVID
 from segray.models.artifact import init_artifact
@@ -79,7 +80,7 @@ def fake_cluster_config(cluster_yaml: Path, gcs_port: int) -> dict:
 
 @pytest.fixture(scope="module")
 def fake_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
-    from rayhead import _free_ports
+    from helpers.rayhead import _free_ports
 
     (gcs_port,) = _free_ports(1)
     config = tmp_path_factory.mktemp("fake") / "fake-cluster.yaml"

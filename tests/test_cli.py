@@ -7,19 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_data import write_shapes_dataset
+from helpers.cli import run
+from helpers.train_data import write_shapes_dataset
 
 from segray import __version__
-from segray.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # --help and --version end argparse's way
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split()) + ("\n" if out.out.endswith("\n") else "")
 
 
 def test_version_and_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:

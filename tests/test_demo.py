@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from test_cli import run
+from helpers.cli import run
 
 from segray.datasets.synthetic import STREET
 from segray.demo import score_masks

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_ENCODER, write_frames
-from test_cli import run
-from train_data import SHAPES, png, shape_pair
+from helpers.cli import run
+from helpers.common import ROOT, TINY_ENCODER
+from helpers.frames import write_frames
+from helpers.train_data import SHAPES, png, shape_pair
 
 from segray.cli import build_parser
 from segray.training.config import load_config

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers.common import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
-from conftest import BUCKET, ROOT, TINY_ENCODER
-from rayhead import RayHead, start_ray_head
-from seaweed import SeaweedS3
+from helpers.common import BUCKET, ROOT, TINY_ENCODER
+from helpers.rayhead import RayHead, start_ray_head
+from helpers.seaweed import SeaweedS3
 
 from segray import storage
 from segray.datasets.synthetic import street_frame

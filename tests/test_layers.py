@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import ROOT
+from helpers.common import ROOT
 from importlinter.api import read_configuration
 from importlinter.cli import lint_imports
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import s3fs
-from conftest import ROOT, TINY_ENCODER, write_frames
-from seaweed import SeaweedS3
-from test_label_job import read_table
+from helpers.common import ROOT, TINY_ENCODER
+from helpers.frames import write_frames
+from helpers.seaweed import SeaweedS3
+from helpers.tables import read_table
 
 from segray import storage
 from segray.labels import CAMVID

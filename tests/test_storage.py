@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from seaweed import SeaweedS3
+from helpers.seaweed import SeaweedS3
 
 from segray import storage
 from segray.storage import StorageError
