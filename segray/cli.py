@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
@@ -21,6 +21,9 @@ from segray.options import ArgumentParser
 from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
+
+if TYPE_CHECKING:
+    from segray.labelling.job import LabelOptions
 
 
 def _setup_logging() -> None:
@@ -249,7 +252,7 @@ def parse_tags(items: list[str]) -> dict[str, str]:
     return tags
 
 
-def label_options(a: argparse.Namespace):  # noqa: ANN201 - avoids importing the job module at parse time
+def label_options(a: argparse.Namespace) -> LabelOptions:
     from segray.labelling.job import LabelOptions
 
     return LabelOptions(

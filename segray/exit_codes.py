@@ -10,6 +10,10 @@ _STOPPED = f"{TERMINATED} stopped by SIGTERM (rerun the same command to finish)"
 
 #: Every command but the labelling ones.
 EXIT_CODES = f"exit codes: 0 done; 1 an unexpected failure; 2 {_BAD_INPUT}; {_STOPPED}"
+#: ``segray serve``: it runs until stopped, and SIGTERM is how a supervisor stops it.
+SERVE_EXIT_CODES = (
+    f"exit codes: 0 stopped by Ctrl-C or SIGTERM (the application shut down); 1 an unexpected failure; 2 {_BAD_INPUT}"
+)
 #: ``segray compact``.
 COMPACT_EXIT_CODES = (
     f"exit codes: 0 done; 1 an unexpected failure; 2 {_BAD_INPUT}, or a run is writing the output (nothing "

@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-from segray.exit_codes import EXIT_CODES
+from segray.exit_codes import SERVE_EXIT_CODES
 from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.options import duration_arg, size_arg
 from segray.serving.inputs import SERVE_MAX_PIXELS
@@ -19,7 +19,7 @@ from segray.serving.inputs import SERVE_MAX_PIXELS
 def add_parser(sub: argparse._SubParsersAction, window_type: Callable[[str], tuple[int, int]]) -> None:
     p = sub.add_parser(
         "serve",
-        epilog=EXIT_CODES,
+        epilog=SERVE_EXIT_CODES,
         help="answer single frames over HTTP with the labelling job's model and code (Ray Serve), with a page at /",
         description="Deploys a Ray Serve application on the local Ray (or --address): POST /v1/segment with "
         "an image gets the same mask `segray label` writes for it, as JSON or PNG; GET / is a page to try it. "
