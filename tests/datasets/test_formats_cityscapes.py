@@ -10,14 +10,13 @@ import cv2
 import numpy as np
 import pytest
 from cityscapesscripts.helpers import labels as official
+from helpers.format_samples import PAIR_H, PAIR_W, write_official, write_pairs
 
 from segray import storage
 from segray.datasets.formats import ConvertError, ConvertOptions, convert
 from segray.datasets.formats.cityscapes import label_id_lut
 from segray.datasets.formats.cityscapes_pairs import DEFAULT_TOLERANCE
 from segray.labels import CITYSCAPES, CITYSCAPES_CATEGORIES, CITYSCAPES_LABELS, KITTI_ROAD, LabelMap, load_label_map
-
-H, W = 32, 64
 
 
 def test_label_table_is_the_official_one() -> None:
@@ -54,30 +53,6 @@ def test_label_maps_use_official_names_and_colours() -> None:
     assert load_label_map("cityscapes_trainids") is CITYSCAPES
     assert load_label_map("cityscapes_categories") is CITYSCAPES_CATEGORIES
     assert load_label_map("kitti_road") is KITTI_ROAD
-
-
-def block_ids(rng: np.random.Generator, values: list[int], block: int = 8) -> np.ndarray:
-    """A (H, W) uint8 map of random ``values`` in ``block``-pixel squares."""
-    small = rng.choice(values, size=(H // block, W // block)).astype(np.uint8)
-    return np.kron(small, np.ones((block, block), dtype=np.uint8))
-
-
-def write_official(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Synthetic Cityscapes in the official layout; returns label ids by '<split>/<stem>'."""
-    truth = {}
-    for split, city, n in (("train", "aachen", 2), ("val", "lindau", 1)):
-        for i in range(n):
-            base = f"{city}_{i:06d}_000019"
-            img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-            ids = block_ids(rng, list(range(34)))
-            (root / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
-            (root / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / "leftImg8bit" / split / city / f"{base}_leftImg8bit.png"), img)
-            cv2.imwrite(str(root / "gtFine" / split / city / f"{base}_gtFine_labelIds.png"), ids)
-            # files the converter must leave alone
-            cv2.imwrite(str(root / "gtFine" / split / city / f"{base}_gtFine_color.png"), img)
-            truth[f"{split}/{base}"] = ids
-    return truth
 
 
 def read_mask(uri: str) -> np.ndarray:
@@ -142,31 +117,6 @@ def test_not_a_cityscapes_root(tmp_path: Path) -> None:
 
 
 # --- image pairs (Kaggle / pix2pix) -----------------------------------------------------------------
-
-
-PAIR_H, PAIR_W = 256, 512  # the usual copy's size: two 256x256 halves
-
-
-def write_pairs(root: Path, rng: np.random.Generator, quality: int = 90) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """JPEG composites (photo | colour labels); returns (photo, train ids) by '<split>/<stem>'."""
-    trained = [lab for lab in official.labels if 0 <= lab.trainId < 255]
-    truth = {}
-    for split, n in (("train", 2), ("val", 1)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            small = rng.integers(0, len(trained), (PAIR_H // 32, PAIR_W // 2 // 32))
-            idx = np.kron(small, np.ones((32, 32), dtype=np.int64))
-            colours = np.array([lab.color for lab in trained], dtype=np.uint8)[idx]
-            train_ids = np.array([lab.trainId for lab in trained], dtype=np.uint8)[idx]
-            photo = cv2.GaussianBlur(rng.integers(0, 256, (PAIR_H, PAIR_W // 2, 3), dtype=np.uint8), (5, 5), 0)
-            composite = np.concatenate([photo, colours], axis=1)
-            ok, buf = cv2.imencode(
-                ".jpg", cv2.cvtColor(composite, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-            )
-            assert ok
-            (root / split / f"{i + 1}.jpg").write_bytes(buf.tobytes())
-            truth[f"{split}/{i + 1}"] = (photo, train_ids)
-    return truth
 
 
 def test_jpeg_pairs_nearest_colour_within_tolerance(tmp_path: Path) -> None:

@@ -10,36 +10,13 @@ import cv2
 import numpy as np
 import pytest
 from helpers.common import DATA_DIR
+from helpers.format_samples import FOLDERS_H as H
+from helpers.format_samples import FOLDERS_W as W
+from helpers.format_samples import ROADS, write_camvid, write_folders
 
 from segray import storage
 from segray.datasets.formats import ConvertError, ConvertOptions, convert
 from segray.labels import CAMVID, LabelMap
-
-H, W = 20, 28
-ROADS = LabelMap.from_dict(
-    {
-        "name": "roads",
-        "classes": [
-            {"id": 0, "name": "road", "color": [128, 64, 128]},
-            {"id": 1, "name": "car", "color": [0, 0, 142]},
-            {"id": 2, "name": "sky", "color": [70, 130, 180]},
-        ],
-        "ignore": {"id": 255, "name": "void", "color": [0, 0, 0]},
-    }
-)
-
-
-def write_folders(root: Path, rng: np.random.Generator, colour: bool = False) -> dict[str, np.ndarray]:
-    truth = {}
-    for rel in ("a", "sub/b", "c"):
-        ids = rng.choice([0, 1, 2, 255], size=(H, W)).astype(np.uint8)
-        (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / "masks" / rel).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "images" / f"{rel}.jpg"), rng.integers(0, 256, (H, W, 3), np.uint8))
-        mask = cv2.cvtColor(ROADS.colorize(ids), cv2.COLOR_RGB2BGR) if colour else ids
-        cv2.imwrite(str(root / "masks" / f"{rel}.png"), mask)
-        truth[rel.rsplit("/", 1)[-1]] = ids
-    return truth
 
 
 def test_index_masks_with_label_map_json(tmp_path: Path) -> None:
@@ -107,19 +84,6 @@ def test_split_auto_and_refusals(tmp_path: Path) -> None:
     (src / "labels.json").unlink()
     with pytest.raises(ConvertError, match="folders need a label map"):
         convert("folders", str(src), str(tmp_path / "o"))
-
-
-def write_camvid(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    truth = {}
-    for split, n in (("train", 2), ("val", 1), ("test", 1)):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(n):
-            ids = rng.integers(0, 12, (H, W), dtype=np.uint8)
-            cv2.imwrite(str(root / split / f"0001TP_{i:06d}.png"), rng.integers(0, 256, (H, W, 3), np.uint8))
-            cv2.imwrite(str(root / f"{split}annot" / f"0001TP_{i:06d}.png"), ids)
-            truth[f"{split}/0001TP_{i:06d}"] = ids
-    return truth
 
 
 def test_camvid_copies_and_checks(tmp_path: Path) -> None:

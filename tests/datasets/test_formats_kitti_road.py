@@ -7,36 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.format_samples import write_kitti
 
 from segray import storage
 from segray.datasets.formats import ConvertError, ConvertOptions, convert
 from segray.labels import KITTI_ROAD, LabelMap
-
-H, W = 24, 80
-COLOURS = {1: (255, 0, 255), 0: (255, 0, 0), 255: (0, 0, 0)}
-
-
-def write_kitti(root: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``data_road`` with 3 training frames (um, umm, uu), lane files, and a testing/ without ground truth."""
-    truth = {}
-    for name in ("um_000000", "umm_000003", "uu_000010"):
-        ids = rng.choice([0, 1, 255], size=(H, W)).astype(np.uint8)
-        gt = np.zeros((H, W, 3), np.uint8)
-        for cid, colour in COLOURS.items():
-            gt[ids == cid] = colour
-        cat, num = name.rsplit("_", 1)
-        for folder in ("image_2", "gt_image_2"):
-            (root / "training" / folder).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "training" / "image_2" / f"{name}.png"), rng.integers(0, 256, (H, W, 3), np.uint8))
-        cv2.imwrite(
-            str(root / "training" / "gt_image_2" / f"{cat}_road_{num}.png"), cv2.cvtColor(gt, cv2.COLOR_RGB2BGR)
-        )
-        if cat == "um":  # um also has lane ground truth, which the road converter must not use
-            cv2.imwrite(str(root / "training" / "gt_image_2" / f"{cat}_lane_{num}.png"), np.zeros((H, W, 3), np.uint8))
-        truth[name] = ids
-    (root / "testing" / "image_2").mkdir(parents=True)
-    cv2.imwrite(str(root / "testing" / "image_2" / "um_000099.png"), np.zeros((H, W, 3), np.uint8))
-    return truth
 
 
 def test_kitti_road_to_s3(tmp_path: Path, s3_prefix: str) -> None:

@@ -9,46 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.format_samples import VIA_H as H
+from helpers.format_samples import VIA_W as W
+from helpers.format_samples import entry, rect, vineyard
 
 from segray import storage
 from segray.datasets.formats import ConvertError, ConvertOptions, convert
 from segray.labels import LabelMap
-
-H, W = 48, 64
-
-
-def rect(x: int, y: int, w: int, h: int, cls: object) -> dict:
-    return {
-        "shape_attributes": {"name": "rect", "x": x, "y": y, "width": w, "height": h},
-        "region_attributes": {"type": cls},
-    }
-
-
-def poly(xs: list[float], ys: list[float], cls: object) -> dict:
-    return {
-        "shape_attributes": {"name": "polygon", "all_points_x": xs, "all_points_y": ys},
-        "region_attributes": {"type": cls},
-    }
-
-
-def entry(filename: str, regions: list[dict]) -> dict:
-    return {"filename": filename, "size": 123, "regions": regions, "file_attributes": {}}
-
-
-def vineyard(folder: Path, rng: np.random.Generator) -> dict:
-    """Two images whose regions overlap: an L-shaped 'leaf' polygon, a 'grape' polygon over it, a
-    'Grape' rect written as a checkbox dict, and a float-coordinate 'trunk' polygon."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("vine_a.jpg", "vine_b.png"):
-        cv2.imwrite(str(folder / name), rng.integers(0, 256, (H, W, 3), np.uint8))
-    leaf_l = poly([2, 30, 30, 12, 12, 2], [2, 2, 12, 12, 30, 30], "leaf")  # L: x 2..30 rows 2..12, x 2..12 rows 2..30
-    grape = poly([8, 17, 17, 8], [8, 8, 13, 13], "grape")  # x 8..17, y 8..13: overlaps both arms of the L
-    grape2 = {
-        "shape_attributes": {"name": "rect", "x": 40, "y": 30, "width": 5, "height": 5},
-        "region_attributes": {"type": {"Grape": True, "leaf": False}},
-    }
-    trunk = poly([49.6, 60.4, 60.4, 49.6], [0.4, 0.4, 20.2, 20.2], "trunk")  # rounds to x 50..60, y 0..20
-    return {"a": entry("vine_a.jpg", [leaf_l, grape, grape2]), "b": entry("vine_b.png", [grape, leaf_l, trunk])}
 
 
 def truth_a(ids: dict[str, int], grape_over_leaf: bool = True) -> np.ndarray:
