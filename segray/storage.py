@@ -228,10 +228,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
 
 def _list_files(uri: str, suffixes: tuple[str, ...] | None) -> list[str]:
     fs, path = resolve(uri)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    except Exception as e:  # noqa: BLE001
-        raise _explain(uri, e) from e
+    infos = _select(uri, fs, path)
     out = [
         i.path
         for i in infos
@@ -240,6 +237,27 @@ def _list_files(uri: str, suffixes: tuple[str, ...] | None) -> list[str]:
         and (suffixes is None or i.path.lower().endswith(suffixes))
     ]
     return sorted(out)
+
+
+def _select(uri: str, fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    # On S3 a prefix has no object of its own: pyarrow's fsspec bridge asks "is it a folder?" and then
+    # "does it exist?", and a writer adding the prefix's first object between the two questions makes
+    # the answer "not a folder". The listing is asked again; a key that is an object stays an error.
+    for attempt in range(_SELECT_TRIES):
+        try:
+            return fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        except NotADirectoryError as e:
+            if not is_s3(uri) or fs.get_file_info(path).type == pafs.FileType.File:
+                raise StorageError(f"{uri}: is a file, not a folder") from e
+            if attempt == _SELECT_TRIES - 1:
+                raise _explain(uri, e) from e
+            time.sleep(0.1 * (attempt + 1))
+        except Exception as e:  # noqa: BLE001
+            raise _explain(uri, e) from e
+    raise AssertionError("unreachable")
+
+
+_SELECT_TRIES = 5
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -223,6 +224,41 @@ def test_s3_list_files(s3_prefix: str) -> None:
     assert got == [f"{root}/{r}" for r in ["a/1.PNG", "a/z/3.jpg", "b/2.png", "notes.txt"]]
     assert storage.list_files(s3_prefix + "/", (".png",)) == [f"{root}/a/1.PNG", f"{root}/b/2.png"]
     assert storage.list_files(f"{s3_prefix}/absent") == []
+
+
+def test_s3_list_files_on_an_object_says_so(s3_prefix: str) -> None:
+    storage.write_bytes(f"{s3_prefix}/stats", b"x")
+    with pytest.raises(storage.StorageError, match=r"/stats: is a file, not a folder"):
+        storage.list_files(f"{s3_prefix}/stats")
+
+
+def test_s3_list_files_while_the_prefix_is_being_written(s3_prefix: str) -> None:
+    """Listing a prefix whose first objects are arriving gives a (possibly empty) list, never an error."""
+    prefixes = [f"{s3_prefix}/race/p{i}" for i in range(12)]
+    errors: list[BaseException] = []
+
+    def lister() -> None:
+        for _ in range(3):
+            for p in prefixes:
+                try:
+                    storage.list_files(p)
+                except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+    t = threading.Thread(target=lister)
+    t.start()
+    for p in prefixes:
+        for j in range(3):
+            storage.write_bytes(f"{p}/part-{j}.parquet", b"x")
+    t.join()
+    assert errors == []
+    assert all(len(storage.list_files(p)) == 3 for p in prefixes)
+
+
+def test_list_files_on_a_local_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(storage.StorageError, match=r"f.png: is a file, not a folder"):
+        storage.list_files(str(tmp_path / "f.png"))
 
 
 def test_s3_check_readable(s3_prefix: str) -> None:
