@@ -21,6 +21,7 @@ from typing import Any
 from segray import storage
 from segray.frames.listing import IMAGE_SUFFIXES, resolve_manifest_uri, uri_of
 from segray.labels import BUILTIN, LabelMap, load_label_map
+from segray.options import did_you_mean
 
 MASK_SUFFIXES = (".png",)
 LABELS_FILE = "labels.json"
@@ -59,10 +60,10 @@ class PairSource:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "data source") -> PairSource:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        known = sorted(cls.__dataclass_fields__)
+        for key in sorted(set(d) - set(known)):
+            hint = did_you_mean(key, known)
+            raise ValueError(f"unknown key {where}.{key}: " + (hint or f"known keys: {', '.join(known)}"))
         src = cls(**d)
         src.include_prefixes = list(src.include_prefixes or [])
         src.exclude_prefixes = list(src.exclude_prefixes or [])
