@@ -55,12 +55,13 @@ from segray import storage  # noqa: E402
 from segray.datasets.synthetic import STREET, street_frame  # noqa: E402
 from segray.frames.decode import decode_frame  # noqa: E402
 from segray.labelling import predict  # noqa: E402
-from segray.labelling.predict import Predictor  # noqa: E402
 from segray.labelling.read import read_frames  # noqa: E402
-from segray.labelling.write import encode_mask_png, write_outputs  # noqa: E402
+from segray.labelling.write import write_outputs  # noqa: E402
 from segray.labels import CAMVID  # noqa: E402
 from segray.models.artifact import init_artifact  # noqa: E402
 from segray.models.preprocessing import Preprocessing, normalise  # noqa: E402
+from segray.outputs.masks import encode_mask_png  # noqa: E402
+from segray.tasks.semantic.predict import Predictor  # noqa: E402
 
 #: The GPU rate the CPU side must keep up with (UNet-ResNet34 class model, bf16, one H100-class GPU).
 GPU_FRAMES_PER_S = 1500

@@ -299,7 +299,7 @@ class Bench:
         log(f"model {a.encoder} at {a.height}x{a.width}; {n} JPEG frames {h}x{w} (~{self.jpeg_kib:.0f} KiB each)")
 
     def predictor(self, decode: str = "cpu") -> Any:
-        from segray.labelling.predict import Predictor
+        from segray.tasks.semantic.predict import Predictor
 
         kw = {"decode": decode} if decode != "cpu" else {}
         return Predictor(self.model, device=str(self.device), torch_threads=self.a.torch_threads, **kw)
@@ -521,8 +521,8 @@ class Bench:
         import torch.nn.functional as F
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        from segray.labelling.predict import mean_confidence, upsample_argmax
         from segray.models.preprocessing import forward, normalise
+        from segray.tasks.semantic.predict import mean_confidence, upsample_argmax
 
         t = time.perf_counter()
         data = [torch.frombuffer(bytearray(q.read_bytes()), dtype=torch.uint8) for q in paths]
@@ -694,8 +694,8 @@ def predictor_decodes() -> bool:
     """Whether this segray's Predictor and read stage take ``decode="gpu"`` (nvJPEG in the Predictor)."""
     import inspect
 
-    from segray.labelling.predict import Predictor
     from segray.labelling.read import read_frames
+    from segray.tasks.semantic.predict import Predictor
 
     return all("decode" in inspect.signature(f).parameters for f in (Predictor, read_frames))
 
@@ -738,7 +738,7 @@ def split(batch: dict[str, Any], n: int) -> tuple[dict[str, Any], dict[str, Any]
 def compile_child(a: argparse.Namespace) -> None:
     import torch
 
-    from segray.labelling.predict import Predictor
+    from segray.tasks.semantic.predict import Predictor
 
     a.budget_s, a.workdir = 1e9, None
     bench = Bench(a)

@@ -102,12 +102,15 @@ def main() -> None:
 def export_latest(config: str, overrides: list[str], run: Path, dest: Path) -> Path:
     """The run's latest checkpoint exported as an instance artifact at ``dest``."""
     from segray.datasets.instances import instance_label_map
-    from segray.training.config import load_config
-    from segray.training.instance_job import export_checkpoint
+    from segray.recipe import load_config
+    from segray.tasks import TaskPlan, task_of_arch
+    from segray.training.job import export
+    from segray.training.session import StoredCheckpoint
 
     cfg = load_config(config, overrides)
     latest = max(run.glob("epoch-*"))
-    export_checkpoint(str(latest), cfg, instance_label_map(cfg.data.root), {"partial": latest.name}, str(dest))
+    p = TaskPlan(instance_label_map(cfg.data.root), [], [], "", {"partial": latest.name}, "frames")
+    export(StoredCheckpoint(str(latest)), task_of_arch(cfg.model.arch), cfg, p, str(dest))
     print(f"exported {latest.name} (training stopped by the time limit) to {dest}", flush=True)
     return dest
 

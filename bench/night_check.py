@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 from segray.datasets.synthetic import street_frame  # noqa: E402
 from segray.labelling.job import LabelOptions  # noqa: E402
-from segray.labelling.write import encode_mask_png  # noqa: E402
 from segray.labels import CAMVID  # noqa: E402
 from segray.models.artifact import init_artifact  # noqa: E402
 from segray.outputs.lease import DEFAULT_TTL_S  # noqa: E402
+from segray.outputs.masks import encode_mask_png  # noqa: E402
 
 WRITE_BATCH = LabelOptions.__dataclass_fields__["write_batch_size"].default
 TINY_ENCODER = "tu-mobilenetv3_small_050"

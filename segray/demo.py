@@ -73,8 +73,8 @@ def score_masks(data: Path, split: str, labels: str, overlays: int = 3) -> tuple
     (the job's own files, not a second prediction), and the first frames' overlay strips (RGB)."""
     from segray.datasets.masks import read_mask
     from segray.evaluation.figures import overlay_strip
-    from segray.labelling.write import mask_key
     from segray.metrics import confusion_matrix, scores
+    from segray.outputs.masks import mask_key
 
     k = STREET.num_classes
     cm = np.zeros((k, k), np.int64)
@@ -104,7 +104,7 @@ def run_demo(
     """Synthesise, train, label the held-out frames, score the job's masks; needs Ray initialised."""
     from segray.labelling.job import LabelOptions, run_label_job
     from segray.outputs.report import area_table
-    from segray.training.config import TrainConfig
+    from segray.recipe import TrainConfig
     from segray.training.job import run_training
 
     folder = Path(folder).absolute()
@@ -150,6 +150,6 @@ def run_demo(
         areas=area_table(labels, run.model_id),
         labelled=run.labelled,
         failed=run.failed,
-        best_val_miou=trained.best_val_miou,
+        best_val_miou=trained.best_score,
         seconds=seconds,
     )

@@ -17,7 +17,7 @@ from helpers.frames import write_frames
 from helpers.train_data import SHAPES, png, shape_pair
 
 from segray.cli import build_parser
-from segray.training.config import load_config
+from segray.recipe import load_config
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

@@ -8,7 +8,7 @@ import pytest
 
 from segray.cli import build_parser, main
 from segray.options import duration, size
-from segray.training.config import load_config
+from segray.recipe import load_config
 
 
 def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

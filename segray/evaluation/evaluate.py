@@ -1,6 +1,6 @@
 """Score one artifact on a labelled split, exactly as the labelling job would predict.
 
-Frames go through the labelling job's :class:`~segray.labelling.predict.Predictor` (the artifact's
+Frames go through the labelling job's :class:`~segray.tasks.semantic.predict.Predictor` (the artifact's
 resize policy, normalisation, device choice and bilinear logit resizing back to the frame's size),
 so the figures describe the masks ``segray label`` writes. One confusion matrix over the whole
 split at each mask's own resolution; ignored pixels never count. Runs in one process: a split is
@@ -92,8 +92,8 @@ def check_label_maps(model_map: LabelMap, data_map: LabelMap, model: str, data: 
 def evaluate(opts: EvalOptions) -> EvalResult:
     """Predict every pair, accumulate one confusion matrix, write outputs if ``opts.output``."""
     from segray.datasets.pairs import read_pair
-    from segray.labelling.predict import Predictor, upsample_argmax
     from segray.models.artifact import read_info
+    from segray.tasks.semantic.predict import Predictor, upsample_argmax
 
     info = read_info(opts.model)
     pairs = list_pairs(opts.data)

@@ -98,8 +98,8 @@ def evaluate_instances(opts: InstanceEvalOptions) -> InstanceEvalResult:
     """Predict every frame of the split, score once with COCOeval, write outputs if ``opts.output``."""
     import torch
 
-    from segray.labelling.predict import pick_device
     from segray.models.artifact import ModelArtifact
+    from segray.models.precision import pick_device
 
     art = ModelArtifact.load(opts.model)
     if art.task != "instance":

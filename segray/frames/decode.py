@@ -21,7 +21,7 @@ so threads that decode frames never disturb each other or other PIL users in the
 guard is ``max_pixels``: a frame declaring more pixels is refused from its header, before any pixel
 is decoded. Decoding itself is OpenCV's (fast, and it keeps 16-bit and alpha), told to ignore EXIF,
 after which every path (:func:`decode_checked`, :func:`decode_resized`, the GPU decoder in
-segray.labelling.device_decode) applies the header's orientation: masks and sizes are of the frame
+segray.frames.device_decode) applies the header's orientation: masks and sizes are of the frame
 as an image viewer shows it.
 """
 

@@ -3,7 +3,7 @@
 Output layout under ``output``::
 
     masks/<relative_path>.png        palette PNG per frame (class index per pixel); for an instance
-                                     model, a 16-bit PNG of instance ids (segray.labelling.instances)
+                                     model, a 16-bit PNG of instance ids (segray.tasks.instance.predict)
     instances/part-<run>-<id>.parquet  instance models: one row per instance (segray.outputs.schema)
     stats/part-<run>-<id>.parquet    one row per labelled frame (schema: segray.outputs.schema)
     errors/part-<run>-<id>.parquet   one row per frame that could not be labelled, with the reason
@@ -43,9 +43,10 @@ import pyarrow.parquet as pq
 from segray import storage
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.frames.listing import is_manifest, list_folder, relative_paths_from_uris, resolve_manifest_uris
-from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
 from segray.outputs.lease import OutputLease
+from segray.tasks import task_named
+from segray.tasks.batch import DEFAULT_TILE_ABOVE
 from segray.tiles.pixel_size import WORLD_FILE_COLUMN
 from segray.tiles.windows import TileSpec
 from segray.tiles.worldfile import world_file_candidates
@@ -197,14 +198,9 @@ class LabelPlan:
 
 
 def label_model_id(info: ArtifactInfo, opts: LabelOptions) -> str:
-    """The model id the run's rows carry: the artifact's, plus ``+min<score>`` for an instance model
-    (the threshold changes the masks and counts, so rows of two thresholds are two models' rows)."""
-    if info.task != "instance":
-        return info.model_id
-    from segray.labelling.instances import DEFAULT_MIN_SCORE
-
-    score = DEFAULT_MIN_SCORE if opts.min_score is None else opts.min_score
-    return f"{info.model_id}+min{score:g}"
+    """The model id the run's rows carry: the artifact's, or what the task makes of it (an instance
+    model's adds ``+min<score>``: rows of two thresholds are two models' rows)."""
+    return task_named(info.task).labelled_by(info.model_id, vars(opts))
 
 
 def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan:
@@ -385,26 +381,10 @@ def preflight(opts: LabelOptions) -> ArtifactInfo:
     return info
 
 
-def check_task_options(opts: LabelOptions, info: ArtifactInfo) -> None:
-    """Refuse options that do not apply to the model's task, naming them."""
-    if info.task == "instance":
-        unsupported = [
-            name
-            for name, given in (
-                ("--window", opts.tile_window is not None),
-                ("--overlap", opts.tile_overlap is not None),
-                ("--decode gpu", opts.decode == "gpu"),
-            )
-            if given
-        ]
-        if unsupported:
-            raise ValueError(
-                f"{opts.model} is an instance model: {', '.join(unsupported)} apply to semantic models only "
-                "(instance models label frames resized to the model input, decoded on CPUs; frames above "
-                "--tile-above are recorded as failed)"
-            )
-    elif opts.min_score is not None:
-        raise ValueError(f"--min-score applies to instance models; {opts.model} is a {info.task} model")
+def check_task_options(opts: LabelOptions, info: ArtifactInfo) -> LabelOptions:
+    """Refuse options that do not apply to the model's task, naming them; returns the options with
+    what the task fills in when left unset (an instance model's ``min_score``), as the run records them."""
+    return replace(opts, **task_named(info.task).check_label_options(opts.model, vars(opts)))
 
 
 def run_label_job(opts: LabelOptions, info: ArtifactInfo | None = None, lease: OutputLease | None = None) -> RunSummary:
@@ -474,11 +454,7 @@ class _Counts:
 
 def _plan(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float) -> _Run:
     """The frames this run labels: those without a stats row from this model, cut to ``limit``."""
-    from segray.labelling.instances import DEFAULT_MIN_SCORE
-
-    check_task_options(opts, info)
-    if info.task == "instance" and opts.min_score is None:
-        opts = replace(opts, min_score=DEFAULT_MIN_SCORE)  # recorded in the run's options as used
+    opts = check_task_options(opts, info)
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
     left_by_limit = 0
@@ -534,8 +510,6 @@ def _build_pipeline(run: _Run, ds: Any, pool: PoolLayout, gpus: float) -> Any:
     """read -> predict -> write on ``ds``; nothing runs until the result is consumed."""
     from ray.data import ActorPoolStrategy
 
-    from segray.labelling.instances import InstancePredictor
-    from segray.labelling.predict import Predictor
     from segray.labelling.read import read_frames
     from segray.labelling.write import write_outputs
 
@@ -568,7 +542,7 @@ def _build_pipeline(run: _Run, ds: Any, pool: PoolLayout, gpus: float) -> Any:
         },
     )
     ds = ds.map_batches(
-        InstancePredictor if info.task == "instance" else Predictor,
+        task_named(info.task).predictor(),
         batch_size=opts.batch_size,
         compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_cpus=pool.cpus_per_actor,
@@ -590,23 +564,9 @@ def _build_pipeline(run: _Run, ds: Any, pool: PoolLayout, gpus: float) -> Any:
 
 
 def _predictor_kwargs(opts: LabelOptions, info: ArtifactInfo, pool: PoolLayout) -> dict[str, Any]:
-    """The inference actor's constructor arguments: those of the model's task only."""
-    predictor: dict[str, Any] = {
-        "model_uri": opts.model,
-        "torch_threads": pool.torch_threads,
-        "device": opts.device,
-    }
-    if info.task == "instance":
-        predictor |= {"min_score": opts.min_score, "tile_above": opts.tile_above}
-    else:
-        predictor |= {
-            "tile_window": opts.tile_window,
-            "tile_overlap": opts.tile_overlap,
-            "tile_batch_size": opts.batch_size,
-            "max_pixels": opts.max_pixels,
-            "decode": opts.decode,
-        }
-    return predictor
+    """The inference actor's constructor arguments: the shared ones, then those of the model's task."""
+    shared = {"model_uri": opts.model, "torch_threads": pool.torch_threads, "device": opts.device}
+    return shared | task_named(info.task).predictor_kwargs(vars(opts))
 
 
 def _consume(run: _Run, ds: Any, todo: int, lease: OutputLease) -> _Counts:

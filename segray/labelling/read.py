@@ -9,8 +9,8 @@ applied by every decoder, and its width and height are the displayed ones.
 Each frame's header is parsed once, here (segray.frames.decode.check_frame): what later stages
 need of it travels in the batch (``width``, ``height``, ``exif_orientation``, ``frame_format``), so
 the windowed path decodes a large frame without reading its header again
-(:func:`decode_left_encoded`), and the GPU decoder can take each frame's orientation from the batch
-(segray.labelling.device_decode.decode_jpegs).
+(segray.tasks.batch.decode_left_encoded), and the GPU decoder can take each frame's orientation from the batch
+(segray.frames.device_decode.decode_jpegs).
 
 Resized or windowed: a frame is resized to the model input unless either side is above
 ``tile_above`` x the matching side of the reference size: the frames the model was trained on
@@ -29,7 +29,6 @@ no request is spent looking; a manifest's frames are looked up one by one.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,15 +36,14 @@ from typing import Any
 import numpy as np
 
 from segray import storage
-from segray.frames.decode import FrameError, Header, check_frame, decode_checked, decode_frame, decode_resized
+from segray.frames.decode import FrameError, check_frame, decode_resized
 from segray.models.preprocessing import Preprocessing
 from segray.outputs.schema import FORMAT_COLUMN, ORIENTATION_COLUMN
+from segray.tasks.batch import DEFAULT_TILE_ABOVE, is_large
 from segray.tiles.pixel_size import MANIFEST_COLUMN, WORLD_FILE_COLUMN, pixel_area
 
 #: Concurrent fetches per task: object-store reads are latency-bound, decode releases the GIL.
 FETCH_THREADS = 8
-#: Default: frames with a side above this many times the reference size are labelled in windows.
-DEFAULT_TILE_ABOVE = 2.0
 
 
 @dataclass
@@ -62,11 +60,6 @@ class _Loaded:
     on_device: bool = False
     orientation: int = 1
     format: str = ""
-
-
-def is_large(width: int, height: int, reference: tuple[int, int], tile_above: float) -> bool:
-    """Either side above ``tile_above`` x the reference (height, width): labelled in windows."""
-    return height > tile_above * reference[0] or width > tile_above * reference[1]
 
 
 def _load_one(
@@ -108,20 +101,6 @@ def _load_one(
     return _Loaded(rgb, b"", w, h, "", "", area_m2, source, False, *told)
 
 
-def decode_left_encoded(data: bytes, batch: Mapping[str, Any], i: int, max_pixels: int) -> np.ndarray:
-    """Row ``i``'s frame, which the read stage left encoded, as (height, width, 3) RGB as displayed.
-
-    The read stage checked its header: its format, size and orientation travel in the batch, so it is
-    decoded without a second parse. A batch built elsewhere, without them, gets every check of
-    segray.frames.decode.decode_frame.
-    """
-    fmt = str(batch[FORMAT_COLUMN][i]) if FORMAT_COLUMN in batch and ORIENTATION_COLUMN in batch else ""
-    if not fmt:
-        return decode_frame(data, max_pixels)
-    header = Header(fmt, int(batch["width"][i]), int(batch["height"][i]), int(batch[ORIENTATION_COLUMN][i]))
-    return decode_checked(data, header)
-
-
 def read_frames(
     batch: dict[str, np.ndarray],
     preprocessing: dict[str, Any],
@@ -133,7 +112,7 @@ def read_frames(
     decode: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """``tile_reference``: (height, width) that ``tile_above`` multiplies (default: the model input).
-    ``decode="gpu"``: JPEG frames are only fetched and checked here (segray.labelling.device_decode)."""
+    ``decode="gpu"``: JPEG frames are only fetched and checked here (segray.frames.device_decode)."""
     pre = Preprocessing.from_dict(preprocessing)
     reference = (tile_reference[0], tile_reference[1]) if tile_reference else (pre.height, pre.width)
     rule = (tile_above, reference)

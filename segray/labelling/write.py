@@ -1,8 +1,10 @@
-"""Stage 3 (CPU tasks): masks as palette PNGs, stats and errors as Parquet, one file per batch.
+"""Stage 3 (CPU tasks): masks, stats and errors as Parquet, one file per batch, for every task.
 
-Instance models write 16-bit PNGs of instance ids instead (0 = none), and one ``instances/`` part per
-batch before its stats part: a frame's stats row is written last, so a frame that has one has its
-mask and instances written (readers count the instances of the run its stats row names).
+The model's task (:mod:`segray.tasks`) encodes the masks (semantic: palette PNGs of class ids;
+instance: 16-bit PNGs of instance ids, 0 = none), adds its stats columns and its tables beside
+``stats/`` (instance: one ``instances/`` part per batch), written before the stats part. A frame's
+stats row is written last, so a frame that has one has its mask and instances written (readers
+count the instances of the run its stats row names).
 
 Every file is published whole (S3 PUT, or write-to-hidden-name then rename on a disk), so a reader
 never sees a half-written mask or Parquet part. Mask keys come from the frame's relative path, so
@@ -13,75 +15,26 @@ goes to ``errors/`` (stage ``write``), never nowhere.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from segray import storage
-from segray.frames.listing import safe_relative_path
 from segray.labels import LabelMap
+from segray.outputs.masks import mask_key
 from segray.outputs.schema import (
     ERRORS_SCHEMA,
-    INSTANCES_SCHEMA,
     ORIENTATION_COLUMN,
     passthrough_columns,
     stats_schema,
     to_parquet_bytes,
 )
+from segray.tasks import Task, task_named
 
 WRITE_THREADS = 8
-
-
-def encode_mask_png(mask: np.ndarray, palette: list[int]) -> bytes:
-    """A palette PNG; zlib's run-length strategy suits masks' long runs of one class: about half
-    the size of the default strategy at the same speed (docs/benchmarks.md, PNG encoding)."""
-    im = Image.fromarray(mask, mode="P")
-    im.putpalette(palette)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    return buf.getvalue()
-
-
-def encode_ids_png(ids: np.ndarray) -> bytes:
-    """A 16-bit greyscale PNG of instance ids (always 16 bits, whatever the frame's count, so every
-    mask of an output reads the same way)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(ids, dtype=np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("could not encode the instance ids as PNG")
-    return buf.tobytes()
-
-
-def instances_table(
-    batch: dict[str, Any], ok: list[int], lm: LabelMap, model_id: str, run_id: str, now: datetime
-) -> pa.Table:
-    """The ``instances`` column's records of frames ``ok`` -> one row per instance (INSTANCES_SCHEMA)."""
-
-    cols: dict[str, list[Any]] = {name: [] for name in INSTANCES_SCHEMA.names}
-    for i in ok:
-        records = json.loads(str(batch["instances"][i]))
-        px_area = float(batch["pixel_area_m2"][i]) if "pixel_area_m2" in batch else float("nan")
-        for k, (cls, score, x0, y0, x1, y1, px) in enumerate(records):
-            cols["relative_path"].append(str(batch["relative_path"][i]))
-            cols["instance_id"].append(k + 1)
-            cols["class_id"].append(cls)
-            cols["class"].append(lm.names[cls])
-            cols["score"].append(score)
-            for name, v in zip(("x0", "y0", "x1", "y1"), (x0, y0, x1, y1), strict=True):
-                cols[name].append(v)
-            cols["area_px"].append(px)
-            cols["area_m2"].append(None if px_area != px_area else px * px_area)
-    n = len(cols["relative_path"])
-    cols["model_id"], cols["run_id"], cols["processed_at"] = [model_id] * n, [run_id] * n, [now] * n
-    return pa.table(cols, schema=INSTANCES_SCHEMA)
 
 
 def batch_key(batch: dict[str, Any]) -> str:
@@ -92,20 +45,15 @@ def batch_key(batch: dict[str, Any]) -> str:
     return h.hexdigest()[:12]
 
 
-def mask_key(relative_path: str) -> str:
-    return f"masks/{safe_relative_path(relative_path)}.png"
-
-
 def write_outputs(
     batch: dict[str, Any], output: str, run_id: str, model_id: str, label_map: dict[str, Any], task: str = "semantic"
 ) -> dict[str, np.ndarray]:
     """Writes a batch's masks, then its instances, stats and errors parts; returns the batch's counts
     of frames labelled, failed and labelled in windows."""
-    lm = LabelMap.from_dict(label_map)
-    instance = task == "instance"
+    lm, t = LabelMap.from_dict(label_map), task_named(task)
     errors = [str(e) for e in batch["error"]]
     stages = [str(s) for s in batch["error_stage"]]
-    keys = _write_masks(batch, output, lm, instance, errors, stages)
+    keys = _write_masks(batch, output, lm, t, errors, stages)
 
     now = datetime.now(timezone.utc)
     n = len(batch["uri"])
@@ -114,12 +62,10 @@ def write_outputs(
     # The part's name comes from the frames it holds: a write task that Ray retries (its worker died
     # after the PUT but before returning) rewrites the same key instead of adding duplicate rows.
     part = f"part-{run_id}-{batch_key(batch)}.parquet"
-    if ok and instance:
-        table = instances_table(batch, ok, lm, model_id, run_id, now)
-        if table.num_rows:
-            storage.write_bytes(storage.join(output, "instances", part), to_parquet_bytes(table))
+    for folder, table in (t.extra_tables(batch, ok, lm, model_id, run_id, now) if ok else {}).items():
+        storage.write_bytes(storage.join(output, folder, part), to_parquet_bytes(table))
     if ok:
-        table = _stats_table(batch, ok, keys, lm, instance, model_id, run_id, now)
+        table = _stats_table(batch, ok, keys, lm, t, model_id, run_id, now)
         storage.write_bytes(storage.join(output, "stats", part), to_parquet_bytes(table))
     if bad:
         table = _errors_table(batch, bad, errors, stages, run_id, now)
@@ -129,12 +75,11 @@ def write_outputs(
 
 
 def _write_masks(
-    batch: dict[str, Any], output: str, lm: LabelMap, instance: bool, errors: list[str], stages: list[str]
+    batch: dict[str, Any], output: str, lm: LabelMap, task: Task, errors: list[str], stages: list[str]
 ) -> list[str | None]:
     """Writes the mask of every frame without an error, several at a time; returns each frame's mask
     key (None where there is none). A frame whose mask cannot be named or written gets its error
     and stage set in ``errors`` and ``stages``."""
-    palette = lm.palette()
     n = len(batch["uri"])
     keys: list[str | None] = [None] * n
 
@@ -146,7 +91,7 @@ def _write_masks(
             return
         try:
             mask = np.asarray(batch["mask"][i])
-            png = encode_ids_png(mask) if instance else encode_mask_png(mask, palette)
+            png = task.encode_mask(mask, lm)
             storage.write_bytes(storage.join(output, key), png)
             keys[i] = key
         except Exception as e:  # noqa: BLE001 - recorded against the frame
@@ -163,7 +108,7 @@ def _stats_table(
     ok: list[int],
     keys: list[str | None],
     lm: LabelMap,
-    instance: bool,
+    task: Task,
     model_id: str,
     run_id: str,
     now: datetime,
@@ -189,17 +134,14 @@ def _stats_table(
     }
     for c, name in enumerate(lm.names):
         cols[f"px_{name}"] = counts[:, c]
-    if instance:
-        numbers = np.asarray(batch["instance_counts"])[ok]
-        for c, name in enumerate(lm.names):
-            cols[f"count_{name}"] = numbers[:, c]
+    cols |= task.frame_columns(batch, ok, lm)
     for c, name in enumerate(lm.names):
         cols[f"frac_{name}"] = counts[:, c] / area
     cols |= _area_columns(batch, ok, counts, lm)
     cols["mean_confidence"] = np.asarray(batch["mean_confidence"], dtype=np.float64)[ok]
     cols["run_id"] = [run_id] * len(ok)
     cols["processed_at"] = pa.array([now] * len(ok), pa.timestamp("us", tz="UTC"))
-    table = pa.table(cols, schema=stats_schema(lm, counts=instance))
+    table = pa.table(cols, schema=stats_schema(lm, counts=task.counts))
     for extra in passthrough_columns(batch):
         table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[ok])))
     return table

@@ -4,7 +4,8 @@ Every smp architecture is available under smp's own name (``unet``, ``fpn``, ``d
 plus ``fcn``: torchvision's FCN-ResNet50/101 (see :mod:`segray.models.fcn`) and ``segnet``: SegNet
 with a VGG16-BN encoder (see :mod:`segray.models.segnet`). All build the same
 way (``build_model(arch, encoder, num_classes)``), return plain logits ``(N, C, H, W)`` and save
-into the same artifact format.
+into the same artifact format. ``maskrcnn`` (torchvision's Mask R-CNN, see :mod:`segray.models.maskrcnn`)
+is the instance architecture: objects with a class, a score and a mask each (:data:`ARCHITECTURE_TASKS`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,17 @@ ARCHITECTURES: dict[str, str] = {
     **{name: f"smp:{name}" for name in SMP_ARCHITECTURES},
     "fcn": "torchvision:fcn",
     "segnet": "segray:segnet",
+    "maskrcnn": "torchvision:maskrcnn",
 }
+#: The task each architecture trains and labels (:mod:`segray.tasks`); semantic unless named here.
+ARCHITECTURE_TASKS: dict[str, str] = {arch: "instance" if arch == "maskrcnn" else "semantic" for arch in ARCHITECTURES}
+
+
+def task_of(arch: str) -> str:
+    """``semantic`` or ``instance``: what ``arch`` predicts."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    return ARCHITECTURE_TASKS[arch]
 
 
 def build_model(
@@ -50,6 +61,10 @@ def build_model(
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     library, name = ARCHITECTURES[arch].split(":", 1)
+    if name == "maskrcnn":
+        from segray.models.maskrcnn import build_instance_model
+
+        return build_instance_model(encoder, num_classes, backbone_weights=encoder_weights, **kwargs)
     if library == "torchvision":
         from segray.models.fcn import TorchvisionFCN
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from segray import storage
 from segray.labels import LabelMap
-from segray.models import ARCHITECTURES, build_model
+from segray.models import ARCHITECTURE_TASKS, build_model
 from segray.models.maskrcnn import INSTANCE_ARCH
 from segray.models.preprocessing import Preprocessing
 
@@ -135,7 +135,7 @@ class ModelArtifact:
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"{uri}/{META}: malformed ({e})") from e
         task = read_task(meta, uri)
-        if arch not in (ARCHITECTURES if task == "semantic" else (INSTANCE_ARCH,)):
+        if ARCHITECTURE_TASKS.get(arch) != task:
             raise ArtifactError(f"{uri}: unknown architecture {arch!r} for a {task} model")
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         kwargs.pop("encoder_weights", None)
@@ -149,12 +149,7 @@ class ModelArtifact:
                 f"{uri}: model has {classes} output classes but the label map has {label_map.num_classes}"
             )
         try:
-            if task == "instance":
-                from segray.models.maskrcnn import build_instance_model
-
-                model = build_instance_model(encoder, classes, **kwargs)
-            else:
-                model = build_model(arch, encoder, classes, **kwargs)
+            model = build_model(arch, encoder, classes, **kwargs)
         except (TypeError, ValueError) as e:
             raise ArtifactError(f"{uri}/{CONFIG}: cannot build {arch} from it ({e})") from e
         try:

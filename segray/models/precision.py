@@ -10,3 +10,10 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto``: the GPU where torch sees one, else the CPU; any other value as torch names devices."""
+    if requested != "auto":
+        return torch.device(requested)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable
 
 from segray.exit_codes import SERVE_EXIT_CODES
-from segray.labelling.read import DEFAULT_TILE_ABOVE
 from segray.options import duration_arg, size_arg
 from segray.serving.inputs import SERVE_MAX_PIXELS
+from segray.tasks.batch import DEFAULT_TILE_ABOVE
 
 
 def add_parser(sub: argparse._SubParsersAction, window_type: Callable[[str], tuple[int, int]]) -> None:

@@ -21,7 +21,7 @@ from email.parser import BytesHeaderParser
 import numpy as np
 
 from segray.frames.decode import FrameError, check_frame, decode_resized, header_size
-from segray.labelling.read import is_large
+from segray.tasks.batch import is_large
 
 #: Serving's pixel budget (4096 x 4096): a frame declaring more is refused before it is decoded. A
 #: frame at the budget costs about 100 MB while it is labelled and, above the window threshold, one

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from segray.frames.decode import FrameError, decode_frame
-from segray.labelling.predict import Predictor
-from segray.labelling.read import DEFAULT_TILE_ABOVE
-from segray.labelling.write import encode_mask_png
 from segray.models.artifact import read_info
 from segray.models.info import model_info
 from segray.options import duration, size
+from segray.outputs.masks import encode_mask_png
 from segray.serving.inputs import SERVE_MAX_PIXELS, Frame, RequestError, prepare
+from segray.tasks.batch import DEFAULT_TILE_ABOVE
+from segray.tasks.semantic.predict import Predictor
 from segray.tiles.windows import label_tile
 
 #: Mask weight in the overlay (the rest is the frame).

@@ -33,17 +33,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from segray.training.config import load_config
+    from segray.recipe import load_config
     from segray.training.job import run_training
 
     cfg = load_config(a.config, a.overrides)
     if a.print_config:
-        from segray.datasets.pairs import dataset_label_map
-        from segray.training.job import absolutise, resolve_auto_weights
+        from segray.tasks import task_of_arch
+        from segray.training.job import absolutise
 
         absolutise(cfg)  # as the run folder's recipe.yaml has it
         with contextlib.redirect_stdout(sys.stderr):  # stdout is the recipe alone
-            resolve_auto_weights(cfg, dataset_label_map(cfg.data.root))
+            task_of_arch(cfg.model.arch).resolve(cfg)
         sys.stdout.write(cfg.to_yaml())
         return 0
     if not a.no_ray:
@@ -51,14 +51,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         init_ray(a.address)
     s = run_training(cfg, with_ray=not a.no_ray)
-    if s.completed and s.task == "instance":
+    if s.completed:
         print(
-            f"trained {cfg.name}: {s.epochs_done} epochs, best val mask AP50 {s.best_val_mask_ap50:.4f} at epoch "
-            f"{s.best_epoch}; artifact {s.model_id} -> {s.artifact}; curves {s.run_uri}/curves.png"
-        )
-    elif s.completed:
-        print(
-            f"trained {cfg.name}: {s.epochs_done} epochs, best val mIoU {s.best_val_miou:.4f} at epoch "
+            f"trained {cfg.name}: {s.epochs_done} epochs, best {s.score_label} {s.best_score:.4f} at epoch "
             f"{s.best_epoch}; artifact {s.model_id} -> {s.artifact}; curves {s.run_uri}/curves.png"
         )
     else:

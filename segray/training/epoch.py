@@ -1,9 +1,5 @@
-"""What the semantic and instance training loops do alike around each epoch: set up the worker,
-step the optimiser, and report an epoch with rank 0's checkpoint.
-
-Both loops (:mod:`segray.training.loop`, :mod:`segray.training.instance_loop`) call these, so a
-checkpoint, a resume and the fault drill behave the same whatever the model's task.
-"""
+"""What the training loop does around each epoch, whatever the task: set up the worker, step the
+optimiser, decide which epochs validate, and report an epoch with rank 0's checkpoint."""
 
 from __future__ import annotations
 
@@ -15,8 +11,8 @@ from typing import Any
 
 import torch
 
+from segray.recipe import TrainConfig
 from segray.training import checkpoint as ckpt_io
-from segray.training.config import TrainConfig
 from segray.training.optim import make_optimizer, make_scheduler
 from segray.training.session import Session, maybe_inject_failure
 
@@ -31,6 +27,11 @@ def start_worker(cfg: TrainConfig) -> None:
 def epochs_this_run(cfg: TrainConfig, start: int) -> int:
     """The epoch this run stops after: the recipe's last, or sooner with ``run.max_epochs_this_run``."""
     return min(cfg.run.epochs, start + (cfg.run.max_epochs_this_run or cfg.run.epochs))
+
+
+def is_validation_epoch(epoch: int, epochs: int, every: int) -> bool:
+    """1-based ``epoch``: every ``every``-th epoch and always the last, so the export has a score."""
+    return epoch % every == 0 or epoch == epochs
 
 
 def seed_epoch(cfg: TrainConfig, rank: int, epoch: int) -> None:

@@ -1,24 +1,22 @@
-"""The training driver: check everything, run ``TorchTrainer``, export the best checkpoint.
+"""The training driver, for every task: check everything, run ``TorchTrainer``, export the best checkpoint.
 
 Everything that can be wrong with the inputs (recipe keys, data layout, unmatched frames, masks,
 label map, init weights, a storage path that cannot be written) fails here, before any worker
-starts. Rerunning the same recipe (same ``name`` and ``run.storage``) continues from the latest
+starts: the task (:mod:`segray.tasks`, from ``model.arch``) checks its data, the driver the rest.
+Rerunning the same recipe (same ``name`` and ``run.storage``) continues from the latest
 checkpoint: Ray Train V2 restores its checkpoint manager from ``<storage>/<name>``.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from segray import storage
-from segray.datasets.pairs import Pair, dataset_label_map, list_pairs
-from segray.labels import LabelMap
-from segray.metrics import is_scored
-from segray.training.config import TrainConfig
+from segray.recipe import TrainConfig
+from segray.tasks import Task, TaskPlan, task_of_arch
 
 log = logging.getLogger("segray.train")
 
@@ -29,131 +27,64 @@ class TrainSummary:
     epochs_done: int
     epochs: int
     completed: bool
+    #: The task's val score (val mIoU, val mask AP50) and how messages name it.
+    score_label: str = "val mIoU"
     best_epoch: int | None = None
-    best_val_miou: float | None = None
+    best_score: float | None = None
     artifact: str | None = None
     model_id: str | None = None
     init: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
-    #: ``semantic``, or ``instance`` (Mask R-CNN: the best epoch is scored by val mask AP50)
-    task: str = "semantic"
-    best_val_mask_ap50: float | None = None
 
 
-@dataclass
-class Plan:
-    """What the driver resolved before starting: label map, pairs, how the weights start."""
-
-    label_map: LabelMap
-    train_pairs: list[Pair]
-    val_pairs: list[Pair]
-    init: str
-    #: (height, width) of the training frames (the median of a sample): labelling resizes frames up
-    #: to ``tile_above`` times this size rather than windowing them.
-    train_frame_size: tuple[int, int] | None = None
-
-
-def plan(cfg: TrainConfig, runner: str = "ray") -> Plan:
+def plan(cfg: TrainConfig, runner: str = "ray") -> tuple[Task, TaskPlan]:
     """Every check that can fail, before any worker starts; records (or checks) the run's identity
     and saves the resolved recipe in the run folder."""
-    from segray.datasets.pairs import read_pair
     from segray.models.artifact import RECIPE
-    from segray.training.init import describe_init
     from segray.training.resume import check_or_record
 
     cfg.validate()
+    task = task_of_arch(cfg.model.arch)
+    if runner != "ray" and not task.trains_without_ray:
+        raise ValueError(f"model.arch {cfg.model.arch}: {task.name} training runs on Ray only (drop --no-ray)")
     absolutise(cfg)
-    label_map = dataset_label_map(cfg.data.root)
-    cfg.check_data(label_map.num_classes, label_map.name)
-    train_pairs = list_pairs(cfg.data.source("train"))
-    val_pairs = list_pairs(cfg.data.source("val"))
-    resolve_auto_weights(cfg, label_map, train_pairs)
-    # One pair of each split decoded here: a colour mask or a foreign label map fails in seconds.
-    read_pair(train_pairs[0], label_map)
-    read_pair(val_pairs[0], label_map)
-    if cfg.model.encoder_weights and is_weights_file(cfg.model.encoder_weights):
-        storage.check_readable(cfg.model.encoder_weights)
-    init = describe_init(cfg.model, label_map)
+    p = task.plan(cfg, runner)
     storage.check_writable(cfg.run.storage)
-    check_or_record(cfg, label_map, runner)
+    check_or_record(cfg, p.label_map, runner)
     storage.write_bytes(storage.join(cfg.run_uri, RECIPE), cfg.to_yaml().encode())
-    return Plan(label_map, train_pairs, val_pairs, init, frame_size(train_pairs))
-
-
-#: Training frames whose headers are read for :func:`frame_size`.
-FRAME_SIZE_SAMPLE = 50
-
-
-def frame_size(pairs: list[Pair], sample: int = FRAME_SIZE_SAMPLE) -> tuple[int, int] | None:
-    """The median (height, width) of up to ``sample`` frames evenly spread over ``pairs``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from segray.frames.decode import header_size
-
-    step = max(1, len(pairs) // sample)
-    chosen = pairs[::step][:sample]
-    with ThreadPoolExecutor(8) as pool:
-        sizes = [s for s in pool.map(lambda p: header_size(storage.read_bytes(p.image)), chosen) if s]
-    if not sizes:
-        return None
-    return int(np.median([h for _, h in sizes])), int(np.median([w for w, _ in sizes]))
-
-
-def resolve_auto_weights(cfg: TrainConfig, label_map: LabelMap, train_pairs: list[Pair] | None = None) -> None:
-    """``class_weights: auto`` -> median-frequency weights from the training masks, printed, and
-    written into the recipe (so recipe.yaml and the run's identity hold the numbers used)."""
-    from segray.datasets.eda import AUTO_WEIGHTS_MAX_MASKS, median_frequency_weights
-    from segray.training.config import AUTO
-
-    terms = [(i, t) for i, t in enumerate(cfg.loss) if t.class_weights == AUTO]
-    if not terms:
-        return
-    pairs = train_pairs if train_pairs is not None else list_pairs(cfg.data.source("train"))
-    weights = median_frequency_weights([(p.image, p.mask) for p in pairs], label_map)
-    used = min(len(pairs), AUTO_WEIGHTS_MAX_MASKS)
-    for i, term in terms:
-        term.class_weights = list(weights)
-        print(
-            f"loss[{i}].class_weights: auto -> median frequency over {used} training masks: "
-            + ", ".join(f"{c.name} {w:g}" for c, w in zip(label_map.classes, weights, strict=True)),
-            flush=True,
-        )
-
-
-def is_weights_file(value: str) -> bool:
-    """``model.encoder_weights`` names a file (a path or URI) rather than weights smp knows by name."""
-    from segray.models.artifact import is_weights_name
-
-    return not is_weights_name(value)
+    return task, p
 
 
 def absolutise(cfg: TrainConfig) -> None:
     """Local paths made absolute on the driver: Ray workers may run in another working directory."""
+    from segray.models.artifact import is_weights_name
 
     def fix(uri: str | None) -> str | None:
         return None if uri is None else storage.absolute(uri)
 
     cfg.run.storage = fix(cfg.run.storage) or cfg.run.storage
-    if cfg.model.encoder_weights and is_weights_file(cfg.model.encoder_weights):  # not a name such as imagenet
+    if cfg.model.encoder_weights and not is_weights_name(cfg.model.encoder_weights):  # a file, not e.g. imagenet
         cfg.model.encoder_weights = fix(cfg.model.encoder_weights)
     cfg.model.init_artifact = fix(cfg.model.init_artifact)
 
 
-def loop_config(cfg: TrainConfig, p: Plan) -> dict[str, Any]:
+def loop_config(task: Task, cfg: TrainConfig, p: TaskPlan) -> dict[str, Any]:
     """What every worker's ``train_loop`` gets: plain data, so it travels to Ray workers as is."""
     from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     return {
+        "task": task.name,
         "cfg": cfg.to_dict(),
         "label_map": p.label_map.to_dict(),
-        "train_pairs": [(x.image, x.mask) for x in p.train_pairs],
-        "val_pairs": [(x.image, x.mask) for x in p.val_pairs],
+        "train": p.train,
+        "val": p.val,
+        "noun": p.noun,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     }
 
 
-def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
+def make_trainer(task: Task, cfg: TrainConfig, p: TaskPlan) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -166,7 +97,7 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config(cfg, p),
+        train_loop_config=loop_config(task, cfg, p),
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
         ),
@@ -184,7 +115,7 @@ def make_trainer(cfg: TrainConfig, p: Plan) -> Any:
     )
 
 
-def fit_without_ray(cfg: TrainConfig, p: Plan) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
+def fit_without_ray(task: Task, cfg: TrainConfig, p: TaskPlan) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
     """The per-worker training function as one worker in this process: (latest, kept checkpoints)."""
     from segray.training.loop import train_loop
     from segray.training.session import LocalSession
@@ -195,90 +126,74 @@ def fit_without_ray(cfg: TrainConfig, p: Plan) -> tuple[Any, list[tuple[Any, dic
             "set run.num_workers=1, or train on Ray"
         )
     session = LocalSession(cfg.run_uri, cfg.run.keep_checkpoints, cfg.run.use_gpu)
-    train_loop(loop_config(cfg, p), session)
+    train_loop(loop_config(task, cfg, p), session)
     return session.results()
 
 
-def best_checkpoint(kept: list[tuple[Any, dict[str, Any]]]) -> Any:
-    """The kept checkpoint with the highest val mIoU among validated epochs, or None."""
-    scored = [(c, m["val_miou"]) for c, m in kept if is_scored(m)]
+def best_checkpoint(task: Task, kept: list[tuple[Any, dict[str, Any]]]) -> Any:
+    """The kept checkpoint with the task's highest val score among validated epochs, or None."""
+    scored = [(c, task.score(m)) for c, m in kept if task.score(m) > float("-inf")]
     return max(scored, key=lambda cs: cs[1])[0] if scored else None
+
+
+def export(checkpoint: Any, task: Task, cfg: TrainConfig, p: TaskPlan, dest: str | None = None) -> Any:
+    """``checkpoint`` (a ``ray.train.Checkpoint``, local or S3) -> the task's artifact at ``dest`` (default
+    ``cfg.export_uri``), with the run's record in its metrics and the resolved recipe beside it."""
+    dest = dest or cfg.export_uri
+    from segray.models.artifact import RECIPE
+    from segray.training import checkpoint as ckpt_io
+
+    with tempfile.TemporaryDirectory(prefix="segray-export-") as tmp:
+        checkpoint.to_directory(tmp)
+        state = ckpt_io.load_state(tmp)
+        model = task.build_model(cfg, p.label_map)
+        model.load_state_dict(ckpt_io.load_model_weights(tmp), strict=True)
+    m = state["metrics"]
+    art = task.export(model, m, cfg, p.label_map, p)
+    head = {"source": "segray train", "run": cfg.run_uri, "epoch": m["epoch"], "epochs": cfg.run.epochs}
+    art.metrics = {**head, **art.metrics, "init": p.init, **p.data, "recipe": cfg.to_dict()}
+    storage.write_bytes(storage.join(dest, RECIPE), cfg.to_yaml().encode())
+    art.save(dest)  # segray.json last: the folder is an artifact only once it is complete
+    return art
 
 
 def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
     """Train (or continue training), then export the best checkpoint when all epochs are done.
 
     ``with_ray=False``: the same worker function as one process without Ray (``fit_without_ray``).
-    ``model.arch: maskrcnn`` trains an instance model (:mod:`segray.training.instance_job`).
     """
-    from segray.models.maskrcnn import INSTANCE_ARCH
-
-    if cfg.model.arch == INSTANCE_ARCH:
-        from segray.training.instance_job import run_instance_training
-
-        return run_instance_training(cfg, with_ray)
     from segray.training import checkpoint as ckpt_io
-    from segray.training.export import export_best
 
-    p = plan(cfg, "ray" if with_ray else "local")
-    log.info(
-        "%s: %d train pairs (%s), %d val pairs (%s), %d classes (%s); %s; run folder %s",
-        cfg.name,
-        len(p.train_pairs),
-        cfg.data.source("train").describe(),
-        len(p.val_pairs),
-        cfg.data.source("val").describe(),
-        p.label_map.num_classes,
-        p.label_map.name,
-        p.init,
-        cfg.run_uri,
-    )
+    task, p = plan(cfg, "ray" if with_ray else "local")
+    log.info("%s: %d train %s (%s), %d val %s (%s), %d classes (%s); %s; run folder %s", cfg.name, len(p.train),
+             p.noun, p.data.get("train_data"), len(p.val), p.noun, p.data.get("val_data"), p.label_map.num_classes,
+             p.label_map.name, p.init, cfg.run_uri)  # fmt: skip
     print(f"weights: {p.init}", flush=True)
     if with_ray:
-        result = make_trainer(cfg, p).fit()
+        result = make_trainer(task, cfg, p).fit()
         latest, kept = result.checkpoint, result.best_checkpoints or []
     else:
-        latest, kept = fit_without_ray(cfg, p)
+        latest, kept = fit_without_ray(task, cfg, p)
     if latest is None:
         raise RuntimeError(f"{cfg.run_uri}: training reported no checkpoint")
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="segray-latest-") as tmp:
         latest.to_directory(tmp)
         state = ckpt_io.load_state(tmp)
     done = int(state["epoch"])
     history = list(state.get("history", []))
-    summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, init=p.init, history=history)
-    best = best_checkpoint(kept) or latest
-    scored = [h for h in history if is_scored(h)]
-    best_metrics = max(scored, key=lambda h: h["val_miou"]) if scored else None
-    if best_metrics:
-        summary.best_epoch, summary.best_val_miou = int(best_metrics["epoch"]), float(best_metrics["val_miou"])
+    summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, task.score_label,
+                           init=p.init, history=history)  # fmt: skip
+    scored = [h for h in history if task.score(h) > float("-inf")]
+    if scored:
+        best_h = max(scored, key=task.score)
+        summary.best_epoch, summary.best_score = int(best_h["epoch"]), task.score(best_h)
     if not summary.completed:
         log.info("stopped after epoch %d of %d; rerun the same command to continue", done, cfg.run.epochs)
         return summary
-    art = export_best(
-        best,
-        cfg,
-        p.label_map,
-        {
-            "init": p.init,
-            "train_data": cfg.data.source("train").describe(),
-            "train_pairs": len(p.train_pairs),
-            "val_data": cfg.data.source("val").describe(),
-            "val_pairs": len(p.val_pairs),
-            "train_frame_size": list(p.train_frame_size) if p.train_frame_size else None,
-        },
-        pairs=(p.train_pairs, p.val_pairs),
-    )
+    art = export(best_checkpoint(task, kept) or latest, task, cfg, p)
     summary.artifact, summary.model_id = cfg.export_uri, art.model_id
     summary.best_epoch = int(art.metrics["epoch"])
-    summary.best_val_miou = float(art.metrics["val_miou"])
-    log.info(
-        "exported %s (epoch %d, val mIoU %.4f) to %s",
-        art.model_id,
-        summary.best_epoch,
-        summary.best_val_miou,
-        cfg.export_uri,
-    )
+    summary.best_score = float(art.metrics[task.score_key])
+    log.info("exported %s (epoch %d, %s %.4f) to %s", art.model_id, summary.best_epoch, task.score_label,
+             summary.best_score, cfg.export_uri)  # fmt: skip
     return summary

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segray.training.config import OptimConfig
+from segray.recipe import OptimConfig
 
 #: The poly schedule's power (DeepLab's), as every recipe has trained with.
 POLY_POWER = 0.9

@@ -15,7 +15,7 @@ from typing import Any
 
 from segray import storage
 from segray.labels import LabelMap
-from segray.training.config import TrainConfig
+from segray.recipe import TrainConfig
 
 RUN_FILE = "segray-run.json"
 #: Each runner's own record of checkpoints (Ray Train's snapshot, LocalSession's index), for runs

@@ -104,7 +104,7 @@ def checkpoint_score(value: float) -> float:
 
 
 def _score(metrics: dict[str, Any]) -> float:
-    v = metrics.get("val_miou")
+    v = metrics.get(CHECKPOINT_SCORE, metrics.get("val_miou"))
     return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf
 
 
@@ -147,7 +147,8 @@ class LocalSession:
                 (local / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(f, local / rel)
         self.kept = [k for k in self.kept if k["name"] != name] + [{"name": name, "metrics": metrics}]
-        # As Ray's CheckpointConfig(num_to_keep): the best ``keep`` by val mIoU, and the latest to resume from.
+        # As Ray's CheckpointConfig(num_to_keep): the best ``keep`` by the task's val score, and the latest
+        # to resume from.
         best = sorted(self.kept, key=lambda k: _score(k["metrics"]), reverse=True)[: self.keep]
         dropped = [k for k in self.kept[:-1] if k not in best]
         self.kept = [k for k in self.kept if k not in dropped]

@@ -712,8 +712,8 @@ def test_each_frame_header_is_read_once_on_its_way_through(
     """The read stage's parse serves the resized path and the windowed path: the predictor decodes a
     large frame with the header the batch carries, and every frame comes out as displayed."""
     from segray.frames import decode
-    from segray.labelling.predict import Predictor
     from segray.labelling.read import read_frames
+    from segray.tasks.semantic.predict import Predictor
 
     frames = {
         "resized.jpg": (_jpeg(96, 128, exif_orientation=6), (128, 96), 6),  # (bytes, displayed (h, w), orientation)

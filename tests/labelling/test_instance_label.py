@@ -25,12 +25,12 @@ from helpers.instance_data import check_instance_output
 
 from segray import storage
 from segray.datasets.synthetic import CLASSES, make_frame
-from segray.labelling.instances import paint_instances
 from segray.labelling.job import LabelOptions, preflight, run_label_job
 from segray.labels import LabelClass, LabelMap
 from segray.models.artifact import ModelArtifact, init_artifact, read_info
 from segray.models.maskrcnn import INSTANCE_ARCH
 from segray.outputs.read import read_instances, read_stats
+from segray.tasks.instance.predict import paint_instances
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -340,7 +340,7 @@ def test_compare_refuses_mixed_tasks(detector: str, tiny_model: str, tmp_path: P
 
 
 def test_semantic_predictor_refuses_instance_models(detector: str) -> None:
-    from segray.labelling.predict import Predictor
+    from segray.tasks.semantic.predict import Predictor
 
     with pytest.raises(ValueError, match="an instance model; this predicts a class per pixel"):
         Predictor(detector)

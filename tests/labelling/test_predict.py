@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segray.labelling.predict import Predictor, mean_confidence, upsample_argmax
 from segray.models.artifact import ArtifactError, ModelArtifact, read_info
 from segray.models.preprocessing import Preprocessing
+from segray.tasks.semantic.predict import Predictor, mean_confidence, upsample_argmax
 
 
 @pytest.mark.parametrize("size", [(37, 91), (360, 480), (5, 3)])

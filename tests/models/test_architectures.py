@@ -212,8 +212,8 @@ def test_fcn_fine_tunes_onto_other_classes(tmp_path: Path) -> None:
     import torch
 
     from segray.labels import KITTI_ROAD
-    from segray.training.config import ModelConfig
-    from segray.training.init import describe_init, initial_model
+    from segray.recipe import ModelConfig
+    from segray.tasks.semantic.init import describe_init, initial_model
 
     src = init_artifact("fcn", "resnet50", CAMVID, name="fcn-src", height=64, width=64)
     src.save(str(tmp_path / "fcn"))
@@ -232,7 +232,7 @@ def test_vgg_unet_recipe_trains_exports_and_labels(tmp_path: Path, ray_session: 
     from helpers.train_data import SHAPES, write_shapes_dataset
 
     from segray.labelling.job import LabelOptions, run_label_job
-    from segray.training.config import load_config
+    from segray.recipe import load_config
     from segray.training.job import run_training
 
     data = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 4})

@@ -157,7 +157,7 @@ def test_trains_with_the_recipe_exports_labels_and_compares(tmp_path: Path, ray_
     """The CPU recipe's own options (width, progressive resizing, logit adjustment, fitted offsets) on
     tiny frames, without Ray for training; the exported artifact is labelled with by the job on Ray."""
     from segray.labelling.job import LabelOptions, run_label_job
-    from segray.training.config import load_config
+    from segray.recipe import load_config
     from segray.training.job import run_training
 
     data = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 4})
@@ -205,8 +205,8 @@ def test_trains_with_the_recipe_exports_labels_and_compares(tmp_path: Path, ray_
 def test_fine_tunes_onto_other_classes_keeping_its_width(tmp_path: Path) -> None:
     """Fine-tuning a SegNet artifact onto another label map re-initialises only its class convolution."""
     from segray.labels import KITTI_ROAD
-    from segray.training.config import ModelConfig
-    from segray.training.init import describe_init, initial_model
+    from segray.recipe import ModelConfig
+    from segray.tasks.semantic.init import describe_init, initial_model
 
     src = init_artifact("segnet", "vgg16_bn", CAMVID, name="segnet-src", height=64, width=64, model_kwargs=NARROW)
     src.save(str(tmp_path / "segnet"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from segray.labelling.predict import Predictor
 from segray.labels import CAMVID
+from segray.tasks.semantic.predict import Predictor
 from segray.tiles.windows import TileSpec, blend_windows, label_tile, ramp, window_starts
 
 

@@ -18,8 +18,8 @@ from segray.cli import main
 from segray.datasets.instances import list_frames, read_frame
 from segray.instance_metrics import InstanceScorer
 from segray.models.artifact import ModelArtifact
+from segray.recipe import load_config
 from segray.training import checkpoint as ckpt_io
-from segray.training.config import load_config
 from segray.training.job import run_training
 
 SIZE = 64

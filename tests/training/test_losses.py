@@ -12,8 +12,7 @@ import torch
 from helpers.train_data import SHAPES
 
 from segray.labels import CAMVID, LabelMap
-from segray.training.config import LossTerm
-from segray.training.losses import LOSSES, SegLoss
+from segray.losses import LOSSES, LossTerm, SegLoss
 
 TYPES = sorted(LOSSES)
 #: a 3-class map ignoring 255, and CamVid, whose ignore id (11) sits right after its classes

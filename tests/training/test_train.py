@@ -16,8 +16,8 @@ from helpers.training import SIZE, checkpoint_dirs, recipe
 from segray import storage
 from segray.labelling.job import LabelOptions, run_label_job
 from segray.models.artifact import ModelArtifact
+from segray.recipe import load_config
 from segray.training import checkpoint as ckpt_io
-from segray.training.config import load_config
 from segray.training.job import run_training
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -134,7 +134,7 @@ def test_validation_every_other_epoch_still_checkpoints_and_exports_a_scored_epo
     validation's figures."""
     from segray.datasets.pairs import PairSource
     from segray.evaluation.evaluate import EvalOptions, evaluate
-    from segray.training.logit_adjust import head_conv
+    from segray.tasks.semantic.logit_adjust import head_conv
 
     shapes = write_shapes_dataset(str(tmp_path / "shapes"), {"train": 8, "val": 5})
     extra = [

@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 from segray import storage
 from segray.datasets.pairs import PairSource, dataset_label_map, list_pairs, read_pair
 from segray.labels import CAMVID
+from segray.losses import SegLoss
+from segray.recipe import AugmentConfig, ModelConfig, load_config
+from segray.tasks.augment import CentredRandomResize, train_transform
+from segray.tasks.semantic.data import PairDataset
+from segray.tasks.semantic.init import describe_init, freeze_unused, initial_model
 from segray.training import checkpoint as ckpt_io
-from segray.training.augment import CentredRandomResize, train_transform
-from segray.training.config import AugmentConfig, ModelConfig, load_config
-from segray.training.data import PairDataset
-from segray.training.init import describe_init, freeze_unused, initial_model
-from segray.training.losses import SegLoss
 from segray.training.optim import make_optimizer, make_scheduler
 
 
@@ -32,7 +32,7 @@ def test_auto_class_weights_are_median_frequency_of_the_training_masks(
     shapes: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from segray.datasets.eda import compute_stats
-    from segray.training.job import resolve_auto_weights
+    from segray.tasks.semantic.weights import resolve_auto_weights
 
     template = ROOT / "configs" / "template.yaml"
     cfg = load_config(str(template), [f"data.root={shapes}"])
@@ -337,7 +337,7 @@ def test_a_rerun_with_another_model_is_refused(shapes: str, tmp_path: Path) -> N
 def test_logit_adjustment_folds_into_the_head(arch: str) -> None:
     """The export's folded head predicts exactly what validation scored: logits - alpha * log(w)."""
     from segray.models import build_model
-    from segray.training.logit_adjust import fold_offsets, logit_offsets
+    from segray.tasks.semantic.logit_adjust import fold_offsets, logit_offsets
 
     torch.manual_seed(0)
     model = build_model(arch, TINY_ENCODER, 3).eval()
@@ -360,7 +360,7 @@ def test_logit_adjustment_folds_into_the_head(arch: str) -> None:
 
 def test_fit_offsets_undoes_a_bias_and_never_lowers_the_miou() -> None:
     from segray.metrics import confusion_matrix, scores
-    from segray.training.logit_adjust import fit_offsets
+    from segray.tasks.semantic.logit_adjust import fit_offsets
 
     g = torch.Generator().manual_seed(0)
     target = torch.randint(0, 4, (20000,), generator=g)

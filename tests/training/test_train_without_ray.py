@@ -18,8 +18,8 @@ from helpers.training import SIZE, checkpoint_dirs, recipe
 
 from segray import storage
 from segray.models.artifact import ModelArtifact
+from segray.recipe import load_config
 from segray.training import checkpoint as ckpt_io
-from segray.training.config import load_config
 from segray.training.job import run_training
 from segray.training.session import INDEX
 

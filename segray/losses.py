@@ -12,7 +12,7 @@ with). Adding a type is one class here and one registry entry.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,40 @@ from torch import nn
 
 from segray.labels import LabelMap
 
-if TYPE_CHECKING:
-    from segray.training.config import LossTerm
+#: ``loss[i].class_weights: auto``: computed from the training masks (``resolve_auto_weights``).
+AUTO = "auto"
+
+
+@dataclass
+class LossTerm:
+    """One weighted term of the loss (``LOSSES`` names the types)."""
+
+    type: str = "ce"
+    weight: float = 1.0
+    #: ``ce`` only: one weight per class (the label map's order); ``auto``: SegNet's median-frequency
+    #: weights computed from the training masks when the run starts (and saved in recipe.yaml); or null.
+    class_weights: list[float] | str | None = None
+
+    def check(self, key: str) -> None:
+        if self.type not in LOSSES:
+            raise ValueError(f"{key}.type {self.type!r}: choose from {sorted(LOSSES)}")
+        if not self.weight > 0:
+            raise ValueError(f"{key}.weight must be > 0, got {self.weight}")
+        if self.class_weights is not None:
+            if self.type != "ce":
+                raise ValueError(f"{key}.class_weights: only a ce term takes class weights")
+            if isinstance(self.class_weights, str):
+                if self.class_weights != AUTO:
+                    raise ValueError(
+                        f"{key}.class_weights {self.class_weights!r}: give a list (one weight per class), auto, or null"
+                    )
+                return
+            if (
+                not isinstance(self.class_weights, list)
+                or not self.class_weights
+                or any(isinstance(w, bool) or not w > 0 for w in self.class_weights)
+            ):
+                raise ValueError(f"{key}.class_weights: give one positive weight per class, or null")
 
 
 class CrossEntropy(nn.Module):

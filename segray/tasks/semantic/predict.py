@@ -24,21 +24,15 @@ import numpy as np
 import torch
 
 from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError
-from segray.labelling.read import decode_left_encoded
 from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
-from segray.models.precision import amp_dtype
+from segray.models.precision import amp_dtype, pick_device
 from segray.models.preprocessing import forward, normalise, pixel_stats
+from segray.tasks.batch import decode_left_encoded
 from segray.tiles.upsample import masks_from_logits
 from segray.tiles.windows import TileSpec, label_tile
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested != "auto":
-        return torch.device(requested)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 #: Confidence is measured on the model-resolution logits at this pixel stride: a frame-level
@@ -151,7 +145,7 @@ class Predictor:
         """The rows marked ``on_device`` decoded and resized on the device, in row order; a row that
         fails becomes an error row and is unmarked (``on_device``, ``errors`` and ``stages`` change).
         ``orientations``: the read stage's EXIF orientation per row, so no header is read again."""
-        from segray.labelling.device_decode import decode_jpegs
+        from segray.frames.device_decode import decode_jpegs
 
         rows = np.flatnonzero(on_device)
         datas = [bytes(encoded[i]) for i in rows]

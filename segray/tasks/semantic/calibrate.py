@@ -24,8 +24,8 @@ from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
 from segray.metrics import scores
 from segray.models.preprocessing import normalise, pixel_stats
-from segray.training.logit_adjust import fit_offsets, fold_offsets
-from segray.training.validate import validate
+from segray.tasks.semantic.logit_adjust import fit_offsets, fold_offsets
+from segray.tasks.semantic.validate import validate
 
 log = logging.getLogger("segray.train")
 
@@ -39,7 +39,7 @@ FIT_PIXELS = 4_000_000
 def _loader(pairs: list[Pair], label_map: LabelMap, height: int, width: int) -> Any:
     from torch.utils.data import DataLoader
 
-    from segray.training.data import PairDataset, collate_val
+    from segray.tasks.semantic.data import PairDataset, collate_val
 
     ds = PairDataset(pairs, label_map, height, width, train=False, cache=False)
     return DataLoader(ds, batch_size=4, collate_fn=collate_val, num_workers=0)

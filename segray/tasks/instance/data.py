@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segray.datasets.instances import InstanceFrame, Instances, read_frame
-from segray.training.config import AugmentConfig
+from segray.recipe import AugmentConfig
 
 
 def resize_frame(rgb: np.ndarray, inst: Instances, size: tuple[int, int]) -> tuple[np.ndarray, Instances]:

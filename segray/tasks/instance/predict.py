@@ -28,10 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segray.labelling.predict import pick_device
 from segray.models.artifact import ModelArtifact
 from segray.models.maskrcnn import to_class_index
-from segray.models.precision import amp_dtype
+from segray.models.precision import amp_dtype, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def paint_instances(
 
 class InstancePredictor:
     """Ray Data callable class for instance artifacts: ``__init__`` loads the model once,
-    ``__call__`` labels a batch (the columns :class:`segray.labelling.predict.Predictor` gives, plus
+    ``__call__`` labels a batch (the columns :class:`segray.tasks.semantic.predict.Predictor` gives, plus
     ``instances``: one JSON list per frame, and ``instance_counts``)."""
 
     def __init__(

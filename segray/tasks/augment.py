@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 if TYPE_CHECKING:
-    from segray.training.config import AugmentConfig
+    from segray.recipe import AugmentConfig
 
 
 class CentredRandomResize(v2.RandomResize):

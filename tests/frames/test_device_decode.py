@@ -14,10 +14,10 @@ from helpers.cli import run
 from PIL import Image
 
 from segray.frames.decode import decode_resized
-from segray.labelling.device_decode import decode_jpegs
-from segray.labelling.device_decode import orient as device_orient
-from segray.labelling.predict import Predictor
+from segray.frames.device_decode import decode_jpegs
+from segray.frames.device_decode import orient as device_orient
 from segray.labelling.read import read_frames
+from segray.tasks.semantic.predict import Predictor
 
 H, W = 64, 128  # the model input of the tests' frames
 

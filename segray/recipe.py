@@ -15,6 +15,7 @@ import yaml
 
 from segray import storage
 from segray.datasets.pairs import PairSource
+from segray.losses import LossTerm
 from segray.options import close_matches
 
 #: Keys recipes no longer take, each with what takes its place. A recipe that gives one is refused,
@@ -136,44 +137,6 @@ class OptimConfig:
             raise ValueError(f"optim.schedule {self.schedule!r}: choose poly or cosine")
         if not self.lr > 0 or self.encoder_lr_factor < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("optim.lr must be > 0; optim.encoder_lr_factor, weight_decay and warmup_epochs >= 0")
-
-
-#: ``loss[i].class_weights: auto``: computed from the training masks (``resolve_auto_weights``).
-AUTO = "auto"
-
-
-@dataclass
-class LossTerm:
-    """One weighted term of the loss (``segray.training.losses.LOSSES`` names the types)."""
-
-    type: str = "ce"
-    weight: float = 1.0
-    #: ``ce`` only: one weight per class (the label map's order); ``auto``: SegNet's median-frequency
-    #: weights computed from the training masks when the run starts (and saved in recipe.yaml); or null.
-    class_weights: list[float] | str | None = None
-
-    def check(self, key: str) -> None:
-        from segray.training.losses import LOSSES
-
-        if self.type not in LOSSES:
-            raise ValueError(f"{key}.type {self.type!r}: choose from {sorted(LOSSES)}")
-        if not self.weight > 0:
-            raise ValueError(f"{key}.weight must be > 0, got {self.weight}")
-        if self.class_weights is not None:
-            if self.type != "ce":
-                raise ValueError(f"{key}.class_weights: only a ce term takes class weights")
-            if isinstance(self.class_weights, str):
-                if self.class_weights != AUTO:
-                    raise ValueError(
-                        f"{key}.class_weights {self.class_weights!r}: give a list (one weight per class), auto, or null"
-                    )
-                return
-            if (
-                not isinstance(self.class_weights, list)
-                or not self.class_weights
-                or any(isinstance(w, bool) or not w > 0 for w in self.class_weights)
-            ):
-                raise ValueError(f"{key}.class_weights: give one positive weight per class, or null")
 
 
 @dataclass

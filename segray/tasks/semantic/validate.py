@@ -11,20 +11,7 @@ from torch import nn
 from segray.labels import LabelMap
 from segray.metrics import confusion_matrix
 from segray.models.preprocessing import normalise
-
-
-def all_reduce(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over the workers of a distributed run (a no-op for one worker)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def is_validation_epoch(epoch: int, epochs: int, every: int) -> bool:
-    """1-based ``epoch``: every ``every``-th epoch and always the last, so the export has a score."""
-    return epoch % every == 0 or epoch == epochs
+from segray.tasks.distributed import all_reduce
 
 
 @torch.inference_mode()

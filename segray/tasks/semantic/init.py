@@ -14,7 +14,7 @@ from segray.labels import LabelMap
 if TYPE_CHECKING:
     from torch import nn
 
-    from segray.training.config import ModelConfig
+    from segray.recipe import ModelConfig
 
 #: Parameter-name prefix of the class-dependent head, per architecture (smp's default otherwise):
 #: what is re-initialised when the classes change. torchvision FCN's last classifier layer is [4].

@@ -1,0 +1,120 @@
+"""Semantic segmentation: one class per pixel (UNet, PSPNet, SegNet, FCN, every smp architecture).
+
+Trains on image/mask pairs (:mod:`segray.datasets.pairs`) with the recipe's loss terms, scores
+validation by mIoU, and exports an artifact whose logits the labelling pipeline turns into masks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from segray import storage
+from segray.tasks.base import Task, TaskPlan, TaskWorker
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from segray.labels import LabelMap
+    from segray.models.artifact import ModelArtifact
+    from segray.recipe import TrainConfig
+
+
+class SemanticTask(Task):
+    name: ClassVar[str] = "semantic"
+    score_key: ClassVar[str] = "val_miou"
+    score_label: ClassVar[str] = "val mIoU"
+    history_keys: ClassVar[tuple[str, ...]] = (
+        "epoch", "train_loss", "val_loss", "val_miou", "epoch_seconds", "train_height", "train_width",
+    )  # fmt: skip
+
+    def plan(self, cfg: TrainConfig, runner: str) -> TaskPlan:
+        from segray.datasets.pairs import dataset_label_map, list_pairs, read_pair
+        from segray.models.artifact import is_weights_name
+        from segray.tasks.semantic.init import describe_init
+        from segray.tasks.semantic.weights import frame_size, resolve_auto_weights
+
+        label_map = dataset_label_map(cfg.data.root)
+        cfg.check_data(label_map.num_classes, label_map.name)
+        train, val = list_pairs(cfg.data.source("train")), list_pairs(cfg.data.source("val"))
+        resolve_auto_weights(cfg, label_map, train)
+        # One pair of each split decoded here: a colour mask or a foreign label map fails in seconds.
+        read_pair(train[0], label_map)
+        read_pair(val[0], label_map)
+        if cfg.model.encoder_weights and not is_weights_name(cfg.model.encoder_weights):
+            storage.check_readable(cfg.model.encoder_weights)
+        size = frame_size(train)
+        data = {
+            "train_data": cfg.data.source("train").describe(),
+            "train_pairs": len(train),
+            "val_data": cfg.data.source("val").describe(),
+            "val_pairs": len(val),
+            # labelling resizes frames up to ``tile_above`` times this size rather than windowing them
+            "train_frame_size": list(size) if size else None,
+        }
+        items = ([(p.image, p.mask) for p in train], [(p.image, p.mask) for p in val])
+        return TaskPlan(label_map, *items, describe_init(cfg.model, label_map), data, "pairs")
+
+    def resolve(self, cfg: TrainConfig) -> None:
+        from segray.datasets.pairs import dataset_label_map
+        from segray.tasks.semantic.weights import resolve_auto_weights
+
+        resolve_auto_weights(cfg, dataset_label_map(cfg.data.root))
+
+    def start_model(self, cfg: TrainConfig, label_map: LabelMap) -> nn.Module:
+        from segray.tasks.semantic.init import initial_model
+
+        return initial_model(cfg.model, label_map, seed=cfg.run.seed)
+
+    def build_model(self, cfg: TrainConfig, label_map: LabelMap) -> nn.Module:
+        from segray.models import build_model
+        from segray.tasks.semantic.init import model_kwargs
+
+        return build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
+
+    def worker(
+        self, cfg: TrainConfig, label_map: LabelMap, plan: dict[str, Any], model: nn.Module, rank: int, world: int,
+        device: torch.device,
+    ) -> TaskWorker:  # fmt: skip
+        from segray.tasks.semantic.training import SemanticWorker
+
+        return SemanticWorker(cfg, label_map, plan, model, rank, world, device)
+
+    def describe_val(self, m: dict[str, Any]) -> str:
+        return f"val loss {m['val_loss']:.4f}, val mIoU {m['val_miou']:.4f}"
+
+    def export(
+        self, model: nn.Module, metrics: dict[str, Any], cfg: TrainConfig, label_map: LabelMap, plan: TaskPlan
+    ) -> ModelArtifact:
+        from segray.datasets.pairs import Pair
+        from segray.tasks.semantic.export import export_model
+
+        pairs = ([Pair(*p) for p in plan.train], [Pair(*p) for p in plan.val])
+        return export_model(model, metrics, cfg, label_map, pairs)
+
+    def predictor(self) -> type:
+        from segray.tasks.semantic.predict import Predictor
+
+        return Predictor
+
+    def check_label_options(self, model: str, opts: Mapping[str, Any]) -> dict[str, Any]:
+        if opts.get("min_score") is not None:
+            raise ValueError(f"--min-score applies to instance models; {model} is a {self.name} model")
+        return {}
+
+    def predictor_kwargs(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "tile_window": opts["tile_window"],
+            "tile_overlap": opts["tile_overlap"],
+            "tile_batch_size": opts["batch_size"],
+            "max_pixels": opts["max_pixels"],
+            "decode": opts["decode"],
+        }
+
+    def encode_mask(self, mask: np.ndarray, label_map: LabelMap) -> bytes:
+        from segray.outputs.masks import encode_mask_png
+
+        return encode_mask_png(mask, label_map.palette())
