@@ -39,10 +39,11 @@ from cpu import CpuShare  # noqa: E402
 from memory import PeakRSS, mib  # noqa: E402
 
 from segray.labelling.job import LabelOptions, run_label_job  # noqa: E402
-from segray.labelling.resources import cluster_capacity, pool_layout  # noqa: E402
+from segray.labelling.resources import pool_layout  # noqa: E402
 from segray.labels import CAMVID  # noqa: E402
 from segray.models.artifact import ModelArtifact, init_artifact  # noqa: E402
 from segray.models.preprocessing import Preprocessing  # noqa: E402
+from segray.ray_runtime import cluster_capacity  # noqa: E402
 from segray.tasks.semantic.predict import Predictor  # noqa: E402
 
 

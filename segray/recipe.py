@@ -28,6 +28,7 @@ REMOVED = {
     "optim.poly_power": "the poly schedule's power is 0.9",
     "optim.min_lr_factor": "the cosine schedule decays to 0",
     "run.export_to": "the artifact is exported to <run.storage>/<name>/model",
+    "run.inject_failure_at_epoch": "the fault drill belongs to the test suite (tests/training/test_train.py)",
 }
 
 
@@ -178,8 +179,6 @@ class RunConfigSection:
     max_epochs_this_run: int | None = None
     seed: int = 0
     log_every: int = 20
-    #: Fault drill: rank 0's process is killed once, mid-epoch N (FailureConfig then restarts the workers).
-    inject_failure_at_epoch: int | None = None
 
     def check(self) -> None:
         if min(self.epochs, self.batch_size, self.val_batch_size, self.num_workers, self.val_every) < 1:

@@ -75,11 +75,15 @@ def eval_options(a: argparse.Namespace, model: str):  # noqa: ANN201 - EvalOptio
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from segray.evaluation.evaluate import evaluate
+    """Scores the artifact the way its task is scored (:data:`EVALUATE`)."""
     from segray.models.artifact import read_info
 
-    if read_info(a.model).task == "instance":
-        return cmd_evaluate_instances(a)
+    return EVALUATE[read_info(a.model).task](a)
+
+
+def cmd_evaluate_semantic(a: argparse.Namespace) -> int:
+    """A semantic artifact: mIoU, pixel accuracy, Dice and IoU per class on ``--data`` ``--split``."""
+    from segray.evaluation.evaluate import evaluate
 
     r = evaluate(eval_options(a, a.model))
     d = r.to_dict()
@@ -101,6 +105,10 @@ def cmd_evaluate_instances(a: argparse.Namespace) -> int:
         print(f"  {name:>16}: AP {100 * v['ap']:5.1f}  AP50 {100 * v['ap50']:5.1f}  AP75 {100 * v['ap75']:5.1f}")
     print(f"wrote metrics.json, metrics.parquet, counts.parquet to {a.output}", file=sys.stderr)
     return 0
+
+
+#: Task name -> the command that scores an artifact of that task.
+EVALUATE = {"semantic": cmd_evaluate_semantic, "instance": cmd_evaluate_instances}
 
 
 def cmd_compare(a: argparse.Namespace) -> int:

@@ -66,10 +66,7 @@ def compare(models: list[str], opts: EvalOptions) -> tuple[str, list[dict[str, A
     """Evaluate each model (outputs under ``<output>/<n>-<name>/``); returns the Markdown and rows."""
     if len(models) < 1:
         raise ValueError("compare: give at least one model")
-    if model_task(models) == "instance":
-        md, rows = compare_instances(models, opts)
-    else:
-        md, rows = compare_semantic(models, opts)
+    md, rows = COMPARE[model_task(models)](models, opts)
     if opts.output:
         storage.write_bytes(storage.join(opts.output, "comparison.md"), md.encode())
         storage.write_bytes(storage.join(opts.output, "comparison.json"), json.dumps(rows, indent=2).encode())
@@ -137,6 +134,10 @@ def compare_instances(models: list[str], opts: EvalOptions) -> tuple[str, list[d
         if list(row["ap_per_class"]) != names:
             raise ValueError(f"{row['model']}: its classes differ from {rows[0]['model']}'s; compare like with like")
     return instance_markdown(rows, r.data), rows
+
+
+#: Task name -> how models of that task are compared (:mod:`segray.tasks`).
+COMPARE = {"semantic": compare_semantic, "instance": compare_instances}
 
 
 def _pct(v: float) -> str:

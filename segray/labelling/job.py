@@ -43,8 +43,9 @@ import pyarrow.parquet as pq
 from segray import storage
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.frames.listing import is_manifest, list_folder, relative_paths_from_uris, resolve_manifest_uris
-from segray.labelling.resources import PoolLayout, cluster_capacity, cores_per_actor, gpus_per_actor, pool_layout
+from segray.labelling.resources import PoolLayout, cores_per_actor, gpus_per_actor, pool_layout
 from segray.outputs.lease import OutputLease
+from segray.ray_runtime import cluster_capacity
 from segray.tasks import task_named
 from segray.tasks.batch import DEFAULT_TILE_ABOVE
 from segray.tiles.pixel_size import WORLD_FILE_COLUMN

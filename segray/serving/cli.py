@@ -135,8 +135,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from segray.labelling.resources import cluster_capacity
     from segray.models.artifact import read_info
+    from segray.ray_runtime import cluster_capacity
     from segray.serving.app import APP_NAME, deploy
     from segray.serving.auth import digest_from_env
     from segray.serving.labeller import ServeOptions

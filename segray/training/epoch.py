@@ -49,6 +49,8 @@ class Stepper:
     scaler: torch.amp.GradScaler
     #: Optimiser steps taken since the run's first epoch (a resumed run goes on counting).
     step: int = 0
+    #: The test suite's fault drill: rank 0 dies once in this epoch (1-based); None: no drill.
+    drill_epoch: int | None = None
 
     @classmethod
     def create(
@@ -59,6 +61,7 @@ class Stepper:
         amp_dtype: torch.dtype | None,
         ckpt_dir: str | None,
         state: dict[str, Any],
+        drill_epoch: int | None = None,
     ) -> Stepper:
         """A fresh optimiser, or the checkpoint's in ``ckpt_dir`` (removed once read)."""
         opt = make_optimizer(model, cfg.optim)
@@ -70,7 +73,7 @@ class Stepper:
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        return cls(cfg, opt, scheduler, scaler, int(state.get("step", 0)))
+        return cls(cfg, opt, scheduler, scaler, int(state.get("step", 0)), drill_epoch)
 
     def backward(self, loss: torch.Tensor, epoch: int, rank: int) -> None:
         """One optimiser step on ``loss``; then the fault drill's chance to kill rank 0 (1-based ``epoch``)."""
@@ -80,7 +83,7 @@ class Stepper:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        maybe_inject_failure(self.cfg.run.inject_failure_at_epoch, self.cfg.run_uri, epoch, rank)
+        maybe_inject_failure(self.drill_epoch, self.cfg.run_uri, epoch, rank)
 
     @property
     def lr(self) -> float:

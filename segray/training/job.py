@@ -27,6 +27,8 @@ class TrainSummary:
     epochs_done: int
     epochs: int
     completed: bool
+    #: The model's task (``semantic``, ``instance``): :mod:`segray.tasks`.
+    task: str = "semantic"
     #: The task's val score (val mIoU, val mask AP50) and how messages name it.
     score_label: str = "val mIoU"
     best_epoch: int | None = None
@@ -71,6 +73,7 @@ def absolutise(cfg: TrainConfig) -> None:
 def loop_config(task: Task, cfg: TrainConfig, p: TaskPlan) -> dict[str, Any]:
     """What every worker's ``train_loop`` gets: plain data, so it travels to Ray workers as is."""
     from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from segray.training.session import fault_drill_epoch
 
     return {
         "task": task.name,
@@ -81,6 +84,7 @@ def loop_config(task: Task, cfg: TrainConfig, p: TaskPlan) -> dict[str, Any]:
         "noun": p.noun,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
+        "fault_drill_epoch": fault_drill_epoch(),
     }
 
 
@@ -181,7 +185,7 @@ def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
         state = ckpt_io.load_state(tmp)
     done = int(state["epoch"])
     history = list(state.get("history", []))
-    summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, task.score_label,
+    summary = TrainSummary(cfg.run_uri, done, cfg.run.epochs, done >= cfg.run.epochs, task.name, task.score_label,
                            init=p.init, history=history)  # fmt: skip
     scored = [h for h in history if task.score(h) > float("-inf")]
     if scored:

@@ -139,7 +139,7 @@ def _set_up(config: dict[str, Any], session: Session, scratch: list[str]) -> _Wo
     ddp_model = session.prepare_model(model)
     steps_per_epoch = max(1, len(part.loader_for(start)))
     amp_dtype = amp_dtype_for(device, cfg.run.amp)
-    stepper = Stepper.create(model, cfg, steps_per_epoch, amp_dtype, ckpt_dir, state)
+    stepper = Stepper.create(model, cfg, steps_per_epoch, amp_dtype, ckpt_dir, state, config.get("fault_drill_epoch"))
     history: list[dict[str, Any]] = list(state.get("history", []))
     stop = epochs_this_run(cfg, start)
     if rank == 0:

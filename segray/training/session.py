@@ -163,10 +163,22 @@ class LocalSession:
         return (kept[-1][0] if kept else None), kept
 
 
+#: The test suite's fault drill: the driver's environment names the epoch (1-based) in which rank 0 dies.
+FAULT_DRILL_ENV = "SEGRAY_FAULT_DRILL_EPOCH"
+
+
+def fault_drill_epoch() -> int | None:
+    """The drill's epoch from the driver's environment (``FAULT_DRILL_ENV``), or None: no drill."""
+    import os
+
+    value = os.environ.get(FAULT_DRILL_ENV, "")
+    return int(value) if value.strip() else None
+
+
 def maybe_inject_failure(at_epoch: int | None, run_uri: str, epoch: int, rank: int) -> None:
-    """Fault drill (``run.inject_failure_at_epoch``): rank 0's process dies (SIGKILL, as a lost node
-    would) once, mid-epoch ``at_epoch``, after a training step of that epoch; a marker file in the
-    run folder keeps the restarted workers from dying again."""
+    """Fault drill (:data:`FAULT_DRILL_ENV`): rank 0's process dies (SIGKILL, as a lost node would)
+    once, mid-epoch ``at_epoch``, after a training step of that epoch; a marker file in the run
+    folder keeps the restarted workers from dying again."""
     if at_epoch != epoch or rank != 0:
         return
     import logging

@@ -10,15 +10,8 @@ import yaml
 from helpers.common import ROOT
 
 from segray.labelling.nightly import expand, parse_date
-from segray.labelling.resources import (
-    CPU_ACTOR_CPUS,
-    ClusterCapacity,
-    PoolLayout,
-    _limits_from_launcher_config,
-    gpus_per_actor,
-    pool_layout,
-    pool_size,
-)
+from segray.labelling.resources import CPU_ACTOR_CPUS, PoolLayout, gpus_per_actor, pool_layout, pool_size
+from segray.ray_runtime import ClusterCapacity, _limits_from_launcher_config
 
 LAPTOP = ClusterCapacity(gpus_now=0, cpus_now=2, gpus_max=None, cpus_max=None)
 AUTOSCALING_FROM_ZERO = ClusterCapacity(gpus_now=0, cpus_now=0, gpus_max=16, cpus_max=600)

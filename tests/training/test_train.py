@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,12 +115,14 @@ def test_pspnet_stopped_after_epoch_1_continues_at_epoch_2(shapes_s3: str, s3_pr
 
 
 @pytest.mark.slow
-def test_lost_worker_resumes_from_last_checkpoint(shapes_s3: str, tmp_path) -> None:  # noqa: ANN001
+def test_lost_worker_resumes_from_last_checkpoint(
+    shapes_s3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FailureConfig: rank 0 is SIGKILLed mid-epoch 2; the worker group restarts from epoch 1's checkpoint."""
-    cfg = load_config(
-        None,
-        recipe(shapes_s3, str(tmp_path / "runs"), "unet", "run.max_failures=1", "run.inject_failure_at_epoch=2"),
-    )
+    from segray.training.session import FAULT_DRILL_ENV
+
+    cfg = load_config(None, recipe(shapes_s3, str(tmp_path / "runs"), "unet", "run.max_failures=1"))
+    monkeypatch.setenv(FAULT_DRILL_ENV, "2")  # read by the driver, handed to the workers with the recipe
     s = run_training(cfg)
     assert storage.exists(storage.join(cfg.run_uri, "_injected_failure_epoch_2"))
     assert s.completed and [h["epoch"] for h in s.history] == [1, 2]
