@@ -1,7 +1,10 @@
-"""One place that turns a URI (folder, ``file://``, ``s3://``) into a pyarrow filesystem.
+"""One place that turns a URI (folder, ``file://``, ``s3://``) into a pyarrow filesystem, and the only
+module that builds S3 clients.
 
 Everything else (Ray Data reads and writes, Parquet, PNG masks, model artifacts) goes through the
-filesystem this returns, so AWS, MinIO and SeaweedFS behave the same. S3 settings come from the
+filesystem this returns, so AWS, MinIO and SeaweedFS behave the same; the few calls a filesystem
+cannot make (the lease's conditional PUTs) go through :func:`s3_client`, built from the same
+settings with the same retry policy (:data:`S3_RETRIES`). S3 settings come from the
 standard AWS environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``) or the instance profile; they are
 read in each process (driver and Ray workers alike) and never passed through task arguments, logs
@@ -20,12 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
 log = logging.getLogger("segray.storage")
 T = TypeVar("T")
+L = TypeVar("L")
+
+#: botocore's retry policy for every S3 client segray builds (the filesystem's and :func:`s3_client`):
+#: each request is tried up to 5 times, with jittered exponential backoff, when it is throttled, gets a
+#: 5xx or transient error, or cannot connect. Access and not-found errors are not retried.
+S3_RETRIES: dict[str, Any] = {"max_attempts": 5, "mode": "standard"}
 
 #: Seconds a read, write or listing keeps retrying while the endpoint cannot be reached (an S3
 #: outage or restart), on top of botocore's own retries. Access and not-found errors fail at once.
@@ -74,8 +83,32 @@ def _retrying(uri: str, call: Callable[[], T]) -> T:
             delay = min(delay * 2, 10.0)
 
 
+def read_listed(listing: Callable[[], L], read: Callable[[L], T], attempts: int = 3) -> T:
+    """``read(listing())``, listed and read again when a listed file is gone before it is read (a
+    compaction replaced it): up to ``attempts`` times, after which the ``FileNotFoundError`` is raised.
+    An error of the listing itself is raised at once."""
+    for attempt in range(attempts):
+        listed = listing()
+        try:
+            return read(listed)
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("attempts must be at least 1")
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://"))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``, for calls that name the two apart."""
+    if not is_s3(uri):
+        raise StorageError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket named")
+    return bucket, key
 
 
 def _s3_env() -> tuple[str | None, str | None, str]:
@@ -102,9 +135,39 @@ def _s3_filesystem(endpoint: str | None, region: str | None, identity: str) -> p
         client_kwargs=client_kwargs,
         use_listings_cache=False,
         skip_instance_cache=True,
-        config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}},
+        config_kwargs={"retries": dict(S3_RETRIES)},
     )
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def s3_client() -> Any:  # botocore's client class is generated at run time
+    """A botocore S3 client for what the filesystem cannot do (conditional writes: ``If-None-Match``,
+    ``If-Match``). It reads the same AWS_* environment as :func:`resolve`, is cached on the same key
+    (endpoint, region, a digest of the credentials: changed credentials build a new client) and
+    retries as :data:`S3_RETRIES` says."""
+    return _s3_client(*_s3_env())
+
+
+@lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None, region: str | None, identity: str) -> Any:
+    import botocore.config
+    import botocore.session
+
+    cfg = botocore.config.Config(
+        retries=dict(S3_RETRIES),
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
+
+
+def s3_error_code(e: BaseException) -> str | None:
+    """The S3 error code of a request the server refused (``NoSuchKey``, ``PreconditionFailed``, ``412``,
+    ...), or None when ``e`` is not such a refusal (the endpoint could not be reached, a bug)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return None
+    return str(e.response.get("Error", {}).get("Code", ""))
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -1,7 +1,8 @@
-"""storage: URI resolution, atomic local writes, listing, and real S3 (SeaweedFS) errors."""
+"""storage: URI resolution, atomic local writes, listing, the S3 client, and real S3 (SeaweedFS) errors."""
 
 from __future__ import annotations
 
+import ast
 import os
 import threading
 import uuid
@@ -351,3 +352,128 @@ def test_s3_wrong_access_key(s3: SeaweedS3, s3_prefix: str, monkeypatch: pytest.
     with pytest.raises(StorageError, match="access denied") as ei:
         storage.check_readable(f"{s3_prefix}/x")
     assert s3.secret_key not in _whole_message(ei.value)
+
+
+# --- read_listed ---------------------------------------------------------------------------------
+
+
+def test_read_listed_lists_again_when_a_listed_file_is_gone(tmp_path: Path) -> None:
+    """A compaction that replaces the listed parts before they are read makes the reader list again."""
+    (tmp_path / "part-1").write_bytes(b"1")
+    (tmp_path / "part-2").write_bytes(b"2")
+    listings: list[list[str]] = []
+
+    def listing() -> list[str]:
+        paths = storage.list_files(str(tmp_path))
+        listings.append(paths)
+        if len(listings) == 1:  # both parts replaced by their compacted copy after the first listing
+            (tmp_path / "part-all").write_bytes(b"12")
+            (tmp_path / "part-1").unlink()
+            (tmp_path / "part-2").unlink()
+        return paths
+
+    got = storage.read_listed(listing, lambda paths: [Path(p).read_bytes() for p in paths])
+    assert got == [b"12"]
+    assert [[Path(p).name for p in ps] for ps in listings] == [["part-1", "part-2"], ["part-all"]]
+
+
+def test_read_listed_gives_up_after_its_attempts(tmp_path: Path) -> None:
+    listings: list[int] = []
+
+    def listing() -> list[str]:
+        listings.append(1)
+        return [str(tmp_path / "always-gone")]
+
+    with pytest.raises(FileNotFoundError):
+        storage.read_listed(listing, lambda paths: [Path(p).read_bytes() for p in paths], attempts=2)
+    assert len(listings) == 2
+
+
+# --- the S3 client -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [("s3://b/k", ("b", "k")), ("s3://b/out/_lease.json", ("b", "out/_lease.json")), ("s3a://b", ("b", ""))],
+)
+def test_split_s3(uri: str, expected: tuple[str, str]) -> None:
+    assert storage.split_s3(uri) == expected
+
+
+@pytest.mark.parametrize("uri", ["s3://", "/tmp/x", "gs://b/k"])
+def test_split_s3_refuses_what_names_no_bucket(uri: str) -> None:
+    with pytest.raises(StorageError, match=uri):
+        storage.split_s3(uri)
+
+
+def test_s3_client_talks_to_the_environments_endpoint(s3: SeaweedS3, s3_prefix: str) -> None:
+    """The client reaches SeaweedFS only through AWS_ENDPOINT_URL, sees what the filesystem wrote,
+    makes conditional writes, and is one client per endpoint, region and credentials."""
+    assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint
+    storage.write_bytes(f"{s3_prefix}/a.txt", b"hello")
+    bucket, key = storage.split_s3(f"{s3_prefix}/a.txt")
+    client = storage.s3_client()
+    assert client.meta.endpoint_url == s3.endpoint
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"hello"
+    assert storage.s3_client() is client
+    with pytest.raises(Exception) as ei:  # noqa: B017 - botocore's error class is generated at run time
+        client.put_object(Bucket=bucket, Key=key, Body=b"again", IfNoneMatch="*")
+    assert storage.s3_error_code(ei.value) in {"PreconditionFailed", "412"}
+    assert storage.read_bytes(f"{s3_prefix}/a.txt") == b"hello"
+    assert storage.s3_error_code(ValueError("not S3")) is None
+
+
+def test_s3_client_follows_the_endpoint_and_credentials(
+    s3: SeaweedS3, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = storage.s3_client()
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    elsewhere = storage.s3_client()
+    assert elsewhere is not client and elsewhere.meta.endpoint_url == "http://127.0.0.1:9"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Wr0ng-s3cret")
+    refused = storage.s3_client()
+    assert refused is not client
+    bucket, key = storage.split_s3(f"{s3_prefix}/x")
+    with pytest.raises(Exception) as ei:  # noqa: B017 - botocore's error class is generated at run time
+        refused.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert storage.s3_error_code(ei.value) in {"SignatureDoesNotMatch", "AccessDenied", "InvalidAccessKeyId"}
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    assert storage.s3_client() is client
+    assert not storage.exists(f"{s3_prefix}/x")
+
+
+# --- one module builds S3 clients ----------------------------------------------------------------
+
+S3_LIBRARIES = {"botocore", "boto3", "s3fs"}
+
+
+def s3_imports(source: str, name: str) -> list[str]:
+    """``name:line module`` for every import of an S3 library in ``source``, lazy imports included."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=name)):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        else:
+            continue
+        found += [f"{name}:{node.lineno} {m}" for m in modules if m.split(".")[0] in S3_LIBRARIES]
+    return found
+
+
+def test_only_storage_imports_an_s3_library() -> None:
+    root = Path(storage.__file__).resolve().parents[1]
+    paths = sorted((root / "segray").rglob("*.py"))
+    assert len(paths) > 50  # the walk found the package
+    found = {path.relative_to(root).as_posix(): s3_imports(path.read_text(), path.name) for path in paths}
+    assert found["segray/storage.py"]  # the scan sees the imports that are there
+    offenders = [hit for path, hits in found.items() if path != "segray/storage.py" for hit in hits]
+    assert offenders == [], "only segray/storage.py builds S3 clients: " + ", ".join(offenders)
+
+
+def test_the_scan_finds_lazy_and_from_imports() -> None:
+    source = "import os\nfrom botocore.exceptions import ClientError\n\ndef f():\n    import s3fs, boto3.session\n"
+    assert s3_imports(source, "m.py") == ["m.py:2 botocore.exceptions", "m.py:5 s3fs", "m.py:5 boto3.session"]
+    assert s3_imports("from . import botocore\nimport s3fsx\n", "m.py") == []

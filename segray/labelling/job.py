@@ -237,21 +237,17 @@ def _done_paths(output: str, model_id: str) -> pa.Array | None:
     """
     stats_uri = storage.join(output, "stats")
     fs = storage.resolve(stats_uri)[0]
-    for attempt in range(DONE_READ_ATTEMPTS):
-        parts = storage.list_files(stats_uri, (".parquet",))
+
+    def done_in(parts: list[str]) -> pa.Array | None:
         if not parts:
             return None
-        try:
-            with ThreadPoolExecutor(min(DONE_READ_THREADS, len(parts))) as pool:
-                done = list(pool.map(lambda path: _done_in_part(fs, path, model_id), parts))
-        except FileNotFoundError:
-            if attempt == DONE_READ_ATTEMPTS - 1:
-                raise
-            continue
+        with ThreadPoolExecutor(min(DONE_READ_THREADS, len(parts))) as pool:
+            done = list(pool.map(lambda path: _done_in_part(fs, path, model_id), parts))
         # One array for the lookup; large_string so that more than 2 GiB of paths still fit in one.
         done_paths = pa.concat_arrays(done)
         return done_paths if len(done_paths) else None
-    raise AssertionError("unreachable")
+
+    return storage.read_listed(lambda: storage.list_files(stats_uri, (".parquet",)), done_in, DONE_READ_ATTEMPTS)
 
 
 def _done_in_part(fs: pafs.FileSystem, path: str, model_id: str) -> pa.Array:

@@ -159,35 +159,36 @@ class LocalLeaseStore:
 class S3LeaseStore:
     """A lease object on S3, written with conditional PUTs (``If-None-Match: *``, ``If-Match``).
 
-    AWS S3, MinIO and SeaweedFS honour both. botocore's client is used directly because pyarrow's
-    and s3fs's file interfaces do not pass the conditions; it reads the same AWS_* environment.
+    AWS S3, MinIO and SeaweedFS honour both. pyarrow's and s3fs's file interfaces do not pass the
+    conditions, so the calls go through :func:`segray.storage.s3_client` (same AWS_* environment).
     """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        path = uri.split("://", 1)[1]
-        self.bucket, _, self.key = path.partition("/")
-        self._client = _s3_client()
+        self.bucket, self.key = storage.split_s3(uri)
+        self._client = storage.s3_client()
 
     def read(self) -> tuple[bytes, str] | None:
-        from botocore.exceptions import ClientError
-
         try:
             r = self._client.get_object(Bucket=self.bucket, Key=self.key)
-        except ClientError as e:
-            if _code(e) in {"NoSuchKey", "404"}:
+        except Exception as e:
+            code = storage.s3_error_code(e)
+            if code is None:
+                raise
+            if code in {"NoSuchKey", "404"}:
                 return None
             raise storage.StorageError(f"{self.uri}: reading the lease: {e}") from e
         return r["Body"].read(), r["ETag"]
 
     def _put(self, data: bytes, **cond: str) -> str | None:
-        from botocore.exceptions import ClientError
-
         try:
             r = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **cond)
-        except ClientError as e:
+        except Exception as e:
+            code = storage.s3_error_code(e)
+            if code is None:
+                raise
             # 412: the condition failed; 409: a concurrent conditional write won; 404: gone.
-            if _code(e) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}:
+            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}:
                 return None
             raise storage.StorageError(f"{self.uri}: writing the lease: {e}") from e
         return r["ETag"]
@@ -197,23 +198,6 @@ class S3LeaseStore:
 
     def replace(self, tag: str, data: bytes) -> str | None:
         return self._put(data, IfMatch=tag)
-
-
-def _code(e: Exception) -> str:
-    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def _s3_client():  # noqa: ANN202 - botocore's client type is generated at run time
-    import botocore.config
-    import botocore.session
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    cfg = botocore.config.Config(
-        retries={"max_attempts": 5, "mode": "standard"},
-        s3={"addressing_style": "path"} if endpoint else {},
-    )
-    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
 
 
 def lease_store(output: str) -> LeaseStore:

@@ -38,7 +38,8 @@ INSTANCE_KEY = ["relative_path", "model_id", "run_id"]
 #: Frames are keyed within one output: outputs read together (one per night) keep their own rows.
 GROUP = ["output", *KEY]
 READ_THREADS = 16
-#: A reader that finds a part gone between listing and reading (compaction replaced it) starts over.
+#: A reader that finds a part gone between listing and reading (compaction replaced it) starts over
+#: (:func:`segray.storage.read_listed`), this many times at most.
 READ_ATTEMPTS = 3
 
 DUCKDB_LATEST = (
@@ -201,23 +202,19 @@ def read_stats(output: str, model_id: str | None = None, columns: list[str] | No
     ``model_id`` keeps one model's rows; ``columns`` reads only those (the keys are read anyway).
     An output with no stats gives an empty table.
     """
-    for attempt in range(READ_ATTEMPTS):
-        parts = stats_parts(output)
-        fs = storage.resolve(stats_uri(output))[0]
-        try:
-            keys = scan_keys(fs, parts)
-            wanted = None if columns is None else list(dict.fromkeys([*columns, *KEY, *ORDER]))
-            table = latest_rows(read_parts(fs, parts, wanted), keys)
-        except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-            continue  # a part was replaced by compaction between listing and reading
-        if model_id is not None and table.num_rows:
-            table = table.filter(pc.equal(table.column("model_id"), model_id))
-        if columns is not None and table.num_rows:
-            table = table.select(columns)
-        return table
-    raise AssertionError("unreachable")
+    fs = storage.resolve(stats_uri(output))[0]
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *KEY, *ORDER]))
+
+    def latest(parts: list[str]) -> pa.Table:
+        keys = scan_keys(fs, parts)
+        return latest_rows(read_parts(fs, parts, wanted), keys)
+
+    table = storage.read_listed(lambda: stats_parts(output), latest, READ_ATTEMPTS)
+    if model_id is not None and table.num_rows:
+        table = table.filter(pc.equal(table.column("model_id"), model_id))
+    if columns is not None and table.num_rows:
+        table = table.select(columns)
+    return table
 
 
 def instance_parts(output: str) -> list[str]:
@@ -253,16 +250,15 @@ def read_instances(output: str, model_id: str | None = None) -> pa.Table:
     stats row names, so a frame labelled again (a rerun after an interruption, another
     ``--min-score``) never counts twice. ``model_id`` keeps one model's rows. Sorted by frame and id.
     """
-    for attempt in range(READ_ATTEMPTS):
-        current = read_stats(output, model_id, columns=INSTANCE_KEY)
-        parts = instance_parts(output)
-        if not parts or not current.num_rows:
-            return current_instances([], current)
-        try:
-            tables = read_parts(storage.resolve(storage.join(output, "instances"))[0], parts)
-        except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-            continue  # a part was replaced by compaction between listing and reading
-        return current_instances(tables, current)
-    raise AssertionError("unreachable")
+
+    def listing() -> tuple[pa.Table, list[str]]:
+        return read_stats(output, model_id, columns=INSTANCE_KEY), instance_parts(output)
+
+    def current(found: tuple[pa.Table, list[str]]) -> pa.Table:
+        rows, parts = found
+        if not parts or not rows.num_rows:
+            return current_instances([], rows)
+        fs = storage.resolve(storage.join(output, "instances"))[0]
+        return current_instances(read_parts(fs, parts), rows)
+
+    return storage.read_listed(listing, current, READ_ATTEMPTS)
