@@ -11,13 +11,13 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
 from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL_EXIT_CODES, TERMINATED
 from segray.landcover import cli as landcover_cli
-from segray.options import ArgumentParser
+from segray.options import ArgumentParser, add_dataclass_arguments, from_namespace, parse_window
 from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
@@ -50,129 +50,13 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def add_label_args(p: argparse.ArgumentParser) -> None:
-    """The options of ``segray label`` (and ``nightly``); their defaults are :class:`LabelOptions`' own."""
-    d = label_defaults()
-    _add_io_args(p)
-    _add_pool_args(p, d)
-    _add_frame_args(p, d)
-    _add_run_args(p, d)
-    _add_failure_args(p, d)
-    _add_tile_args(p, d)
-    _add_instance_args(p, d)
-
-
-def label_defaults() -> dict[str, Any]:
-    """``LabelOptions``' field defaults by name: what a run does with a flag left out, stated once."""
-    import dataclasses
-
+    """The options of ``segray label`` (and ``nightly``): one flag per :class:`LabelOptions` field, made
+    from its declaration, and the flags of the command itself."""
     from segray.labelling.job import LabelOptions
 
-    return {f.name: f.default for f in dataclasses.fields(LabelOptions) if f.default is not dataclasses.MISSING}
-
-
-def _add_io_args(p: argparse.ArgumentParser) -> None:
-    """What to label with which model, and where the outputs go."""
-    p.add_argument("--model", required=True, help="model artifact folder or s3:// URI")
-    p.add_argument("--input", required=True, help="folder/S3 prefix of PNG/JPEG frames, or a manifest (.parquet/.csv)")
-    p.add_argument("--output", required=True, help="output folder or s3:// prefix")
-
-
-def _add_pool_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    """Batch sizes, the inference actor pool and the Ray resources of each stage."""
-    p.add_argument(
-        "--batch-size", type=int, default=d["batch_size"], help=f"frames per model call (default {d['batch_size']})"
-    )
-    p.add_argument(
-        "--min-actors",
-        type=int,
-        default=d["min_actors"],
-        help="inference actor pool minimum (default: 1 with GPUs; without, one actor per core, at most 4)",
-    )
-    p.add_argument(
-        "--max-actors",
-        type=int,
-        default=d["max_actors"],
-        help="inference actor pool maximum; > min autoscales; 0 = as many as the cluster can hold (default: = min)",
-    )
-    p.add_argument(
-        "--cpus-per-actor",
-        type=float,
-        default=d["cpus_per_actor"],
-        help="Ray CPUs reserved per inference actor (default: 1 with GPUs, 0.5 without)",
-    )
-    p.add_argument(
-        "--gpus-per-actor",
-        type=float,
-        default=d["gpus_per_actor"],
-        help="GPUs per actor (default: 1 if the cluster has GPUs)",
-    )
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=d["torch_threads"],
-        help="torch CPU threads per actor (default: node cores / max actors, at least 1)",
-    )
-    p.add_argument(
-        "--read-cpus",
-        type=float,
-        default=d["read_cpus"],
-        help=f"Ray CPUs per read/decode task (default {d['read_cpus']:g})",
-    )
-    p.add_argument(
-        "--write-cpus",
-        type=float,
-        default=d["write_cpus"],
-        help=f"Ray CPUs per write task (default {d['write_cpus']:g})",
-    )
-    p.add_argument(
-        "--write-batch-size",
-        type=int,
-        default=d["write_batch_size"],
-        help=f"frames per stats/errors Parquet part (default {d['write_batch_size']})",
-    )
-
-
-def _add_frame_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    """How frames are found and checked, and where they are decoded and labelled."""
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=d["max_pixels"],
-        help=f"refuse frames whose header declares more pixels, before decoding (default {d['max_pixels']:,})",
-    )
-    p.add_argument(
-        "--uri-column",
-        default=d["uri_column"],
-        help=f"manifest column holding frame URIs (default {d['uri_column']})",
-    )
-    p.add_argument("--device", default=d["device"], help="torch device: auto (cuda if torch sees one), cpu, cuda")
-    p.add_argument(
-        "--decode",
-        choices=("cpu", "gpu"),
-        default=d["decode"],
-        help="where JPEG frames are decoded: cpu (the read tasks) or gpu (nvJPEG in the inference actors, which "
-        f"then need GPUs; other formats stay on CPUs) (default {d['decode']})",
-    )
-
-
-def _add_run_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    """Where the run goes, what it prints, tags its rows with, and how much of the input it takes."""
+    add_dataclass_arguments(p, LabelOptions)
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--print-table", action="store_true", help="print the per-class area table at the end")
-    p.add_argument(
-        "--tag",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="constant column added to every stats/errors row (repeatable), e.g. --tag region=north",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=d["limit"],
-        metavar="N",
-        help="label at most N of the frames not yet labelled, in listing order; a rerun goes on with the rest",
-    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -181,107 +65,11 @@ def _add_run_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
     )
 
 
-def _add_failure_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    """The failure policy: how many failed frames a run accepts before it exits non-zero."""
-    p.add_argument(
-        "--max-failed-fraction",
-        type=float,
-        default=d["max_failed_fraction"],
-        help="exit non-zero (3) when more than this share of frames fails, after writing all outputs",
-    )
-
-
-def _add_tile_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    """Large frames in windows at their own resolution, and the pixel size that areas in m2 need."""
-    tiles = p.add_argument_group("large tiles and physical units")
-    tiles.add_argument(
-        "--tile-above",
-        type=float,
-        default=d["tile_above"],
-        help="label a frame in windows at its own resolution when a side is above this many times the size the "
-        "model was trained on (recorded by segray train; else its input size); others are resized "
-        f"(default {d['tile_above']:g})",
-    )
-    tiles.add_argument(
-        "--window",
-        type=parse_window,
-        default=d["tile_window"],
-        help="window HxW for large frames (default: the model input)",
-    )
-    tiles.add_argument(
-        "--overlap", type=int, default=d["tile_overlap"], help="window overlap in pixels (default: window / 4)"
-    )
-    tiles.add_argument(
-        "--pixel-size",
-        type=float,
-        default=d["pixel_size"],
-        help="metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one",
-    )
-    tiles.add_argument(
-        "--no-world-files",
-        action="store_true",
-        help="ignore .pgw/.jgw/.tfw world files beside frames (a manifest's frames are otherwise looked up one by one)",
-    )
-
-
-def _add_instance_args(p: argparse.ArgumentParser, d: dict[str, Any]) -> None:
-    """Options that apply to instance models only."""
-    p.add_argument(
-        "--min-score",
-        type=float,
-        default=d["min_score"],
-        help="instance models: keep objects scoring at least this (0-1; part of the rows' model id) (default 0.5)",
-    )
-
-
-def parse_window(text: str) -> tuple[int, int]:
-    h, sep, w = text.lower().partition("x")
-    try:
-        return (int(h), int(w)) if sep else (int(h), int(h))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--window {text!r}: expected HxW, e.g. 512x512") from e
-
-
-def parse_tags(items: list[str]) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--tag {item!r}: expected KEY=VALUE")
-        tags[key] = value
-    return tags
-
-
 def label_options(a: argparse.Namespace) -> LabelOptions:
+    """The run's options from ``segray label``'s parsed flags."""
     from segray.labelling.job import LabelOptions
 
-    return LabelOptions(
-        model=a.model,
-        input=a.input,
-        output=a.output,
-        batch_size=a.batch_size,
-        min_actors=a.min_actors,
-        max_actors=a.max_actors,
-        cpus_per_actor=a.cpus_per_actor,
-        gpus_per_actor=a.gpus_per_actor,
-        torch_threads=a.torch_threads,
-        read_cpus=a.read_cpus,
-        write_cpus=a.write_cpus,
-        write_batch_size=a.write_batch_size,
-        max_pixels=a.max_pixels,
-        uri_column=a.uri_column,
-        device=a.device,
-        tags=parse_tags(a.tag),
-        max_failed_fraction=a.max_failed_fraction,
-        tile_above=a.tile_above,
-        tile_window=a.window,
-        tile_overlap=a.overlap,
-        pixel_size=a.pixel_size,
-        world_files=not a.no_world_files,
-        limit=a.limit,
-        decode=a.decode,
-        min_score=a.min_score,
-    )
+    return from_namespace(LabelOptions, a)
 
 
 def cmd_label(a: argparse.Namespace) -> int:
@@ -342,8 +130,8 @@ def cmd_nightly(a: argparse.Namespace) -> int:
     day = parse_date(a.date)
     a.input = expand(a.input, day, "input")
     a.output = expand(a.output, day, "output")
-    if not any(t.startswith("date=") for t in a.tag):
-        a.tag = [*a.tag, f"date={day.isoformat()}"]
+    if not any(t.startswith("date=") for t in a.tags):
+        a.tags = [*a.tags, f"date={day.isoformat()}"]
     print(f"nightly run for {day.isoformat()}: {a.input} -> {a.output}")
     return cmd_label(a)
 

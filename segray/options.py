@@ -10,8 +10,13 @@ import argparse
 import difflib
 import re
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 #: Duration suffixes -> seconds. A plain number is seconds.
 DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
@@ -126,3 +131,238 @@ class ArgumentParser(argparse.ArgumentParser):
             if subs and token in subs[0].choices:
                 parser = subs[0].choices[token]
         return parser
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``--window`` for large frames: ``HxW`` (``512x256``) or one number for a square (``512``)."""
+    h, sep, w = text.lower().partition("x")
+    try:
+        return (int(h), int(w)) if sep else (int(h), int(h))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--window {text!r}: expected HxW, e.g. 512x512") from e
+
+
+def key_values(items: Sequence[str]) -> dict[str, str]:
+    """``["region=north", "date=2026-11-21"]`` -> ``{"region": "north", ...}`` (a repeated flag's values)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+# --- Options dataclasses: one declaration per option ------------------------------------------------
+#
+# A field of an options dataclass (``segray.labelling.job.LabelOptions``) is declared with :func:`opt`:
+# its default, flag, help, unit and bounds in one place. :func:`add_dataclass_arguments` makes the
+# command line's flags from it, :func:`from_namespace` the dataclass from the parsed flags, and
+# :func:`check_bounds` (called by the dataclass's ``__post_init__``) checks every value however the
+# dataclass was made, naming the field and its flag.
+
+#: The key of a field's ``metadata`` that holds its :class:`Option`.
+OPTION_KEY = "segray.option"
+#: Units that also say how a flag's text is parsed (``30s``, ``64MiB``); any other unit is a word for the help.
+UNIT_PARSERS: dict[str, Callable[[str], Any]] = {"seconds": duration_arg, "bytes": size_arg}
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one field of an options dataclass is given on the command line, and the values it takes."""
+
+    help: str
+    #: ``--flag``; None: not on the command line (set by the program).
+    flag: str | None = None
+    #: The default in words, for a None default (or one worked out at run time): ``(default: <this>)``.
+    default_help: str | None = None
+    #: ``seconds`` / ``bytes`` (parsed with :func:`duration` / :func:`size`), or a word such as ``metres``.
+    unit: str | None = None
+    min: float | None = None  # value >= min
+    max: float | None = None  # value <= max
+    above: float | None = None  # value > above
+    choices: tuple[str, ...] | None = None
+    #: The flag's text -> value (argparse's ``type``); default: from the unit, else the field's type.
+    parse: Callable[[str], Any] | None = None
+    #: ``append``: a repeatable flag, whose list of values ``convert`` makes the field's value.
+    action: str | None = None
+    convert: Callable[[Any], Any] | None = None
+    metavar: str | None = None
+    #: The ``--help`` section the flag is listed in (None: the command's options).
+    group: str | None = None
+
+    def requirement(self) -> str | None:
+        """What the bounds ask for, in words (``>= 1``, ``within [0, 1]``), or None when there are none."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        if self.above == 0:
+            return "a positive number" + (f" of {self.unit}" if self.unit else "")
+        parts = []
+        if self.min is not None and self.max is not None:
+            parts.append(f"within [{_number(self.min)}, {_number(self.max)}]")
+        elif self.min is not None:
+            parts.append(f">= {_number(self.min)}")
+        elif self.max is not None:
+            parts.append(f"<= {_number(self.max)}")
+        if self.above is not None:
+            parts.append(f"> {_number(self.above)}")
+        return " and ".join(parts) or None
+
+
+def opt(
+    default: Any = MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    **spec: Any,
+) -> Any:
+    """A dataclass field with its :class:`Option` (``spec``: the Option's other fields) in its metadata."""
+    metadata = {OPTION_KEY: Option(help=help, flag=flag, **spec)}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def option_of(f: Field[Any]) -> Option | None:
+    """The :class:`Option` a field was declared with, or None."""
+    spec = f.metadata.get(OPTION_KEY)
+    return spec if isinstance(spec, Option) else None
+
+
+class OutOfBounds(ValueError):
+    """An option's value outside its bounds: says which field and flag, what is allowed and what was given."""
+
+    def __init__(self, name: str, spec: Option, value: Any) -> None:
+        self.name, self.flag, self.value = name, spec.flag, value
+        self.allowed = spec.requirement() or ""
+        super().__init__(f"{name} must be {self.allowed}, got {value!r}" + (f" ({self.flag})" if self.flag else ""))
+
+    def for_command_line(self) -> str:
+        """The message as a command-line user needs it: the flag, not the field."""
+        return f"{self.flag or self.name} must be {self.allowed}, got {self.value!r}"
+
+
+def check_bounds(obj: Any) -> None:
+    """Raises :class:`OutOfBounds` for the first field of the options dataclass ``obj`` whose value is
+    outside its Option's bounds or choices (None, an unset optional value, is always allowed)."""
+    for f in fields(obj):
+        spec = option_of(f)
+        value = getattr(obj, f.name)
+        if spec is None or value is None or spec.requirement() is None:
+            continue
+        if spec.choices is not None:
+            ok = value in spec.choices
+        else:
+            ok = (
+                (spec.min is None or value >= spec.min)
+                and (spec.max is None or value <= spec.max)
+                and (spec.above is None or value > spec.above)
+            )
+        if not ok:
+            raise OutOfBounds(f.name, spec, value)
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+) -> None:
+    """One flag per field of the options dataclass ``cls`` that has an :class:`Option` with a flag
+    (``only`` those fields, if given, less ``skip``), stored under the field's name. Its help ends with
+    its default: ``(default 8)``, ``(default 30 seconds)``, or ``(default: <default_help>)``; a field
+    without a default is a required flag, a bool one a switch (``--x`` for a False default, ``--no-x``
+    for a True one)."""
+    hints = typing.get_type_hints(cls)
+    wanted = None if only is None else set(only)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(cls):
+        spec = option_of(f)
+        if spec is None or spec.flag is None or (wanted is not None and f.name not in wanted) or f.name in skip:
+            continue
+        target: Any = parser
+        if spec.group is not None and isinstance(parser, argparse.ArgumentParser):
+            target = groups.get(spec.group) or groups.setdefault(spec.group, parser.add_argument_group(spec.group))
+        target.add_argument(spec.flag, dest=f.name, **_argparse_kwargs(cls, f, spec, hints[f.name]))
+
+
+def _argparse_kwargs(cls: type, f: Field[Any], spec: Option, hint: Any) -> dict[str, Any]:
+    """add_argument's keywords (but the flag and dest) for a field."""
+    kind = _base_type(hint)
+    help_text = spec.help.replace("%", "%%")  # argparse formats help with %
+    if kind is bool:
+        if f.default not in (True, False):
+            raise TypeError(f"{cls.__name__}.{f.name}: a switch needs a default of True or False")
+        return {"action": "store_false" if f.default else "store_true", "help": help_text}
+    kw: dict[str, Any] = {"metavar": spec.metavar}
+    if spec.action is not None:
+        kw.update(action=spec.action, default=[])
+    elif f.default is not MISSING:
+        kw["default"] = f.default
+    elif f.default_factory is MISSING:
+        kw["required"] = True
+    if not kw.get("required"):
+        help_text += " " + _default_text(cls, f, spec).replace("%", "%%")
+    if spec.action is None:
+        kw["type"] = _flag_type(cls, f, spec, kind)
+    if spec.choices is not None:
+        kw["choices"] = spec.choices
+    elif spec.metavar is None:
+        kw["metavar"] = (spec.flag or f.name).lstrip("-").upper().replace("-", "_")  # as argparse would
+    return {**kw, "help": help_text}
+
+
+def _default_text(cls: type, f: Field[Any], spec: Option) -> str:
+    if spec.default_help is not None:
+        return f"(default: {spec.default_help})"
+    if f.default is MISSING or f.default is None:
+        raise TypeError(f"{cls.__name__}.{f.name}: an option without a default value needs default_help")
+    return f"(default {_number(f.default)}{' ' + spec.unit if spec.unit else ''})"
+
+
+def _flag_type(cls: type, f: Field[Any], spec: Option, kind: Any) -> Callable[[str], Any]:
+    if spec.parse is not None:
+        return _argparse_type(spec.parse, getattr(spec.parse, "__name__", f.name))
+    if spec.unit in UNIT_PARSERS:
+        return UNIT_PARSERS[spec.unit]
+    if kind in (int, float, str):
+        return kind  # type: ignore[no-any-return]
+    raise TypeError(f"{cls.__name__}.{f.name}: a {kind} option needs parse= (its flag's text -> value)")
+
+
+def _base_type(hint: Any) -> Any:
+    """``int`` for ``int``, ``int | None`` and ``Optional[int]``; the annotation itself otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _number(value: Any) -> str:
+    """A default or bound as the help shows it: ``268,435,456``, ``0.5``, ``2``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace, **given: Any) -> T:
+    """The options dataclass ``cls`` from flags parsed by a parser that :func:`add_dataclass_arguments`
+    made: each field from its flag's value (fields given here, or without a flag there, are left to
+    ``given`` and to their defaults). A value outside its bounds is a ValueError naming the flag."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        spec = option_of(f)
+        if f.name in given or spec is None or spec.flag is None or not hasattr(ns, f.name):
+            continue
+        value = getattr(ns, f.name)
+        if spec.convert is not None:
+            try:
+                value = spec.convert(value)
+            except ValueError as e:
+                raise ValueError(f"{spec.flag} {e}") from None
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs, **given)
+    except OutOfBounds as e:
+        raise ValueError(e.for_command_line()) from None

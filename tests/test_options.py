@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers.cli import run
 
 from segray.cli import build_parser, main
-from segray.options import duration, size
+from segray.options import (
+    ArgumentParser,
+    Option,
+    add_dataclass_arguments,
+    check_bounds,
+    duration,
+    from_namespace,
+    opt,
+    option_of,
+    size,
+)
 from segray.recipe import load_config
 
 
@@ -180,3 +195,143 @@ def test_a_recipe_saved_by_an_older_version_still_loads(tmp_path: Path, tiny_mod
     loaded = ModelArtifact.load(str(model))
     assert loaded.metrics["recipe"] == old
     assert "export_to: s3://old-bucket/models/x" in model_info(str(model))["recipe"]
+
+
+@dataclass
+class Fetch:
+    """An options dataclass as a command declares one: every option once, with its flag and bounds."""
+
+    url: str = opt(help="what to fetch", flag="--url")
+    timeout_s: float = opt(30.0, help="give up after", flag="--timeout", unit="seconds", above=0)
+    max_body: int = opt(2**20, help="largest body", flag="--max-body", unit="bytes", min=1)
+    retries: int = opt(3, help="tries after the first", flag="--retries", min=0, max=10)
+    mode: str = opt("fast", help="how to fetch", flag="--mode", choices=("fast", "safe"))
+    verify: bool = opt(True, help="skip the certificate check", flag="--no-verify")
+    agent: str = opt("segray", help="set by the program")  # no flag
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+def fetch_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="fetch")
+    add_dataclass_arguments(parser, Fetch)
+    return parser
+
+
+def test_a_dataclass_declares_its_flags_units_defaults_and_bounds_once(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = fetch_parser()
+    text = " ".join(parser.format_help().split())
+    assert "--url URL what to fetch" in text and "--agent" not in text
+    assert "give up after (default 30 seconds)" in text and "largest body (default 1,048,576 bytes)" in text
+    assert "--mode {fast,safe} how to fetch (default fast)" in text and "--no-verify skip the certificate" in text
+    assert from_namespace(Fetch, parser.parse_args(["--url", "u"])) == Fetch(url="u")
+    got = from_namespace(
+        Fetch, parser.parse_args(["--url", "u", "--timeout", "500ms", "--max-body", "64KiB", "--no-verify"])
+    )
+    assert (got.timeout_s, got.max_body, got.verify) == (0.5, 64 * 2**10, False)
+    assert from_namespace(Fetch, parser.parse_args(["--url", "u"]), agent="x", retries=0).agent == "x"
+    # Out of bounds: the command line names the flag, a program the field and its flag.
+    for argv, message in (
+        (["--retries", "11"], "--retries must be within [0, 10], got 11"),
+        (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+        (["--max-body", "0"], "--max-body must be >= 1, got 0"),
+    ):
+        with pytest.raises(ValueError) as e:
+            from_namespace(Fetch, parser.parse_args(["--url", "u", *argv]))
+        assert str(e.value) == message
+    with pytest.raises(ValueError, match=r"^mode must be one of fast, safe, got 'slow' \(--mode\)$"):
+        Fetch(url="u", mode="slow")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "slow", "--url", "u"])
+    assert capsys.readouterr().err.strip().endswith("invalid choice: 'slow' (choose from 'fast', 'safe')")
+    # A subset of the fields: the others keep their defaults.
+    some = ArgumentParser(prog="fetch")
+    add_dataclass_arguments(some, Fetch, only=["url", "retries", "mode"], skip=["mode"])
+    assert [a.dest for a in some._actions if a.dest != "help"] == ["url", "retries"]
+    assert from_namespace(Fetch, some.parse_args(["--url", "u", "--retries", "5"])) == Fetch(url="u", retries=5)
+
+
+@dataclass
+class Undocumented:
+    wait_s: float | None = opt(None, help="how long to wait", flag="--wait")
+
+
+def test_an_option_without_a_default_value_must_say_what_happens_without_it() -> None:
+    with pytest.raises(TypeError, match=r"^Undocumented.wait_s: an option without a default value needs default_help"):
+        add_dataclass_arguments(ArgumentParser(), Undocumented)
+
+
+#: LabelOptions fields that are no flag of ``segray label``, and why.
+LABEL_FIELDS_WITHOUT_A_FLAG = {
+    "run_id": "a new one for each run",
+    "read_batch_size": "the size the end of a job is cut into, set by programs",
+}
+
+
+def label_default_text(f: dataclasses.Field[Any], spec: Option) -> str:
+    """What ``segray label --help`` should say of the field's default."""
+    if spec.default_help is not None:
+        return f"(default: {spec.default_help})"
+    value = f.default
+    shown = f"{value:,}" if isinstance(value, int) else f"{value:g}" if isinstance(value, float) else str(value)
+    return f"(default {shown})"
+
+
+def test_every_label_option_has_a_flag_with_help_that_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from segray.cli import label_options
+    from segray.labelling.job import LabelOptions
+
+    code, text = run(capsys, "label", "--help")
+    assert code == 0
+    required = {"model", "input", "output"}  # --model, --input, --output: no default
+    for f in dataclasses.fields(LabelOptions):
+        spec = option_of(f)
+        assert spec is not None and spec.help, f"LabelOptions.{f.name} is declared without opt(help=...)"
+        if f.name in LABEL_FIELDS_WITHOUT_A_FLAG:
+            assert spec.flag is None and spec.help not in text
+            continue
+        assert spec.flag is not None, f"LabelOptions.{f.name} has no flag"
+        if f.name in required or isinstance(f.default, bool):  # a switch's default is its absence
+            assert f"{spec.flag} " in text and spec.help in text, f.name
+        else:
+            assert f"{spec.help} {label_default_text(f, spec)}" in text, f.name
+    # Without flags, a run has the dataclass's own defaults.
+    base = ["label", "--model", "m", "--input", "i", "--output", "o"]
+    assert label_options(build_parser().parse_args(base)) == LabelOptions(model="m", input="i", output="o")
+    opts = label_options(build_parser().parse_args([*base, "--tag", "a=1", "--tag", "b=2", "--decode", "gpu"]))
+    assert (opts.tags, opts.decode) == ({"a": "1", "b": "2"}, "gpu")
+
+
+def test_a_label_option_out_of_bounds_names_its_flag_and_the_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segray.labelling.job import LabelOptions
+
+    hints = typing.get_type_hints(LabelOptions)
+    base = ["label", "--model", "m", "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    checked = []
+    for f in dataclasses.fields(LabelOptions):
+        spec = option_of(f)
+        if spec is None or spec.flag is None or spec.requirement() is None or spec.choices:
+            continue
+        number = int if int in typing.get_args(hints[f.name]) or hints[f.name] is int else float
+        bad = number(spec.max + 1 if spec.max is not None else spec.min - 1 if spec.min is not None else spec.above)
+        code, out = run(capsys, *base, spec.flag, str(bad))
+        assert code == 2 and f"segray: error: {spec.flag} must be {spec.requirement()}, got {bad!r}" in out, out
+        checked.append(spec.flag)
+    assert {"--batch-size", "--limit", "--min-score", "--pixel-size", "--max-failed-fraction"} <= set(checked)
+    code, out = run(capsys, *base, "--min-score", "1.5")
+    assert "segray: error: --min-score must be within [0, 1], got 1.5" in out
+    assert (
+        "segray: error: --pixel-size must be a positive number of metres, got 0.0"
+        in run(capsys, *base, "--pixel-size", "0")[1]
+    )
+    # A program that makes LabelOptions gets the field's name and the flag's.
+    with pytest.raises(ValueError, match=r"^decode must be one of cpu, gpu, got 'npu' \(--decode\)$"):
+        LabelOptions(model="m", input="i", output="o", decode="npu")
+    with pytest.raises(ValueError, match=r"^read_batch_size must be >= 1, got 0$"):
+        LabelOptions(model="m", input="i", output="o", read_batch_size=0)
+    # The checks that relate two options stay.
+    with pytest.raises(ValueError, match=r"need min_actors \(4\) <= max_actors \(2\)"):
+        LabelOptions(model="m", input="i", output="o", min_actors=4, max_actors=2)

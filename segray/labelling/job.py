@@ -44,6 +44,7 @@ from segray import storage
 from segray.frames.decode import DEFAULT_MAX_PIXELS
 from segray.frames.listing import is_manifest, list_folder, relative_paths_from_uris, resolve_manifest_uris
 from segray.labelling.resources import PoolLayout, cores_per_actor, gpus_per_actor, pool_layout
+from segray.options import check_bounds, key_values, opt, parse_window
 from segray.outputs.lease import OutputLease
 from segray.ray_runtime import cluster_capacity
 from segray.tasks import task_named
@@ -66,82 +67,165 @@ TAIL_BLOCK_ROWS = 16
 DONE_READ_THREADS = 16
 #: The done-check lists ``stats/`` again when a part is gone before it is read, this many times at most.
 DONE_READ_ATTEMPTS = 3
+#: The --help section of the options for large frames and areas in m2.
+TILES = "large tiles and physical units"
 
 
 @dataclass
 class LabelOptions:
-    model: str
-    input: str
-    output: str
-    batch_size: int = 8
+    """What a labelling run does. Each field is also a flag of ``segray label`` / ``segray nightly``
+    (segray.options: its flag, help, unit and bounds are declared here and nowhere else)."""
+
+    model: str = opt(help="model artifact folder or s3:// URI", flag="--model")
+    input: str = opt(help="folder/S3 prefix of PNG/JPEG frames, or a manifest (.parquet/.csv)", flag="--input")
+    output: str = opt(help="output folder or s3:// prefix", flag="--output")
+    batch_size: int = opt(8, help="frames per model call", flag="--batch-size", min=1)
     #: None: one actor with a GPU, else one single-threaded actor per core (resources.pool_layout)
-    min_actors: int | None = None
-    max_actors: int | None = None
+    min_actors: int | None = opt(
+        None,
+        help="inference actor pool minimum",
+        flag="--min-actors",
+        default_help="1 with GPUs; without, one actor per core, at most 4",
+        min=1,
+    )
+    max_actors: int | None = opt(
+        None,
+        help="inference actor pool maximum; > min autoscales; 0 = as many as the cluster can hold",
+        flag="--max-actors",
+        default_help="= min",
+        min=0,
+    )
     #: None: 1 with a GPU, else resources.CPU_ACTOR_CPUS
-    cpus_per_actor: float | None = None
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    torch_threads: int = 0  # 0: the actor's share of the node's cores
-    read_cpus: float = 0.5
-    write_cpus: float = 0.5
-    read_batch_size: int = TAIL_BLOCK_ROWS
-    write_batch_size: int = 128
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    uri_column: str = "uri"
-    device: str = "auto"
-    run_id: str = ""
+    cpus_per_actor: float | None = opt(
+        None,
+        help="Ray CPUs reserved per inference actor",
+        flag="--cpus-per-actor",
+        default_help="1 with GPUs, 0.5 without",
+        above=0,
+    )
+    gpus_per_actor: float | None = opt(
+        None, help="GPUs per actor", flag="--gpus-per-actor", default_help="1 if the cluster has GPUs"
+    )
+    torch_threads: int = opt(
+        0,
+        help="torch CPU threads per actor",
+        flag="--torch-threads",
+        default_help="node cores / max actors, at least 1",  # 0: the actor's share of the node's cores
+    )
+    read_cpus: float = opt(0.5, help="Ray CPUs per read/decode task", flag="--read-cpus")
+    write_cpus: float = opt(0.5, help="Ray CPUs per write task", flag="--write-cpus")
+    #: Frames per read/decode task's batch (no flag: the tail blocks are cut to this size).
+    read_batch_size: int = opt(TAIL_BLOCK_ROWS, help="frames per read/decode batch", min=1)
+    write_batch_size: int = opt(128, help="frames per stats/errors Parquet part", flag="--write-batch-size", min=1)
+    max_pixels: int = opt(
+        DEFAULT_MAX_PIXELS,
+        help="refuse frames whose header declares more pixels, before decoding",
+        flag="--max-pixels",
+    )
+    uri_column: str = opt("uri", help="manifest column holding frame URIs", flag="--uri-column")
+    device: str = opt("auto", help="torch device: auto (cuda if torch sees one), cpu, cuda", flag="--device")
+    #: Set for each run (new_run_id), so no flag.
+    run_id: str = opt("", help="the run's id in its rows and its _runs/ record")
     #: Constant columns added to every stats/errors row (e.g. the nightly job's ``date``).
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = opt(
+        help="constant column added to every stats/errors row (repeatable), e.g. --tag region=north",
+        flag="--tag",
+        default_factory=dict,
+        default_help="none",
+        action="append",
+        convert=key_values,
+        metavar="KEY=VALUE",
+    )
     #: End the run with :class:`FailureBudgetExceeded` (after writing everything) above this share.
-    max_failed_fraction: float | None = None
+    max_failed_fraction: float | None = opt(
+        None,
+        help="exit non-zero (3) when more than this share of frames fails, after writing all outputs",
+        flag="--max-failed-fraction",
+        default_help="any share",
+        min=0.0,
+        max=1.0,
+    )
     #: Frames with a side above this many times the reference size (the training frames' size the
     #: artifact records, else the model input) are labelled in windows; the others are resized.
-    tile_above: float = DEFAULT_TILE_ABOVE
+    tile_above: float = opt(
+        DEFAULT_TILE_ABOVE,
+        help="label a frame in windows at its own resolution when a side is above this many times the size the "
+        "model was trained on (recorded by segray train; else its input size); others are resized",
+        flag="--tile-above",
+        min=0,
+        group=TILES,
+    )
     #: Window (height, width) for large frames; None: the model's input size.
-    tile_window: tuple[int, int] | None = None
+    tile_window: tuple[int, int] | None = opt(
+        None,
+        help="window HxW for large frames",
+        flag="--window",
+        default_help="the model input",
+        parse=parse_window,
+        group=TILES,
+    )
     #: Window overlap in pixels; None: a quarter of the window's short side.
-    tile_overlap: int | None = None
+    tile_overlap: int | None = opt(
+        None, help="window overlap in pixels", flag="--overlap", default_help="window / 4", min=0, group=TILES
+    )
     #: Metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one.
-    pixel_size: float | None = None
+    pixel_size: float | None = opt(
+        None,
+        help="metres per pixel when neither the manifest (pixel_size_m) nor a world file gives one",
+        flag="--pixel-size",
+        default_help="none; frames without one get no areas in m2",
+        unit="metres",
+        above=0,
+        group=TILES,
+    )
     #: Use world files (.pgw/.jgw/.tfw...) beside the frames: a listed folder's listing finds them; a
     #: manifest's frames are looked up one by one (an existence check per candidate name).
-    world_files: bool = True
+    world_files: bool = opt(
+        True,
+        help="ignore .pgw/.jgw/.tfw world files beside frames (a manifest's frames are otherwise looked up one by one)",
+        flag="--no-world-files",
+        group=TILES,
+    )
     #: Label at most this many of the frames not yet labelled (in listing order); the next run goes on.
-    limit: int | None = None
+    limit: int | None = opt(
+        None,
+        help="label at most N of the frames not yet labelled, in listing order; a rerun goes on with the rest",
+        flag="--limit",
+        default_help="every frame",
+        min=1,
+        metavar="N",
+    )
     #: Where JPEG frames are decoded: ``cpu`` (the read tasks) or ``gpu`` (nvJPEG in the inference
     #: actors; the read tasks only fetch and check them). Other formats are always decoded on CPUs.
-    decode: str = "cpu"
+    decode: str = opt(
+        "cpu",
+        help="where JPEG frames are decoded: cpu (the read tasks) or gpu (nvJPEG in the inference actors, which "
+        "then need GPUs; other formats stay on CPUs)",
+        flag="--decode",
+        choices=("cpu", "gpu"),
+    )
     #: Instance models: detections scoring below are dropped (None: DEFAULT_MIN_SCORE). Part of the
     #: rows' model id, so a run with another threshold labels the frames again.
-    min_score: float | None = None
+    min_score: float | None = opt(
+        None,
+        help="instance models: keep objects scoring at least this (0-1; part of the rows' model id)",
+        flag="--min-score",
+        default_help="0.5",  # segray.tasks.instance.predict.DEFAULT_MIN_SCORE (brings torch: not imported here)
+        min=0.0,
+        max=1.0,
+    )
 
     def __post_init__(self) -> None:
         # Workers resolve these paths, and they may run in another working directory.
         self.model, self.input, self.output = (storage.absolute(u) for u in (self.model, self.input, self.output))
-        if self.batch_size < 1 or self.read_batch_size < 1 or self.write_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
+        check_bounds(self)  # every bound declared above
         lo, hi = self.min_actors, self.max_actors
-        if (lo is not None and lo < 1) or (hi is not None and hi < 0) or (lo and hi and hi < lo):
-            raise ValueError(f"need 1 <= min_actors ({lo}) <= max_actors ({hi}); max_actors 0 = auto")
-        if self.max_failed_fraction is not None and not 0.0 <= self.max_failed_fraction <= 1.0:
-            raise ValueError(f"max_failed_fraction must be within [0, 1], got {self.max_failed_fraction}")
+        if lo and hi and hi < lo:
+            raise ValueError(f"need min_actors ({lo}) <= max_actors ({hi}) (--min-actors, --max-actors); 0 = auto")
         reserved = {"uri", "relative_path"}
         for key in self.tags:
             if not key.isidentifier() or key in reserved:
                 raise ValueError(f"tag {key!r}: a tag name must be an identifier other than {sorted(reserved)}")
-        if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
-            raise ValueError("cpus_per_actor must be > 0")
-        if self.tile_above < 0:
-            raise ValueError(f"tile_above must be >= 0, got {self.tile_above}")
-        if self.pixel_size is not None and not self.pixel_size > 0:
-            raise ValueError(f"pixel_size must be a positive number of metres, got {self.pixel_size}")
-        if self.tile_overlap is not None and self.tile_overlap < 0:
-            raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if self.decode not in ("cpu", "gpu"):
-            raise ValueError(f"decode {self.decode!r}: choose cpu or gpu")
-        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score must be within [0, 1], got {self.min_score}")
 
 
 @dataclass
