@@ -14,7 +14,6 @@ from segray.exit_codes import SERVE_EXIT_CODES
 from segray.options import add_dataclass_arguments, from_namespace, opt
 from segray.serving.options import ServeOptions
 
-
 #: The HTTP port ``segray serve`` listens on, as Serve's own default.
 DEFAULT_PORT = 8000
 
