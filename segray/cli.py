@@ -11,13 +11,15 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from segray.datasets import cli as datasets_cli
 from segray.evaluation import cli as evaluation_cli
 from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL_EXIT_CODES, TERMINATED
 from segray.landcover import cli as landcover_cli
-from segray.options import ArgumentParser, add_dataclass_arguments, from_namespace, parse_window
+from segray.options import ArgumentParser, add_dataclass_arguments, check_bounds, from_namespace, opt
+from segray.outputs.compact import DEFAULT_ROWS_PER_FILE
 from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
@@ -49,20 +51,34 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated
 
 
+@dataclass
+class LabelCommand:
+    """``segray label``'s (and ``nightly``'s) options besides the run's own (:class:`LabelOptions`)."""
+
+    address: str | None = opt(None, help="Ray address", flag="--address", default_help="$RAY_ADDRESS, else a local Ray")
+    print_table: bool = opt(False, help="print the per-class area table at the end", flag="--print-table")
+    dry_run: bool = opt(
+        False,
+        help="check the model, input and output, and print how many frames a run would label and which "
+        "are already done, without starting Ray or taking the output",
+        flag="--dry-run",
+    )
+
+
+@dataclass
+class NightlyCommand:
+    """``segray nightly``'s own option: the date it labels."""
+
+    date: str | None = opt(None, help="YYYY-MM-DD", flag="--date", default_help="yesterday, UTC")
+
+
 def add_label_args(p: argparse.ArgumentParser) -> None:
     """The options of ``segray label`` (and ``nightly``): one flag per :class:`LabelOptions` field, made
-    from its declaration, and the flags of the command itself."""
+    from its declaration, and the flags of the command itself (:class:`LabelCommand`)."""
     from segray.labelling.job import LabelOptions
 
     add_dataclass_arguments(p, LabelOptions)
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--print-table", action="store_true", help="print the per-class area table at the end")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="check the model, input and output, and print how many frames a run would label and which "
-        "are already done, without starting Ray or taking the output",
-    )
+    add_dataclass_arguments(p, LabelCommand)
 
 
 def label_options(a: argparse.Namespace) -> LabelOptions:
@@ -136,6 +152,81 @@ def cmd_nightly(a: argparse.Namespace) -> int:
     return cmd_label(a)
 
 
+@dataclass
+class ModelInit:
+    """``segray model init``'s options."""
+
+    out: str = opt(help="artifact folder or s3:// URI", positional=True)
+    arch: str = opt(
+        "unet",
+        help="unet, pspnet, fpn, deeplabv3plus, ..., fcn or segnet, see docs/models.md; maskrcnn for instances, "
+        "see docs/instances.md",
+        flag="--arch",
+    )
+    encoder: str = opt("resnet34", help="any segmentation-models-pytorch encoder", flag="--encoder")
+    labels: str = opt("camvid", help="built-in label map name or label-map JSON path/URI", flag="--labels")
+    name: str | None = opt(None, help="model name", flag="--name", default_help="<arch>-<encoder>")
+    height: int = opt(352, help="model input height, a multiple of 32", flag="--height")
+    width: int = opt(480, help="model input width, a multiple of 32", flag="--width")
+    encoder_weights: str | None = opt(
+        None,
+        help="encoder start: a weights name smp knows for the encoder (e.g. imagenet; needs a network) "
+        "or a local or s3:// .safetensors file (see `segray model convert-weights`)",
+        flag="--encoder-weights",
+        default_help="random weights",
+    )
+
+
+@dataclass
+class ModelInfo:
+    """``segray model info``'s options."""
+
+    model: str = opt(help="model artifact folder or s3:// URI", positional=True)
+    json: bool = opt(False, help="print everything as one JSON object", flag="--json")
+
+
+@dataclass
+class ConvertWeights:
+    """``segray model convert-weights``'s options."""
+
+    input: str = opt(help="checkpoint file or s3:// URI (a state dict, or one under state_dict/model)", positional=True)
+    output: str = opt(help="output .safetensors file or s3:// URI", positional=True)
+    encoder: str | None = opt(
+        None,
+        help="check the result against this encoder and report the fit",
+        flag="--encoder",
+        default_help="no check",
+    )
+    arch: str = opt("unet", help="architecture for the --encoder check", flag="--arch")
+
+
+@dataclass
+class Demo:
+    """``segray demo``'s options."""
+
+    dir: str = opt("segray-demo", help="working folder", flag="--dir", shown_default="./segray-demo")
+    epochs: int | None = opt(None, help="training epochs", flag="--epochs", default_help="16, the demo recipe's")
+    address: str | None = opt(None, help="Ray address", flag="--address", default_help="a local Ray")
+
+
+@dataclass
+class Runs:
+    """``segray runs``'s options."""
+
+    output: str = opt(help="labelling output folder or s3:// prefix", positional=True)
+
+
+@dataclass
+class Compact:
+    """``segray compact``'s options."""
+
+    output: str = opt(help="labelling output folder or s3:// prefix", positional=True)
+    rows_per_file: int = opt(DEFAULT_ROWS_PER_FILE, help="rows per compacted file", flag="--rows-per-file", min=1)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
 def cmd_model_init(a: argparse.Namespace) -> int:
     from segray.labels import load_label_map
     from segray.models.artifact import init_artifact
@@ -179,9 +270,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from segray.demo import run_demo
     from segray.outputs.report import format_area_table
 
+    d = from_namespace(Demo, a)
     started = time.time()
-    init_ray(a.address)
-    r = run_demo(a.dir, epochs=a.epochs, say=lambda line: print(line, flush=True))
+    init_ray(d.address)
+    r = run_demo(d.dir, epochs=d.epochs, say=lambda line: print(line, flush=True))
     print(f"\n{r.labelled} test frames labelled ({r.failed} failed) -> {r.labels}/masks, {r.labels}/stats")
     print(f"mIoU of the job's masks against the ground truth: {r.miou:.1%}")
     print("  " + ", ".join(f"{name} {iou:.0%}" for name, iou in r.iou.items()))
@@ -195,7 +287,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_compact(a: argparse.Namespace) -> int:
     from segray.outputs.compact import compact
 
-    s = compact(a.output, a.rows_per_file)
+    c = from_namespace(Compact, a)
+    s = compact(c.output, c.rows_per_file)
     print(
         f"compacted {a.output}/stats: {s.parts_before} parts, {s.rows_before} rows -> {s.files_after} files, "
         f"{s.rows_after} rows (one per frame and model) in {s.seconds:.1f} s"
@@ -236,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_parsers(sub)  # evaluate, compare
     datasets_cli.add_parsers(sub)  # data convert, data stats
     landcover_cli.add_parser(sub)
-    serving_cli.add_parser(sub, parse_window)
+    serving_cli.add_parser(sub)
     return p
 
 
@@ -256,7 +349,7 @@ def _add_label_parsers(sub: argparse._SubParsersAction) -> None:
         epilog=LABEL_EXIT_CODES,
     )
     add_label_args(nightly)
-    nightly.add_argument("--date", default=None, help="YYYY-MM-DD (default: yesterday, UTC)")
+    add_dataclass_arguments(nightly, NightlyCommand)
     nightly.set_defaults(func=cmd_nightly)
 
 
@@ -265,28 +358,7 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="model artifacts")
     msub = model.add_subparsers(dest="model_command", required=True)
     init = msub.add_parser("init", help="write an untrained model artifact")
-    init.add_argument(
-        "--arch",
-        default="unet",
-        help="unet, pspnet, fpn, deeplabv3plus, ..., fcn or segnet, see docs/models.md; maskrcnn for instances, "
-        "see docs/instances.md (default unet)",
-    )
-    init.add_argument(
-        "--encoder", default="resnet34", help="any segmentation-models-pytorch encoder (default resnet34)"
-    )
-    init.add_argument(
-        "--labels", default="camvid", help="built-in label map name or label-map JSON path/URI (default camvid)"
-    )
-    init.add_argument("--name", default=None, help="model name (default <arch>-<encoder>)")
-    init.add_argument("--height", type=int, default=352, help="model input height, a multiple of 32 (default 352)")
-    init.add_argument("--width", type=int, default=480, help="model input width, a multiple of 32 (default 480)")
-    init.add_argument(
-        "--encoder-weights",
-        default=None,
-        help="encoder start: a weights name smp knows for the encoder (e.g. imagenet; needs a network) "
-        "or a local or s3:// .safetensors file (see `segray model convert-weights`)",
-    )
-    init.add_argument("out", help="artifact folder or s3:// URI")
+    add_dataclass_arguments(init, ModelInit)
     init.set_defaults(func=cmd_model_init)
     info = msub.add_parser(
         "info",
@@ -295,17 +367,13 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
         "artifact answers without its weights being downloaded.",
         epilog=EXIT_CODES,
     )
-    info.add_argument("model", help="model artifact folder or s3:// URI")
-    info.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    add_dataclass_arguments(info, ModelInfo)
     info.set_defaults(func=cmd_model_info)
     conv = msub.add_parser(
         "convert-weights",
         help="PyTorch checkpoint (.pth, tensors only) -> .safetensors file for --encoder-weights",
     )
-    conv.add_argument("input", help="checkpoint file or s3:// URI (a state dict, or one under state_dict/model)")
-    conv.add_argument("output", help="output .safetensors file or s3:// URI")
-    conv.add_argument("--encoder", default=None, help="check the result against this encoder and report the fit")
-    conv.add_argument("--arch", default="unet", help="architecture for the --encoder check (default unet)")
+    add_dataclass_arguments(conv, ConvertWeights)
     conv.set_defaults(func=cmd_model_convert_weights)
 
 
@@ -320,9 +388,7 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
         "DIR/overlay.png (frame | ground truth | predicted mask). About 2-3 minutes on 2 cores.",
         epilog=EXIT_CODES,
     )
-    demo.add_argument("--dir", default="segray-demo", help="working folder (default ./segray-demo)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 16)")
-    demo.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
+    add_dataclass_arguments(demo, Demo)
     demo.set_defaults(func=cmd_demo)
 
 
@@ -333,24 +399,15 @@ def _add_output_parsers(sub: argparse._SubParsersAction) -> None:
         help="what the runs on a labelling output did, who is writing it now, frames per model",
         epilog=EXIT_CODES,
     )
-    runs.add_argument("output", help="labelling output folder or s3:// prefix")
+    add_dataclass_arguments(runs, Runs)
     runs.set_defaults(func=cmd_runs)
-
-    from segray.outputs.compact import DEFAULT_ROWS_PER_FILE
-
     comp = sub.add_parser(
         "compact",
         help="rewrite stats/ (and instances/) as a few large Parquet files, one row per frame and model "
         "(takes the output's lease)",
         epilog=COMPACT_EXIT_CODES,
     )
-    comp.add_argument("output", help="labelling output folder or s3:// prefix")
-    comp.add_argument(
-        "--rows-per-file",
-        type=int,
-        default=DEFAULT_ROWS_PER_FILE,
-        help=f"rows per compacted file (default {DEFAULT_ROWS_PER_FILE:,})",
-    )
+    add_dataclass_arguments(comp, Compact)
     comp.set_defaults(func=cmd_compact)
 
 

@@ -190,6 +190,16 @@ class Option:
     metavar: str | None = None
     #: The ``--help`` section the flag is listed in (None: the command's options).
     group: str | None = None
+    #: Given by position (named by the field, or ``metavar``), not by a flag.
+    positional: bool = False
+    #: argparse's ``nargs`` (``*``, ``+``): several values, as a list.
+    nargs: str | None = None
+    #: The parsed arguments' attribute, where it is not the field's name (a flag named before the field).
+    dest: str | None = None
+    #: The default as the help shows it, in the flag's own terms: ``(default <this>)`` (``10ms``, ``64MiB``).
+    shown_default: str | None = None
+    #: Earlier spellings of the flag, still taken and not listed in ``--help``.
+    former_flags: tuple[str, ...] = ()
 
     def requirement(self) -> str | None:
         """What the bounds ask for, in words (``>= 1``, ``within [0, 1]``), or None when there are none."""
@@ -243,6 +253,16 @@ class OutOfBounds(ValueError):
         return f"{self.flag or self.name} must be {self.allowed}, got {self.value!r}"
 
 
+def apply_units(obj: Any) -> None:
+    """Turns the text of each field of ``obj`` whose unit is ``seconds`` or ``bytes`` into the number
+    (``"500ms"`` -> 0.5, ``"64MiB"`` -> 67108864): a config file takes the units the command line takes."""
+    for f in fields(obj):
+        spec = option_of(f)
+        value = getattr(obj, f.name)
+        if spec is not None and value is not None and spec.unit in ("seconds", "bytes"):
+            setattr(obj, f.name, duration(value) if spec.unit == "seconds" else size(value))
+
+
 def check_bounds(obj: Any) -> None:
     """Raises :class:`OutOfBounds` for the first field of the options dataclass ``obj`` whose value is
     outside its Option's bounds or choices (None, an unset optional value, is always allowed)."""
@@ -269,33 +289,65 @@ def add_dataclass_arguments(
     only: Iterable[str] | None = None,
     skip: Iterable[str] = (),
 ) -> None:
-    """One flag per field of the options dataclass ``cls`` that has an :class:`Option` with a flag
-    (``only`` those fields, if given, less ``skip``), stored under the field's name. Its help ends with
-    its default: ``(default 8)``, ``(default 30 seconds)``, or ``(default: <default_help>)``; a field
-    without a default is a required flag, a bool one a switch (``--x`` for a False default, ``--no-x``
-    for a True one)."""
+    """One flag per field of the options dataclass ``cls`` that has an :class:`Option` with a flag, or
+    one positional argument per positional field (``only`` those fields, if given, less ``skip``),
+    stored under the field's name. A flag's help ends with its default: ``(default 8)``, ``(default 30
+    seconds)``, or ``(default: <default_help>)``; a field without a default is a required flag, a bool
+    one a switch (``--x`` for a False default, ``--no-x`` for a True one). Each argument made here
+    carries its Option (:func:`declared_option`)."""
     hints = typing.get_type_hints(cls)
     wanted = None if only is None else set(only)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(cls):
         spec = option_of(f)
-        if spec is None or spec.flag is None or (wanted is not None and f.name not in wanted) or f.name in skip:
+        if spec is None or (spec.flag is None and not spec.positional):
+            continue
+        if (wanted is not None and f.name not in wanted) or f.name in skip:
             continue
         target: Any = parser
         if spec.group is not None and isinstance(parser, argparse.ArgumentParser):
             target = groups.get(spec.group) or groups.setdefault(spec.group, parser.add_argument_group(spec.group))
-        target.add_argument(spec.flag, dest=f.name, **_argparse_kwargs(cls, f, spec, hints[f.name]))
+        kwargs = _argparse_kwargs(cls, f, spec, hints[f.name])
+        if spec.positional:
+            actions = [target.add_argument(f.name, **kwargs)]
+        else:
+            dest = spec.dest or f.name
+            actions = [target.add_argument(spec.flag, dest=dest, **kwargs)]
+            for former in spec.former_flags:
+                actions.append(target.add_argument(former, dest=dest, **{**kwargs, "help": argparse.SUPPRESS}))
+        for action in actions:
+            setattr(action, _ACTION_KEY, spec)
+
+
+#: The attribute of an argparse action made by :func:`add_dataclass_arguments` that holds its Option.
+_ACTION_KEY = "segray_option"
+
+
+def declared_option(action: argparse.Action) -> Option | None:
+    """The :class:`Option` an argument was made from by :func:`add_dataclass_arguments`; None for one
+    added by hand."""
+    spec = getattr(action, _ACTION_KEY, None)
+    return spec if isinstance(spec, Option) else None
 
 
 def _argparse_kwargs(cls: type, f: Field[Any], spec: Option, hint: Any) -> dict[str, Any]:
     """add_argument's keywords (but the flag and dest) for a field."""
     kind = _base_type(hint)
+    if spec.nargs is not None and typing.get_origin(kind) in (list, tuple):
+        kind = typing.get_args(kind)[0]  # the type of each value
     help_text = spec.help.replace("%", "%%")  # argparse formats help with %
+    if spec.positional:
+        kw: dict[str, Any] = {"metavar": spec.metavar, "help": help_text, "type": _flag_type(cls, f, spec, kind)}
+        if spec.nargs is not None:
+            kw["nargs"] = spec.nargs
+        return kw
     if kind is bool:
         if f.default not in (True, False):
             raise TypeError(f"{cls.__name__}.{f.name}: a switch needs a default of True or False")
         return {"action": "store_false" if f.default else "store_true", "help": help_text}
-    kw: dict[str, Any] = {"metavar": spec.metavar}
+    kw = {"metavar": spec.metavar}
+    if spec.nargs is not None:
+        kw["nargs"] = spec.nargs
     if spec.action is not None:
         kw.update(action=spec.action, default=[])
     elif f.default is not MISSING:
@@ -314,6 +366,8 @@ def _argparse_kwargs(cls: type, f: Field[Any], spec: Option, hint: Any) -> dict[
 
 
 def _default_text(cls: type, f: Field[Any], spec: Option) -> str:
+    if spec.shown_default is not None:
+        return f"(default {spec.shown_default})"
     if spec.default_help is not None:
         return f"(default: {spec.default_help})"
     if f.default is MISSING or f.default is None:
@@ -353,9 +407,12 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, **given: Any) -> T:
     kwargs: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
         spec = option_of(f)
-        if f.name in given or spec is None or spec.flag is None or not hasattr(ns, f.name):
+        if f.name in given or spec is None or (spec.flag is None and not spec.positional):
             continue
-        value = getattr(ns, f.name)
+        dest = spec.dest or f.name
+        if not hasattr(ns, dest):
+            continue
+        value = getattr(ns, dest)
         if spec.convert is not None:
             try:
                 value = spec.convert(value)

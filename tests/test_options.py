@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from segray.options import (
     ArgumentParser,
     Option,
     add_dataclass_arguments,
+    apply_units,
     check_bounds,
+    declared_option,
     duration,
     from_namespace,
     opt,
@@ -335,3 +338,103 @@ def test_a_label_option_out_of_bounds_names_its_flag_and_the_value(
     # The checks that relate two options stay.
     with pytest.raises(ValueError, match=r"need min_actors \(4\) <= max_actors \(2\)"):
         LabelOptions(model="m", input="i", output="o", min_actors=4, max_actors=2)
+
+
+@dataclass
+class Copy:
+    """Positional arguments, a flag taking several values, a flag under another name and an earlier spelling."""
+
+    src: str = opt(help="what to copy", positional=True)
+    to: list[str] = opt(help="where to", flag="--to", nargs="+")
+    extra: list[str] = opt(help="more to copy", default_factory=list, positional=True, nargs="*", metavar="MORE")
+    wait_s: float = opt(0.25, help="pause", flag="--wait", dest="wait", unit="seconds", shown_default="250ms")
+    log: str | None = opt(None, help="log file", flag="--log", default_help="none", former_flags=("--logfile",))
+
+    def __post_init__(self) -> None:
+        apply_units(self)
+
+
+def test_positionals_lists_another_dest_and_an_earlier_spelling_come_from_the_declaration() -> None:
+    parser = ArgumentParser(prog="copy")
+    add_dataclass_arguments(parser, Copy)
+    text = " ".join(parser.format_help().split())
+    assert "usage: copy [-h] --to TO [TO ...] [--wait WAIT] [--log LOG] src [MORE ...]" in text
+    assert "src what to copy MORE more to copy" in text and "pause (default 250ms)" in text
+    assert "--logfile" not in text  # taken, not listed
+    a = parser.parse_args(["a", "b", "c", "--to", "x", "y", "--wait", "2s", "--logfile", "l"])
+    assert (a.src, a.extra, a.to, a.wait, a.log) == ("a", ["b", "c"], ["x", "y"], 2.0, "l")
+    assert from_namespace(Copy, a) == Copy(src="a", extra=["b", "c"], to=["x", "y"], wait_s=2.0, log="l")
+    assert from_namespace(Copy, parser.parse_args(["a", "--to", "x"])) == Copy(src="a", to=["x"])
+    # Every argument made from the declaration carries its Option; one added by hand does not.
+    hand = parser.add_argument("--by-hand")
+    spec = {f.name: option_of(f) for f in dataclasses.fields(Copy)}
+    assert [declared_option(x) for x in parser._actions if x.dest in ("src", "log")] == [
+        spec["src"], spec["log"], spec["log"],  # --log and --logfile
+    ]  # fmt: skip
+    assert declared_option(hand) is None
+    # A program (or a config file) gives the units the command line takes.
+    assert Copy(src="a", to=["x"], wait_s="500ms").wait_s == 0.5  # type: ignore[arg-type]
+
+
+#: Flags that are the command line's own plumbing, not an option of a command.
+PLUMBING = {"--help", "--version"}
+#: Commands whose flags are still written by hand (add_argument), not made from a declaration.
+HAND_WRITTEN = {"evaluate", "compare"}
+
+
+def subcommands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """``(name, parser)`` of every command ``segray`` runs (the leaves of its subcommand tree)."""
+    subs = [x for x in parser._actions if isinstance(x, argparse._SubParsersAction)]
+    if not subs:
+        return [(" ".join(path), parser)]
+    return [leaf for name, p in subs[0].choices.items() for leaf in subcommands(p, (*path, name))]
+
+
+def test_every_flag_of_every_command_is_declared_once_and_its_help_shows_its_default() -> None:
+    commands = subcommands(build_parser())
+    assert {"label", "nightly", "model init", "model info", "model convert-weights", "demo", "runs", "compact",
+            "train", "data convert", "data stats", "landcover", "serve"} <= {name for name, _ in commands}  # fmt: skip
+    checked = 0
+    for name, parser in commands:
+        if name.split()[0] in HAND_WRITTEN:
+            continue
+        for action in parser._actions:
+            if set(action.option_strings) & PLUMBING:
+                continue
+            spec = declared_option(action)
+            assert spec is not None, f"segray {name} {action.option_strings or action.dest}: added by hand"
+            checked += 1
+            shows_default = not (
+                action.required
+                or spec.positional
+                or action.help == argparse.SUPPRESS  # an earlier spelling of a listed flag
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # a switch
+            )
+            if shows_default:
+                assert action.help and "(default" in action.help, f"segray {name} {action.option_strings}"
+    assert checked > 100
+
+
+def test_serve_options_are_declared_for_the_command_line_and_the_config_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from segray.serving.labeller import ServeOptions
+
+    for f in dataclasses.fields(ServeOptions):
+        spec = option_of(f)
+        assert spec is not None and spec.help, f.name
+        assert (spec.flag is None) == (f.name == "api_key_sha256"), f.name  # the key comes from the environment
+        if f.name.endswith("_s"):
+            assert spec.unit == "seconds", f.name
+    # A config file's text takes the units the flags take, and both are checked against the same bounds.
+    assert ServeOptions(model="m", max_loop_lag_s="2min", max_body_bytes="1kB").max_loop_lag_s == 120.0  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"^deadline_s must be a positive number of seconds, got 0.0 \(--deadline-s\)$"
+    ):
+        ServeOptions(model="m", deadline_s="0ms")  # type: ignore[arg-type]
+    code, text = run(capsys, "serve", "--model", "m", "--max-batch-size", "0")
+    assert code == 2 and "segray: error: --max-batch-size must be >= 1, got 0" in text
+    code, text = run(capsys, "serve", "--model", "m", "--deadline-s", "0")
+    assert code == 2 and "segray: error: --deadline-s must be a positive number of seconds, got 0.0" in text

@@ -3,29 +3,96 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, fields
 
+from segray.datasets.formats.base import ConvertOptions
+from segray.datasets.formats.cityscapes_pairs import DEFAULT_TOLERANCE
+from segray.datasets.formats.registry import FORMATS
 from segray.exit_codes import EXIT_CODES
+from segray.options import add_dataclass_arguments, opt, option_of
 
-#: command-line flag -> ConvertOptions field, for the per-format option check
-FLAGS = {
-    "--target": "target",
-    "--tolerance": "tolerance",
-    "--attribute": "attribute",
-    "--priority": "priority",
-    "--labels": "labels",
-    "--images-dir": "images_dir",
-    "--masks-dir": "masks_dir",
-    "--color-masks": "color_masks",
-    "--split": "split",
+
+@dataclass
+class DataConvert:
+    """``segray data convert``'s options. The format's own ones (each a :class:`ConvertOptions` field, of
+    the same name) are None (False for a switch) when not given: a format refuses those it does not use."""
+
+    src: str = opt(help="source folder, s3:// prefix (or, for via, a JSON file)", positional=True)
+    dst: str = opt(help="destination root (folder or s3:// prefix)", positional=True)
+    format: str = opt(help="the source's format", flag="--format", choices=tuple(sorted(FORMATS)))
+    target: str | None = opt(
+        None,
+        help="cityscapes*: 19 train ids or 8 categories",
+        flag="--target",
+        choices=("trainids", "categories"),
+        default_help=ConvertOptions.target,
+    )
+    tolerance: float | None = opt(
+        None,
+        help="cityscapes-pairs, folders --color-masks: max RGB distance",
+        flag="--tolerance",
+        default_help=f"cityscapes-pairs {DEFAULT_TOLERANCE:g}, folders exact colours",
+    )
+    attribute: str | None = opt(
+        None,
+        help="via: region attribute naming each region's class",
+        flag="--attribute",
+        default_help="none; via needs one",
+    )
+    priority: str | None = opt(
+        None, help="via: classes strongest first, e.g. grape,leaf", flag="--priority", default_help="file order"
+    )
+    labels: str | None = opt(
+        None,
+        help="via, folders: label-map JSON path/URI or built-in name",
+        flag="--labels",
+        default_help="via: the classes found; folders: SRC/labels.json",
+    )
+    images_dir: str | None = opt(
+        None, help="folders: images sub-folder of SRC", flag="--images-dir", default_help=ConvertOptions.images_dir
+    )
+    masks_dir: str | None = opt(
+        None, help="folders: masks sub-folder of SRC", flag="--masks-dir", default_help=ConvertOptions.masks_dir
+    )
+    color_masks: bool = opt(False, help="folders: masks are RGB in the label map's colours", flag="--color-masks")
+    split: str | None = opt(
+        None,
+        help="split for sources without one",
+        flag="--split",
+        default_help=f"{ConvertOptions.split}; folders: 'auto' = sub-folders",
+    )
+    workers: int = opt(8, help="threads reading and writing frames", flag="--workers")
+
+
+#: DataConvert fields that are ConvertOptions fields (the format's options) -> their flags.
+FORMAT_FLAGS = {
+    f.name: str(getattr(option_of(f), "flag", f.name))
+    for f in fields(DataConvert)
+    if f.name in ConvertOptions.__dataclass_fields__
 }
 
 
-def cmd_convert(a: argparse.Namespace) -> int:
-    from segray.datasets.formats import FORMATS, ConvertOptions, convert
+@dataclass
+class DataStats:
+    """``segray data stats``'s options."""
 
-    given = {field: getattr(a, field) for field in FLAGS.values() if getattr(a, field) is not None}
+    root: str = opt(help="canonical dataset root, semantic or instance (folder or s3:// prefix)", positional=True)
+    output: str | None = opt(
+        None, help="where figures go", flag="--output", default_help="<root>/_eda", former_flags=("--out",)
+    )
+    splits: str | None = opt(None, help="comma-separated splits", flag="--splits", default_help="all")
+    labels: str | None = opt(None, help="label map", flag="--labels", default_help="<root>/labels.json, else camvid")
+    previews: int = opt(4, help="semantic sets: frames in previews.png (0 = none)", flag="--previews")
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from segray.datasets.formats import convert
+
+    # A format option not given is None, or False for --color-masks (whose default is False too).
+    values = {name: getattr(a, name) for name in FORMAT_FLAGS}
+    given = {name: v for name, v in values.items() if v is not None and v is not False}  # 0 is given
     used = FORMATS[a.format].options
-    misplaced = sorted(flag for flag, field in FLAGS.items() if field in given and field not in used)
+    misplaced = sorted(FORMAT_FLAGS[name] for name in given if name not in used)
     if misplaced:
         raise ValueError(f"--format {a.format} does not use {', '.join(misplaced)}")
     if "priority" in given:
@@ -53,8 +120,6 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``data convert`` / ``data stats`` to the ``segray`` command's sub-parsers."""
-    from segray.datasets.formats.registry import FORMATS
-
     data = sub.add_parser(
         "data", help="datasets: convert to the canonical layout, exploratory stats", epilog=EXIT_CODES
     )
@@ -65,23 +130,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="convert a dataset into the canonical layout (folder or s3://)",
         description="Formats: " + "; ".join(f"{k}: {f.summary}" for k, f in FORMATS.items()),
     )
-    conv.add_argument("--format", required=True, choices=sorted(FORMATS), help="the source's format")
-    conv.add_argument("src", help="source folder, s3:// prefix (or, for via, a JSON file)")
-    conv.add_argument("dst", help="destination root (folder or s3:// prefix)")
-    conv.add_argument("--target", choices=["trainids", "categories"], help="cityscapes*: 19 train ids or 8 categories")
-    conv.add_argument(
-        "--tolerance", type=float, help="cityscapes-pairs (default 30), folders --color-masks: max RGB distance"
-    )
-    conv.add_argument("--attribute", help="via: region attribute naming each region's class (required for via)")
-    conv.add_argument("--priority", help="via: classes strongest first, e.g. grape,leaf (default: file order)")
-    conv.add_argument("--labels", help="via, folders: label-map JSON path/URI or built-in name")
-    conv.add_argument("--images-dir", help="folders: images sub-folder of SRC (default images)")
-    conv.add_argument("--masks-dir", help="folders: masks sub-folder of SRC (default masks)")
-    conv.add_argument(
-        "--color-masks", action="store_true", default=None, help="folders: masks are RGB in the label map's colours"
-    )
-    conv.add_argument("--split", help="split for sources without one (default train; folders: 'auto' = sub-folders)")
-    conv.add_argument("--workers", type=int, default=8, help="threads reading and writing frames (default 8)")
+    add_dataclass_arguments(conv, DataConvert)
     conv.set_defaults(func=cmd_convert)
 
     stats = dsub.add_parser(
@@ -89,12 +138,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="frame counts, sizes, class frequencies, charts and previews; for an instance set, "
         "instances per class and frame and their areas",
     )
-    stats.add_argument("root", help="canonical dataset root, semantic or instance (folder or s3:// prefix)")
-    stats.add_argument("--output", default=None, help="where figures go (default <root>/_eda)")
-    stats.add_argument("--out", dest="output", default=None, help=argparse.SUPPRESS)  # the earlier spelling
-    stats.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
-    stats.add_argument("--labels", default=None, help="label map (default <root>/labels.json, else camvid)")
-    stats.add_argument(
-        "--previews", type=int, default=4, help="semantic sets: frames in previews.png (0 = none, default 4)"
-    )
+    add_dataclass_arguments(stats, DataStats)
     stats.set_defaults(func=cmd_stats)

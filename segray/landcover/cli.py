@@ -3,8 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from segray.exit_codes import EXIT_CODES
+from segray.options import add_dataclass_arguments, opt
+
+
+@dataclass
+class LandcoverCommand:
+    """``segray landcover``'s options."""
+
+    stats: list[str] = opt(help="labelling output(s) or their stats/ folders", flag="--stats", nargs="+")
+    output: str = opt(help="export folder or s3:// prefix", flag="--output")
+    by: str = opt("region,date", help="group columns, comma-separated", flag="--by")
+    model_id: str | None = opt(
+        None,
+        help="use only this model's rows",
+        flag="--model-id",
+        default_help="the rows' one model; required if there are several",
+    )
+    address: str | None = opt(None, help="Ray address", flag="--address", default_help="$RAY_ADDRESS, else a local Ray")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,11 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "given (e.g. one per nightly date). OUT receives totals/date=<date>/part-0.parquet (area and share "
         "per class, frames counted, frames failed, per group) and charts/<region>.png.",
     )
-    p.add_argument("--stats", nargs="+", required=True, help="labelling output(s) or their stats/ folders")
-    p.add_argument("--output", required=True, help="export folder or s3:// prefix")
-    p.add_argument("--by", default="region,date", help="group columns, comma-separated (default region,date)")
-    p.add_argument("--model-id", default=None, help="use only this model's rows (required if several)")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
+    add_dataclass_arguments(p, LandcoverCommand)
     p.set_defaults(func=cmd_landcover)
 
 

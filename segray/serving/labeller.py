@@ -24,7 +24,7 @@ import ctypes.util
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -34,10 +34,9 @@ import torch
 from segray.frames.decode import FrameError, decode_frame
 from segray.models.artifact import read_info
 from segray.models.info import model_info
-from segray.options import duration, size
 from segray.outputs.masks import encode_mask_png
-from segray.serving.inputs import SERVE_MAX_PIXELS, Frame, RequestError, prepare
-from segray.tasks.batch import DEFAULT_TILE_ABOVE
+from segray.serving.inputs import Frame, RequestError, prepare
+from segray.serving.options import ServeOptions
 from segray.tasks.semantic.predict import Predictor
 from segray.tiles.windows import label_tile
 
@@ -45,54 +44,6 @@ from segray.tiles.windows import label_tile
 OVERLAY_ALPHA = 0.5
 #: Frames of at least this many pixels are followed by ``malloc_trim`` (:func:`release_memory`).
 TRIM_ABOVE_PIXELS = 2**20
-
-
-@dataclass
-class ServeOptions:
-    """What a replica needs besides its resources (those are the deployment's)."""
-
-    model: str
-    #: Frames per model call at most; concurrent requests wait at most ``batch_wait_s`` to fill one.
-    max_batch_size: int = 8
-    batch_wait_s: float = 0.01
-    #: Frames whose header declares more pixels are refused with 413 before any pixel is decoded.
-    max_pixels: int = SERVE_MAX_PIXELS
-    #: Request bodies above this are refused with 413 before they are read.
-    max_body_bytes: int = 64 * 2**20
-    tile_above: float = DEFAULT_TILE_ABOVE
-    tile_window: tuple[int, int] | None = None
-    tile_overlap: int | None = None
-    #: torch CPU threads in the replica (0: torch's default, which Ray sets to the replica's CPUs).
-    torch_threads: int = 0
-    device: str = "auto"
-    #: Seconds a request may take in the replica; then it is answered 504 and its work is stopped.
-    deadline_s: float = 30.0
-    #: A model call running longer than ``deadline_s`` + this is stuck: /healthz answers 503 and
-    #: Serve's health check fails, so Serve replaces the replica.
-    stuck_margin_s: float = 30.0
-    #: /healthz answers 503 for a minute after the replica's event loop fell this far behind.
-    max_loop_lag_s: float = 5.0
-    #: SHA-256 (hex) of the API key; None: the replica reads SEGRAY_API_KEY from its environment.
-    api_key_sha256: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("batch_wait_s", "deadline_s", "stuck_margin_s", "max_loop_lag_s"):  # "500ms" from a config file
-            setattr(self, name, duration(getattr(self, name)))
-        self.max_body_bytes = size(self.max_body_bytes)
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.batch_wait_s < 0:
-            raise ValueError(f"batch_wait_s must be >= 0, got {self.batch_wait_s}")
-        for name in ("deadline_s", "stuck_margin_s", "max_loop_lag_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
-        if self.max_pixels < 1 or self.max_body_bytes < 1:
-            raise ValueError("max_pixels and max_body_bytes must be >= 1")
-        if self.tile_window is not None:
-            self.tile_window = (int(self.tile_window[0]), int(self.tile_window[1]))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

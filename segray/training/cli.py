@@ -5,30 +5,43 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import dataclass
 
 from segray.exit_codes import EXIT_CODES
+from segray.options import add_dataclass_arguments, opt
+
+
+@dataclass
+class TrainCommand:
+    """``segray train``'s options."""
+
+    config: str = opt(help="recipe YAML (local or s3://), e.g. configs/camvid-unet-cpu.yaml", flag="--config")
+    overrides: list[str] = opt(
+        help="recipe overrides, e.g. run.epochs=5 optim.lr=3e-4",
+        default_factory=list,
+        positional=True,
+        nargs="*",
+        metavar="KEY=VALUE",
+    )
+    address: str | None = opt(None, help="Ray address", flag="--address", default_help="$RAY_ADDRESS, else a local Ray")
+    no_ray: bool = opt(
+        False,
+        help="run the per-worker training function as one worker in this process, without Ray "
+        "(a lone GPU machine without Ray installed); same checkpoints, resume and export",
+        flag="--no-ray",
+    )
+    print_config: bool = opt(
+        False,
+        help="print the resolved recipe (overrides applied, defaults filled in: what recipe.yaml will hold) and exit",
+        flag="--print-config",
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser(
         "train", help="train a UNet/PSPNet on Ray Train from a YAML recipe; exports an artifact", epilog=EXIT_CODES
     )
-    tr.add_argument("--config", required=True, help="recipe YAML (local or s3://), e.g. configs/camvid-unet-cpu.yaml")
-    tr.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. run.epochs=5 optim.lr=3e-4"
-    )
-    tr.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, else a local Ray)")
-    tr.add_argument(
-        "--no-ray",
-        action="store_true",
-        help="run the per-worker training function as one worker in this process, without Ray "
-        "(a lone GPU machine without Ray installed); same checkpoints, resume and export",
-    )
-    tr.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the resolved recipe (overrides applied, defaults filled in: what recipe.yaml will hold) and exit",
-    )
+    add_dataclass_arguments(tr, TrainCommand)
     tr.set_defaults(func=cmd_train)
 
 
