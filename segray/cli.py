@@ -175,6 +175,19 @@ class ModelInit:
         flag="--encoder-weights",
         default_help="random weights",
     )
+    bands: str | None = opt(
+        None,
+        help="a model of geodata scene bands instead of RGB frames: comma-separated band names or 1-based "
+        "indexes, one input channel each, in this order (e.g. B04,B03,B02,B08)",
+        flag="--bands",
+        default_help="RGB frames",
+    )
+    band_mean: str | None = opt(
+        None, help="with --bands: each band's mean, comma-separated, in raw units", flag="--band-mean", default_help="0"
+    )
+    band_std: str | None = opt(
+        None, help="with --bands: each band's std, comma-separated, in raw units", flag="--band-std", default_help="1"
+    )
 
 
 @dataclass
@@ -230,6 +243,7 @@ class Compact:
 def cmd_model_init(a: argparse.Namespace) -> int:
     from segray.labels import load_label_map
     from segray.models.artifact import init_artifact
+    from segray.models.preprocessing import band_arguments
 
     art = init_artifact(
         a.arch,
@@ -239,9 +253,12 @@ def cmd_model_init(a: argparse.Namespace) -> int:
         height=a.height,
         width=a.width,
         encoder_weights=a.encoder_weights,
+        **band_arguments(a.bands, a.band_mean, a.band_std),
     )
     art.save(a.out)
     print(f"wrote {art.model_id} ({a.arch}/{a.encoder}, {art.label_map.num_classes} classes) to {a.out}")
+    if art.preprocessing.bands:
+        print(f"input: {art.preprocessing.channels} bands {', '.join(art.preprocessing.bands)}")
     return 0
 
 
