@@ -62,20 +62,39 @@ def model_info(uri: str) -> dict[str, Any]:
     }
 
 
+#: How ``model info`` words an artifact of each task (``segray.json``'s ``task``): its line, what is
+#: mapped back to the frame's size, what the feature extractor is called, and the per-class val figure
+#: (the metrics key and its column). A task without an entry is worded as semantic.
+TASK_WORDS: dict[str, dict[str, str]] = {
+    "semantic": {
+        "task": "semantic (a class per pixel)",
+        "back": "masks resized back",
+        "encoder": "encoder",
+        "per_class": "val_iou",
+        "column": "val IoU",
+    },
+    "instance": {
+        "task": "instance (objects: class, score, box, mask)",
+        "back": "boxes and masks mapped back",
+        "encoder": "backbone",
+        "per_class": "val_ap_per_class",
+        "column": "val AP",
+    },
+}
+
+
 def format_info(info: dict[str, Any]) -> str:
     """The info as a person reads it: one line per fact, a class table, then the recipe."""
     pre, lm, w, m = info["preprocessing"], info["label_map"], info["weights"], info["metrics"]
     extra = {k: v for k, v in info["config"].items() if k not in ("encoder_name", "encoder_weights", "classes")}
-    instance = info.get("task") == "instance"
-    back = "boxes and masks mapped back" if instance else "masks resized back"
+    words = TASK_WORDS.get(str(info.get("task")), TASK_WORDS["semantic"])
     lines = [
         f"model          {info['model_id']}",
         f"artifact       {info['uri']}",
-        "task           "
-        + ("instance (objects: class, score, box, mask)" if instance else "semantic (a class per pixel)"),
-        f"architecture   {info['arch']}, {'backbone' if instance else 'encoder'} {info['encoder']}"
+        f"task           {words['task']}",
+        f"architecture   {info['arch']}, {words['encoder']} {info['encoder']}"
         + (f" ({', '.join(f'{k}={v}' for k, v in sorted(extra.items()) if v is not None)})" if extra else ""),
-        f"input          {pre['height']}x{pre['width']} (HxW): frames are resized to it, {back} "
+        f"input          {pre['height']}x{pre['width']} (HxW): frames are resized to it, {words['back']} "
         f"to the frame's size" + ("; flip-averaged" if pre.get("hflip_average") else ""),
         *_normalisation_lines(pre),
         f"weights        {w['file']}: {w['parameters']:,} parameters in {w['tensors']} tensors, "
@@ -96,12 +115,12 @@ def format_info(info: dict[str, Any]) -> str:
         )
     if m.get("train_data"):
         lines.append(f"trained on     {m['train_data']} ({m.get('train_pairs', '?')} frames), run {m.get('run')}")
-    iou = m.get("val_ap_per_class" if instance else "val_iou", {})
+    iou = m.get(words["per_class"], {})
     ignore = lm.get("ignore")
     lines += [
         "",
         f"classes ({len(lm['classes'])}, label map {lm['name']!r}):",
-        f"   id  name                 colour       {'val AP' if instance else 'val IoU'}",
+        f"   id  name                 colour       {words['column']}",
     ]
     for c in lm["classes"]:
         r, g, b = c["color"]

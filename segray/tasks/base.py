@@ -26,8 +26,17 @@ if TYPE_CHECKING:
     from torch import nn
 
     from segray.labels import LabelMap
-    from segray.models.artifact import ModelArtifact
+    from segray.models.artifact import ArtifactInfo, ModelArtifact
     from segray.recipe import TrainConfig
+    from segray.tasks.scoring import (
+        Comparison,
+        EvalData,
+        EvalOptions,
+        EvalPredictor,
+        EvalReport,
+        EvalScorer,
+        Scored,
+    )
 
 
 @dataclass
@@ -157,3 +166,40 @@ class Task(ABC):
     ) -> dict[str, pa.Table]:
         """Output tables beside ``stats/`` (folder -> the batch's part), written before its stats part."""
         return {}
+
+    # -- evaluation (segray evaluate, segray compare) -------------------------------------------------------
+    #: The files ``segray evaluate`` says it wrote (``overlays/``: a folder of pictures).
+    eval_files: ClassVar[tuple[str, ...]]
+    #: Whether frame | truth | prediction pictures (``--overlays``) can be drawn: truth and prediction
+    #: are class masks.
+    eval_overlays: ClassVar[bool] = False
+
+    @abstractmethod
+    def eval_data(self, opts: EvalOptions, label_map: LabelMap) -> EvalData:
+        """The labelled items of ``opts.data`` to score (image/mask pairs, instance frames), refused when
+        their labels are not the model's ``label_map``."""
+
+    @abstractmethod
+    def eval_predictor(self, opts: EvalOptions, info: ArtifactInfo) -> EvalPredictor:
+        """The artifact loaded to predict a batch of frames for scoring, as labelling predicts them."""
+
+    @abstractmethod
+    def eval_scorer(self, opts: EvalOptions, info: ArtifactInfo, data: EvalData) -> EvalScorer:
+        """What accumulates the task's figures over ``data`` (a confusion matrix; COCO mask AP and counts)."""
+
+    @abstractmethod
+    def eval_report(self, result: Scored, label_map: LabelMap) -> EvalReport:
+        """The report files of a result: ``metrics.json``'s content, the Parquet tables and their columns,
+        the pictures."""
+
+    @abstractmethod
+    def eval_summary(self, result: Scored) -> list[str]:
+        """What ``segray evaluate`` prints: a JSON line of the headline figures, then a line per class."""
+
+    @abstractmethod
+    def compare_row(self, result: Scored) -> dict[str, Any]:
+        """A model's row of ``segray compare`` (``comparison.json``); ``model`` and ``model_id`` included."""
+
+    @abstractmethod
+    def comparison(self, results: list[Scored], rows: list[dict[str, Any]]) -> Comparison:
+        """The Markdown table's first line and columns for these models' rows."""

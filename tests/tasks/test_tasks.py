@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,72 @@ def test_a_mask_file_is_a_png_of_the_frame_size(task: Task) -> None:
     back = np.array(Image.open(io.BytesIO(png)))  # palette indices, or 16-bit instance ids
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and back.shape == (5, 7)
     assert np.array_equal(back, mask)
+
+
+# --- evaluation: segray evaluate and compare ask the task ----------------------------------------------
+
+EVALUATION_METHODS = ("eval_data", "eval_predictor", "eval_scorer", "eval_report", "eval_summary", "compare_row",
+                      "comparison")  # fmt: skip
+
+
+def test_every_task_implements_the_evaluation_methods(task: Task) -> None:
+    assert set(EVALUATION_METHODS) <= Task.__abstractmethods__
+    for name in EVALUATION_METHODS:
+        assert getattr(type(task), name) is not getattr(Task, name), name
+    assert "metrics.json" in task.eval_files
+
+
+def scored_split(task: Task, root: Path) -> tuple[str, str]:
+    """A tiny untrained artifact of ``task`` and a labelled split of its data layout: (model, data root)."""
+    from helpers.common import TINY_ENCODER
+    from helpers.instance_data import write_instance_dataset
+    from helpers.train_data import write_shapes_dataset
+
+    from segray.datasets.instances import instance_label_map
+    from segray.models.artifact import init_artifact
+
+    if task.name == "semantic":
+        data = write_shapes_dataset(str(root / "data"), {"val": 3}, size=(32, 48), seed=1)
+        art = init_artifact("unet", TINY_ENCODER, SHAPES, name="tiny", height=32, width=32, seed=1)
+    else:
+        data = write_instance_dataset(str(root / "set"), {"val": 3}, size=(48, 48))
+        art = init_artifact("maskrcnn", "mobilenet_v3_small_fpn", instance_label_map(data), name="tiny", height=64,
+                            width=64)  # fmt: skip
+    art.save(str(root / "model"))
+    return str(root / "model"), data
+
+
+def test_the_one_evaluation_writes_what_the_task_names(task: Task, tmp_path: Path) -> None:
+    """Evaluate and compare a model of each task: its report files, its per-class table and rows."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from segray.datasets.pairs import PairSource
+    from segray.evaluation.compare import compare
+    from segray.evaluation.evaluate import EvalOptions, evaluate
+    from segray.models.artifact import read_info
+
+    model, data = scored_split(task, tmp_path)
+    info = read_info(model)
+    assert info.task == task.name
+    out = tmp_path / "eval"
+    source = PairSource(root=data, split="val")
+    r = evaluate(EvalOptions(model=model, data=source, output=str(out), overlays=2, torch_threads=1))
+    for name in task.eval_files:
+        assert (out / name).exists(), name
+    assert set(p.name for p in out.iterdir()) == {f.rstrip("/") for f in task.eval_files}
+    if task.eval_overlays:
+        assert len(list((out / "overlays").iterdir())) == 2
+    assert pq.read_table(out / "metrics.parquet").column("class").to_pylist() == info.label_map.names
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == set(r.to_dict()) and metrics["model_id"] == info.model_id
+    head, *per_class = task.eval_summary(r)
+    assert json.loads(head)["model_id"] == info.model_id and len(per_class) == info.label_map.num_classes
+
+    md, rows = compare([model], EvalOptions(model="", data=source, overlays=0, torch_threads=1))
+    assert [row["model_id"] for row in rows] == [info.model_id]
+    table = task.comparison([r], rows)
+    assert md.startswith(table.intro) and "| " + " | ".join(c.header for c in table.columns) + " |" in md
+    assert list(rows[0][table.per_class]) == info.label_map.names
+    assert all(f"| {name} |" in md for name in info.label_map.names)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from segray import storage
 from segray.tasks.base import Task, TaskPlan, TaskWorker
+from segray.tasks.scoring import own_result
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from segray.labels import LabelMap
-    from segray.models.artifact import ModelArtifact
+    from segray.models.artifact import ArtifactInfo, ModelArtifact
     from segray.recipe import TrainConfig
+    from segray.tasks.scoring import Comparison, EvalData, EvalOptions, EvalPredictor, EvalReport, EvalScorer, Scored
 
 
 def _split(cfg: TrainConfig, which: str) -> str:
@@ -40,6 +42,7 @@ class InstanceTask(Task):
     history_keys: ClassVar[tuple[str, ...]] = (
         "epoch", "train_loss", "val_loss", "val_mask_ap", "val_mask_ap50", "val_exact_count_fraction", "epoch_seconds",
     )  # fmt: skip
+    eval_files: ClassVar[tuple[str, ...]] = ("metrics.json", "metrics.parquet", "counts.parquet")
     trains_without_ray: ClassVar[bool] = False
     counts: ClassVar[bool] = True
 
@@ -175,3 +178,39 @@ class InstanceTask(Task):
 
         table = instances_table(batch, ok, label_map, model_id, run_id, now)
         return {"instances": table} if table.num_rows else {}
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def eval_data(self, opts: EvalOptions, label_map: LabelMap) -> EvalData:
+        from segray.tasks.instance.evaluate import eval_data
+
+        return eval_data(opts, label_map)
+
+    def eval_predictor(self, opts: EvalOptions, info: ArtifactInfo) -> EvalPredictor:
+        from segray.tasks.instance.evaluate import InstanceEvalPredictor
+
+        return InstanceEvalPredictor(opts)
+
+    def eval_scorer(self, opts: EvalOptions, info: ArtifactInfo, data: EvalData) -> EvalScorer:
+        from segray.tasks.instance.evaluate import InstanceEvalScorer
+
+        return InstanceEvalScorer(opts, info, data)
+
+    def eval_report(self, result: Scored, label_map: LabelMap) -> EvalReport:
+        from segray.tasks.instance.evaluate import InstanceEvalResult, report
+
+        return report(own_result(result, InstanceEvalResult), label_map)
+
+    def eval_summary(self, result: Scored) -> list[str]:
+        from segray.tasks.instance.evaluate import InstanceEvalResult, summary
+
+        return summary(own_result(result, InstanceEvalResult))
+
+    def compare_row(self, result: Scored) -> dict[str, Any]:
+        from segray.tasks.instance.evaluate import InstanceEvalResult, compare_row
+
+        return compare_row(own_result(result, InstanceEvalResult))
+
+    def comparison(self, results: list[Scored], rows: list[dict[str, Any]]) -> Comparison:
+        from segray.tasks.instance.evaluate import InstanceEvalResult, comparison
+
+        return comparison(own_result(results[0], InstanceEvalResult), rows[0])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from segray import storage
 from segray.tasks.base import Task, TaskPlan, TaskWorker
+from segray.tasks.scoring import own_result
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from segray.labels import LabelMap
-    from segray.models.artifact import ModelArtifact
+    from segray.models.artifact import ArtifactInfo, ModelArtifact
     from segray.recipe import TrainConfig
+    from segray.tasks.scoring import Comparison, EvalData, EvalOptions, EvalPredictor, EvalReport, EvalScorer, Scored
 
 
 class SemanticTask(Task):
@@ -30,6 +32,8 @@ class SemanticTask(Task):
     history_keys: ClassVar[tuple[str, ...]] = (
         "epoch", "train_loss", "val_loss", "val_miou", "epoch_seconds", "train_height", "train_width",
     )  # fmt: skip
+    eval_files: ClassVar[tuple[str, ...]] = ("metrics.json", "metrics.parquet", "confusion.png", "overlays/")
+    eval_overlays: ClassVar[bool] = True
 
     def plan(self, cfg: TrainConfig, runner: str) -> TaskPlan:
         from segray.datasets.pairs import dataset_label_map, list_pairs, read_pair
@@ -118,3 +122,39 @@ class SemanticTask(Task):
         from segray.outputs.masks import encode_mask_png
 
         return encode_mask_png(mask, label_map.palette())
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def eval_data(self, opts: EvalOptions, label_map: LabelMap) -> EvalData:
+        from segray.tasks.semantic.evaluate import eval_data
+
+        return eval_data(opts, label_map)
+
+    def eval_predictor(self, opts: EvalOptions, info: ArtifactInfo) -> EvalPredictor:
+        from segray.tasks.semantic.evaluate import SemanticEvalPredictor
+
+        return SemanticEvalPredictor(opts, info)
+
+    def eval_scorer(self, opts: EvalOptions, info: ArtifactInfo, data: EvalData) -> EvalScorer:
+        from segray.tasks.semantic.evaluate import SemanticScorer
+
+        return SemanticScorer(opts, info, data)
+
+    def eval_report(self, result: Scored, label_map: LabelMap) -> EvalReport:
+        from segray.tasks.semantic.evaluate import SemanticEvalResult, report
+
+        return report(own_result(result, SemanticEvalResult), label_map)
+
+    def eval_summary(self, result: Scored) -> list[str]:
+        from segray.tasks.semantic.evaluate import SemanticEvalResult, summary
+
+        return summary(own_result(result, SemanticEvalResult))
+
+    def compare_row(self, result: Scored) -> dict[str, Any]:
+        from segray.tasks.semantic.evaluate import SemanticEvalResult, compare_row
+
+        return compare_row(own_result(result, SemanticEvalResult))
+
+    def comparison(self, results: list[Scored], rows: list[dict[str, Any]]) -> Comparison:
+        from segray.tasks.semantic.evaluate import SemanticEvalResult, comparison
+
+        return comparison(own_result(results[0], SemanticEvalResult))
