@@ -64,8 +64,9 @@ class EvaluateFlags:
 
 @dataclass
 class CompareFlags:
-    """``segray compare``'s own flags (``--models`` takes several values: added by :func:`add_parsers`)."""
+    """``segray compare``'s own flags."""
 
+    models: list[str] = opt(help="model artifacts (folders or s3:// URIs)", flag="--models", nargs="+")
     output: str | None = opt(
         None, help="folder or s3:// prefix for comparison.md/.json and per-model outputs", flag="--output",
         default_help="print only",
@@ -83,10 +84,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
     cp = sub.add_parser("compare", help="evaluate several artifacts on one split; Markdown table", epilog=EXIT_CODES)
-    # Several values to one flag: the options builder makes single-value and repeatable flags only.
-    cp.add_argument("--models", nargs="+", required=True, help="model artifacts (folders or s3:// URIs)")
+    add_dataclass_arguments(cp, CompareFlags, only=["models"])
     add_dataclass_arguments(cp, DataFlags)
-    add_dataclass_arguments(cp, CompareFlags)
+    add_dataclass_arguments(cp, CompareFlags, skip=["models"])
     cp.set_defaults(func=cmd_compare)
 
 
