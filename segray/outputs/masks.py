@@ -1,7 +1,9 @@
-"""How a mask file is named and encoded: palette PNGs of class ids, 16-bit PNGs of instance ids.
+"""How a mask file is named and encoded: palette PNGs of class ids, 16-bit PNGs of instance ids, and
+Cloud-Optimized GeoTIFFs of class ids for GeoTIFF scenes.
 
-Mask keys come from the frame's relative path (``masks/<path>.png``), so a rerun overwrites a mask
-instead of adding a second one; readers (the demo, landcover, users) find a frame's mask the same way.
+Mask keys come from the frame's relative path (``masks/<path>.png``, ``masks/<path>.tif`` for a
+scene), so a rerun overwrites a mask instead of adding a second one; readers (the demo, landcover,
+users) find a frame's mask the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ import numpy as np
 from PIL import Image
 
 from segray.frames.listing import safe_relative_path
+from segray.labels import LabelMap
+
+#: Mask file endings: a palette (or 16-bit) PNG, or a Cloud-Optimized GeoTIFF on a scene's grid.
+PNG, COG = ".png", ".tif"
+#: Rows of a scene's mask handed to the COG writer at a time: one row of its 512-pixel tiles, so GDAL
+#: finishes each tile row before the next begins and the writer holds a strip, not a second mask.
+COG_STRIP_ROWS = 512
 
 
 def encode_mask_png(mask: np.ndarray, palette: list[int]) -> bytes:
@@ -36,5 +45,26 @@ def encode_ids_png(ids: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def mask_key(relative_path: str) -> str:
-    return f"masks/{safe_relative_path(relative_path)}.png"
+def mask_key(relative_path: str, suffix: str = PNG) -> str:
+    """``masks/<relative path><suffix>``: ``suffix`` is :data:`PNG` or :data:`COG`."""
+    if suffix not in (PNG, COG):
+        raise ValueError(f"a mask ends in {PNG} or {COG}, not {suffix!r}")
+    return f"masks/{safe_relative_path(relative_path)}{suffix}"
+
+
+def write_cog_mask(uri: str, scene_json: str, mask: np.ndarray, label_map: LabelMap) -> None:
+    """Write a scene's class mask (h, w) of class ids, 255 = nodata, as a COG on the scene's grid
+    (``scene_json``: :func:`segray.geo.scenejson.scene_to_json`), in strips of
+    :data:`COG_STRIP_ROWS` rows. GDAL is loaded here, only when a batch holds a scene."""
+    from rasterio.windows import Window
+
+    from segray.geo.cog import CogMaskWriter
+    from segray.geo.scenejson import scene_from_json
+
+    info = scene_from_json(scene_json, uri)
+    if mask.shape != (info.height, info.width):
+        raise ValueError(f"a mask of shape {mask.shape} does not fit the {info.width}x{info.height} scene")
+    with CogMaskWriter(uri, info, label_map) as writer:
+        for top in range(0, info.height, COG_STRIP_ROWS):
+            strip = mask[top : top + COG_STRIP_ROWS]
+            writer.write(Window(0, top, info.width, strip.shape[0]), strip)

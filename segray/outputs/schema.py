@@ -12,15 +12,22 @@ it with no extra code (``SELECT sum(px_road) FROM 'out/stats/*.parquet'``).
 | width, height | int32 | the frame's size as displayed, its EXIF orientation applied (the mask's size) |
 | exif_orientation | int32 | the frame's EXIF orientation (1-8), applied before labelling; 1 when it has none |
 | model_id | string | ``<name>@<weights sha256[:12]>`` |
-| px_<class> | int64 | pixels predicted as the class; they sum to width*height |
-| frac_<class> | float64 | px_<class> / (width*height); they sum to 1 |
-| pixel_area_m2 | float64, null | ground area of one pixel (manifest ``pixel_size_m``, world file, or option) |
-| area_m2_<class> | float64, null | px_<class> * pixel_area_m2; null when no pixel size is known (never guessed) |
-| pixel_size_source | string, null | ``manifest``, ``world_file:<uri>`` or ``option`` |
+| px_<class> | int64 | pixels predicted as the class; they sum to width*height (a scene: its valid pixels) |
+| frac_<class> | float64, null | px_<class> / (width*height), a scene: over its valid pixels; they sum to 1 |
+| pixel_area_m2 | float64, null | ground area of one pixel (manifest ``pixel_size_m``, world file, option, or CRS) |
+| area_m2_<class> | float64, null | px_<class> * pixel_area_m2 (a scene with a CRS: from its CRS, by row); else null |
+| pixel_size_source | string, null | ``manifest``, ``world_file:<uri>``, ``option`` or ``crs`` |
 | mean_confidence | float64 | mean over pixels of the winning class's softmax probability |
 | run_id | string | the run that labelled the frame |
 | processed_at | timestamp[us, UTC] | when the row was written |
+| crs | string, null | a scene's CRS (``EPSG:<code>`` or WKT); null for other frames and scenes without one |
+| bounds_left/bottom/right/top | float64, null | a scene's bounds in its CRS |
+| lon_min/lat_min/lon_max/lat_max | float64, null | the same box in WGS84 degrees |
+| nodata_pixels | int64, null | a scene's pixels without valid data (255 in its mask); null for other frames |
+| area_nodata_m2 | float64, null | nodata_pixels * pixel_area_m2 in a projected CRS; null otherwise |
 | (manifest columns) | as given | extra manifest columns (e.g. region, date) carried through |
+
+A GeoTIFF scene's mask is a Cloud-Optimized GeoTIFF (``masks/<relative_path>.tif``) on its grid.
 
 Instance models (``task: instance``) write the same row with, beside ``px_<class>``, one
 ``count_<class>`` (int64: the frame's instances of the class); their ``px_<class>`` counts the pixels
@@ -62,6 +69,27 @@ ORIENTATION_COLUMN = "exif_orientation"
 #: decoders of later stages; not written.
 FORMAT_COLUMN = "frame_format"
 
+#: Per frame, a GeoTIFF scene's georeferencing as JSON (:mod:`segray.geo.scenejson`), "" for other frames.
+GEO_SCENE_COLUMN = "geo_scene"
+#: Per frame, m^2 per class from the scene's CRS, shape (frames, classes); NaN rows where unknown.
+CLASS_AREA_COLUMN = "class_area_m2"
+#: Per frame, a scene's pixels without valid data (255 in its mask); 0 for other frames.
+NODATA_PIXELS_COLUMN = "nodata_pixels"
+#: Stats columns that describe a scene's place on the ground; null for frames that are not scenes.
+GEO_STATS_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("crs", pa.string()),
+    ("bounds_left", pa.float64()),
+    ("bounds_bottom", pa.float64()),
+    ("bounds_right", pa.float64()),
+    ("bounds_top", pa.float64()),
+    ("lon_min", pa.float64()),
+    ("lat_min", pa.float64()),
+    ("lon_max", pa.float64()),
+    ("lat_max", pa.float64()),
+    ("nodata_pixels", pa.int64()),
+    ("area_nodata_m2", pa.float64()),
+]
+
 #: Columns the pipeline itself creates; anything else in a batch came from the manifest.
 PIPELINE_COLUMNS = {
     "uri",
@@ -84,6 +112,9 @@ PIPELINE_COLUMNS = {
     ORIENTATION_COLUMN,
     FORMAT_COLUMN,
     WORLD_FILE_COLUMN,
+    GEO_SCENE_COLUMN,
+    CLASS_AREA_COLUMN,
+    NODATA_PIXELS_COLUMN,
 }
 
 ERRORS_SCHEMA = pa.schema(
@@ -119,7 +150,8 @@ INSTANCES_SCHEMA = pa.schema(
 
 
 def stats_schema(label_map: LabelMap, counts: bool = False) -> pa.Schema:
-    """``counts``: the instance models' ``count_<class>`` columns, after the ``px_`` ones."""
+    """``counts``: the instance models' ``count_<class>`` columns, after the ``px_`` ones. The scene
+    columns (:data:`GEO_STATS_FIELDS`) come last, so parts written before them read beside new ones."""
     fields: list[tuple[str, pa.DataType]] = [
         ("source_uri", pa.string()),
         ("relative_path", pa.string()),
@@ -141,6 +173,7 @@ def stats_schema(label_map: LabelMap, counts: bool = False) -> pa.Schema:
         ("run_id", pa.string()),
         ("processed_at", pa.timestamp("us", tz="UTC")),
     ]
+    fields += GEO_STATS_FIELDS
     return pa.schema(fields, metadata={b"segray.label_map": label_map.to_json().encode()})
 
 
