@@ -188,6 +188,13 @@ class ModelInit:
     band_std: str | None = opt(
         None, help="with --bands: each band's std, comma-separated, in raw units", flag="--band-std", default_help="1"
     )
+    band_stats: str | None = opt(
+        None,
+        help="JSON from `segray data band-stats --output` (local or s3://): each band's mean and std, and --bands "
+        "when not given (--bands picks some of its bands, in any order); replaces --band-mean/--band-std",
+        flag="--band-stats",
+        default_help="none",
+    )
 
 
 @dataclass
@@ -245,6 +252,14 @@ def cmd_model_init(a: argparse.Namespace) -> int:
     from segray.models.artifact import init_artifact
     from segray.models.preprocessing import band_arguments
 
+    if a.band_stats is not None and (a.band_mean is not None or a.band_std is not None):
+        raise ValueError("--band-stats gives each band's mean and std: leave out --band-mean/--band-std")
+    bands = band_arguments(a.bands, a.band_mean, a.band_std)
+    if a.band_stats is not None:
+        from segray.geo.bandstats import read_band_stats
+
+        stats = read_band_stats(a.band_stats).pick(bands.get("bands"))
+        bands = {"bands": tuple(stats.bands), "band_mean": tuple(stats.mean), "band_std": tuple(stats.std)}
     art = init_artifact(
         a.arch,
         a.encoder,
@@ -253,7 +268,7 @@ def cmd_model_init(a: argparse.Namespace) -> int:
         height=a.height,
         width=a.width,
         encoder_weights=a.encoder_weights,
-        **band_arguments(a.bands, a.band_mean, a.band_std),
+        **bands,
     )
     art.save(a.out)
     print(f"wrote {art.model_id} ({a.arch}/{a.encoder}, {art.label_map.num_classes} classes) to {a.out}")

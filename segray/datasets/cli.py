@@ -1,4 +1,5 @@
-"""``segray data convert`` and ``segray data stats``: parsing only, the work is in the library."""
+"""``segray data convert``, ``segray data stats`` and ``segray data band-stats``: parsing only, the work is
+in the library."""
 
 from __future__ import annotations
 
@@ -85,6 +86,29 @@ class DataStats:
     previews: int = opt(4, help="semantic sets: frames in previews.png (0 = none)", flag="--previews")
 
 
+@dataclass
+class DataBandStats:
+    """``segray data band-stats``'s options."""
+
+    scenes: list[str] = opt(
+        help="GeoTIFF scenes: .tif/.tiff files, or folders or s3:// prefixes listed for them",
+        positional=True,
+        nargs="+",
+    )
+    bands: str | None = opt(
+        None,
+        help="comma-separated band names or 1-based indexes (e.g. B04,B03,B02,B08)",
+        flag="--bands",
+        default_help="every band of the first scene",
+    )
+    output: str | None = opt(
+        None,
+        help="JSON file (local or s3://) for `segray model init --band-stats`",
+        flag="--output",
+        default_help="print only",
+    )
+
+
 def cmd_convert(a: argparse.Namespace) -> int:
     from segray.datasets.formats import convert
 
@@ -118,10 +142,27 @@ def cmd_stats(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_band_stats(a: argparse.Namespace) -> int:
+    from segray.geo.bandstats import band_stats, write_band_stats
+
+    bands = [b.strip() for b in a.bands.split(",") if b.strip()] if a.bands else None
+    stats = band_stats(a.scenes, bands, say=print)
+    width = max(4, *(len(b) for b in stats.bands))
+    print(f"{'band':<{width}}  {'mean':>12}  {'std':>12}  {'valid pixels':>14}")
+    for b, m, s, n in zip(stats.bands, stats.mean, stats.std, stats.pixels, strict=True):
+        print(f"{b:<{width}}  {m:>12.4f}  {s:>12.4f}  {n:>14,}")
+    if a.output:
+        write_band_stats(stats, a.output)
+        print(f"written to {a.output}: use it with `segray model init --band-stats {a.output}`")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add ``data convert`` / ``data stats`` to the ``segray`` command's sub-parsers."""
+    """Add ``data convert`` / ``data stats`` / ``data band-stats`` to the ``segray`` command's sub-parsers."""
     data = sub.add_parser(
-        "data", help="datasets: convert to the canonical layout, exploratory stats", epilog=EXIT_CODES
+        "data",
+        help="datasets: convert to the canonical layout, exploratory stats, band statistics of GeoTIFF scenes",
+        epilog=EXIT_CODES,
     )
     dsub = data.add_subparsers(dest="data_command", required=True)
 
@@ -140,3 +181,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     add_dataclass_arguments(stats, DataStats)
     stats.set_defaults(func=cmd_stats)
+
+    bstats = dsub.add_parser(
+        "band-stats",
+        help="each band's mean and std over the valid pixels of GeoTIFF scenes, for a multi-band model",
+    )
+    add_dataclass_arguments(bstats, DataBandStats)
+    bstats.set_defaults(func=cmd_band_stats)
