@@ -10,7 +10,10 @@ and an area on the ground. The modules here keep all of that:
   bands, read block-aligned windows with their valid-pixel mask;
 - :mod:`segray.geo.areas`: ground area per pixel (projected or geographic CRS) and per class;
 - :mod:`segray.geo.cog`: write class masks (and confidences) as Cloud-Optimized GeoTIFFs, window by
-  window.
+  window;
+- :mod:`segray.geo.scenejson`: a scene's grid as JSON, carried in a labelling batch to the writer;
+- :mod:`segray.geo.bandstats`: per-band mean and std over scenes (``segray data band-stats``), the
+  normalisation a band model is made with.
 
 GDAL is imported only by these modules, so the rest of segray starts without it.
 """
