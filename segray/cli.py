@@ -139,6 +139,7 @@ def cmd_nightly(a: argparse.Namespace) -> int:
 def cmd_model_init(a: argparse.Namespace) -> int:
     from segray.labels import load_label_map
     from segray.models.artifact import init_artifact
+    from segray.models.preprocessing import band_arguments
 
     art = init_artifact(
         a.arch,
@@ -148,9 +149,12 @@ def cmd_model_init(a: argparse.Namespace) -> int:
         height=a.height,
         width=a.width,
         encoder_weights=a.encoder_weights,
+        **band_arguments(a.bands, a.band_mean, a.band_std),
     )
     art.save(a.out)
     print(f"wrote {art.model_id} ({a.arch}/{a.encoder}, {art.label_map.num_classes} classes) to {a.out}")
+    if art.preprocessing.bands:
+        print(f"input: {art.preprocessing.channels} bands {', '.join(art.preprocessing.bands)}")
     return 0
 
 
@@ -285,6 +289,18 @@ def _add_model_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="encoder start: a weights name smp knows for the encoder (e.g. imagenet; needs a network) "
         "or a local or s3:// .safetensors file (see `segray model convert-weights`)",
+    )
+    init.add_argument(
+        "--bands",
+        default=None,
+        help="a model of geodata scene bands instead of RGB frames: comma-separated band names or 1-based "
+        "indexes, one input channel each, in this order (e.g. B04,B03,B02,B08)",
+    )
+    init.add_argument(
+        "--band-mean", default=None, help="with --bands: each band's mean, comma-separated, in raw units (default 0)"
+    )
+    init.add_argument(
+        "--band-std", default=None, help="with --bands: each band's std, comma-separated, in raw units (default 1)"
     )
     init.add_argument("out", help="artifact folder or s3:// URI")
     init.set_defaults(func=cmd_model_init)

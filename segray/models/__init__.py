@@ -51,19 +51,33 @@ def task_of(arch: str) -> str:
 
 
 def build_model(
-    arch: str, encoder: str, num_classes: int, *, encoder_weights: str | None = None, **kwargs: Any
+    arch: str,
+    encoder: str,
+    num_classes: int,
+    *,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    **kwargs: Any,
 ) -> nn.Module:
     """A new model, untrained unless ``encoder_weights`` names weights smp fetches (``imagenet``, ...).
+
+    ``in_channels``: the input channels (3 for RGB frames, one per band for a band model; see
+    :attr:`segray.models.preprocessing.Preprocessing.channels`). With named weights and another
+    count than 3, smp adapts the pretrained first convolution (see :func:`adapt_first_conv`).
 
     Loading an artifact never passes a name, so it never downloads; a name needs a network or the
     Hugging Face cache (see :func:`segray.models.artifact.init_artifact` for the offline handling).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive whole number, got {in_channels!r}")
     library, name = ARCHITECTURES[arch].split(":", 1)
     if name == "maskrcnn":
         from segray.models.maskrcnn import build_instance_model
 
+        if in_channels != 3:
+            raise ValueError(f"{arch} takes RGB frames only (3 input channels), not {in_channels}")
         return build_instance_model(encoder, num_classes, backbone_weights=encoder_weights, **kwargs)
     if library == "torchvision":
         from segray.models.fcn import TorchvisionFCN
@@ -72,7 +86,7 @@ def build_model(
             check_encoder_weights(arch, encoder, encoder_weights)
         if kwargs:
             raise ValueError(f"fcn takes no extra model arguments, got {sorted(kwargs)}")
-        return TorchvisionFCN(encoder, num_classes)
+        return TorchvisionFCN(encoder, num_classes, in_channels=in_channels)
     if library == "segray":
         from segray.models.segnet import SegNet
 
@@ -81,14 +95,47 @@ def build_model(
         unknown = sorted(set(kwargs) - {"width_multiplier"})
         if unknown:
             raise ValueError(f"segnet takes width_multiplier only as a model argument, got {unknown}")
-        return SegNet(encoder, num_classes, **kwargs)
+        return SegNet(encoder, num_classes, in_channels=in_channels, **kwargs)
     import segmentation_models_pytorch as smp
 
     weights = None if encoder_weights is None else check_encoder_weights(arch, encoder, encoder_weights)
     try:
-        return smp.create_model(name, encoder_name=encoder, encoder_weights=weights, classes=num_classes, **kwargs)
+        return smp.create_model(
+            name, encoder_name=encoder, encoder_weights=weights, classes=num_classes, in_channels=in_channels, **kwargs
+        )
     except KeyError as e:
         raise ValueError(f"unknown encoder {encoder!r} for {arch}: {e}") from e
+
+
+def model_in_channels(model: nn.Module) -> int:
+    """The input channels of the encoder's first convolution (what the model takes)."""
+    return int(first_conv(model)[1].in_channels)
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The encoder's first convolution, by its name in the encoder's state dict: the layer whose
+    input channels follow the model's, as smp finds it."""
+    from torch import nn
+
+    for name, module in model.get_submodule("encoder").named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise ValueError(f"{type(model).__name__}: its encoder has no convolution")
+
+
+def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A first convolution's (out, c, kh, kw) weights for ``in_channels`` inputs, as smp 0.6 and timm
+    adapt pretrained ones: summed over c for one channel, else channel i takes channel i mod c, and
+    all are scaled by c / in_channels so that the layer's output keeps its size."""
+    import torch
+
+    c = weight.shape[1]
+    if in_channels == c:
+        return weight
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    index = torch.arange(in_channels) % c
+    return weight[:, index] * (c / in_channels)
 
 
 def check_encoder_weights(arch: str, encoder: str, name: str) -> str | bool:
@@ -181,10 +228,13 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], sourc
 
     Returns how many tensors were loaded; refuses a file that matches nothing, or whose tensors have
     the encoder's names but other shapes (weights of another variant or width), since that is
-    almost always the wrong file.
+    almost always the wrong file. The first convolution of a model with other input channels than
+    the file's (a band model started from RGB ImageNet weights) is adapted as smp adapts named
+    weights (:func:`adapt_first_conv`).
     """
     own = model.get_submodule("encoder").state_dict()
     cleaned = {k.removeprefix("encoder.").removeprefix("backbone."): v for k, v in state.items()}
+    cleaned = _adapted_first_conv(model, own, cleaned)
     misshaped = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
     if misshaped:
         k = misshaped[0]
@@ -194,8 +244,23 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], sourc
             f"{tuple(cleaned[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
             + (f"; ImageNet weights fit only width_multiplier 1.0, not {width}" if width != 1.0 else "")
         )
-    matched = match_encoder_tensors(model, state)
+    matched = {k: v for k, v in cleaned.items() if k in own}
     if not matched:
         raise ValueError(f"{source}: no tensor matches the encoder's parameters (wrong file or encoder?)")
     model.get_submodule("encoder").load_state_dict(matched, strict=False)
     return len(matched)
+
+
+def _adapted_first_conv(
+    model: nn.Module, own: dict[str, torch.Tensor], cleaned: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``cleaned`` with the first convolution's weights adapted to the model's input channels, when
+    only those differ (same out channels and kernel); anything else is left for the shape check."""
+    name, _ = first_conv(model)
+    key = f"{name}.weight"
+    theirs, ours = cleaned.get(key), own.get(key)
+    if theirs is None or ours is None or theirs.ndim != 4 or theirs.shape == ours.shape:
+        return cleaned
+    if theirs.shape[0] != ours.shape[0] or theirs.shape[2:] != ours.shape[2:]:
+        return cleaned
+    return {**cleaned, key: adapt_first_conv(theirs, int(ours.shape[1]))}

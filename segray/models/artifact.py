@@ -26,7 +26,8 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -148,8 +149,14 @@ class ModelArtifact:
             raise ArtifactError(
                 f"{uri}: model has {classes} output classes but the label map has {label_map.num_classes}"
             )
+        in_channels = kwargs.pop("in_channels", 3)  # absent from RGB configs of segray's own models
+        if in_channels != pre.channels:
+            raise ArtifactError(
+                f"{uri}: {CONFIG} builds a model of {in_channels} input channels but {META}'s preprocessing "
+                f"gives it {pre.channels}" + (f" (bands {list(pre.bands)})" if pre.bands else " (RGB)")
+            )
         try:
-            model = build_model(arch, encoder, classes, **kwargs)
+            model = build_model(arch, encoder, classes, in_channels=in_channels, **kwargs)
         except (TypeError, ValueError) as e:
             raise ArtifactError(f"{uri}/{CONFIG}: cannot build {arch} from it ({e})") from e
         try:
@@ -224,11 +231,22 @@ def init_artifact(
     encoder_weights: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
+    bands: Sequence[str] = (),
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
 ) -> ModelArtifact:
     """A new (untrained) artifact; ``encoder_weights`` is a local/S3 safetensors file or a weights
-    name smp fetches (``imagenet``, ``ssl``, ...; see :func:`segray.models.encoder_weight_names`)."""
+    name smp fetches (``imagenet``, ``ssl``, ...; see :func:`segray.models.encoder_weight_names`).
+
+    ``bands`` makes a band model (one input channel per band, see
+    :class:`~segray.models.preprocessing.Preprocessing`); ``band_mean``/``band_std`` are its
+    normalisation in the scenes' raw units, mean 0 and std 1 (the raw values) with a warning when
+    not given."""
     from segray.models import load_encoder_weights
 
+    if bands and arch == INSTANCE_ARCH:
+        raise ArtifactError(f"{arch} takes RGB frames only; bands {list(bands)} need a semantic architecture")
+    pre = band_preprocessing(height, width, bands, band_mean, band_std)
     if arch == INSTANCE_ARCH:
         return init_instance_artifact(
             encoder,
@@ -241,7 +259,12 @@ def init_artifact(
             **(model_kwargs or {}),
         )
     torch.manual_seed(seed)
-    kwargs = model_kwargs or {}
+    kwargs = dict(model_kwargs or {})
+    if kwargs.setdefault("in_channels", pre.channels) != pre.channels:
+        raise ArtifactError(
+            f"model argument in_channels={kwargs['in_channels']} contradicts the input: "
+            + (f"{pre.channels} bands {list(pre.bands)}" if pre.bands else "RGB frames, 3 channels")
+        )
     named = bool(encoder_weights) and is_weights_name(encoder_weights or "")
     if named:
         model = _build_pretrained(arch, encoder, label_map.num_classes, str(encoder_weights), kwargs)
@@ -257,10 +280,45 @@ def init_artifact(
             )
         load_encoder_weights(model, st_load(storage.read_bytes(encoder_weights)), encoder_weights)
     model.eval()
-    pre = Preprocessing(height=height, width=width)
     return ModelArtifact(
         model, label_map, pre, name or f"{arch}-{encoder}", arch, encoder_weights=encoder_weights or None
     )
+
+
+def band_preprocessing(
+    height: int,
+    width: int,
+    bands: Sequence[str] = (),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Preprocessing:
+    """The preprocessing of a new model: RGB frames (no ``bands``), or ``bands`` normalised by
+    ``mean``/``std`` (raw units; 0 and 1, with a warning, when neither is given)."""
+    if not bands:
+        if mean is not None or std is not None:
+            raise ArtifactError("band mean/std are for a band model: name its bands too")
+        return Preprocessing(height=height, width=width)
+    if (mean is None) != (std is None):
+        raise ArtifactError("give both the bands' mean and their std, or neither")
+    unset = mean is None or std is None
+    try:
+        pre = Preprocessing(
+            height=height,
+            width=width,
+            mean=(0.0,) * len(bands) if mean is None else tuple(mean),
+            std=(1.0,) * len(bands) if std is None else tuple(std),
+            bands=tuple(bands),
+        )
+    except ValueError as e:
+        raise ArtifactError(str(e)) from e
+    if unset:
+        warnings.warn(
+            f"bands {list(bands)} have no mean/std: the model sees the scenes' raw values (mean 0, std 1). "
+            "Give each band's mean and std over your scenes, in their raw units (--band-mean/--band-std)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return pre
 
 
 def init_instance_artifact(

@@ -3,9 +3,11 @@
 torchvision returns ``{"out": logits, "aux": ...}``; segray's trainer and labelling job expect a
 plain logits tensor, so :class:`TorchvisionFCN` keeps torchvision's modules (and so its state-dict
 keys: ``backbone.*``, ``classifier.*``, loadable from a torchvision FCN checkpoint converted to
-safetensors) and returns ``out`` only. The auxiliary head is off. It has no smp ``save_pretrained``,
-so it carries its builder arguments in ``config`` and the artifact writes those as ``config.json``
-(keys starting with ``_`` are notes for readers, not builder arguments, as in smp's config).
+safetensors) and returns ``out`` only. The auxiliary head is off. ``in_channels`` other than 3 (a band
+model) replaces the ResNet stem's convolution with one of that many inputs. It has no smp
+``save_pretrained``, so it carries its builder arguments in ``config`` and the artifact writes those
+as ``config.json`` (keys starting with ``_`` are notes for readers, not builder arguments, as in
+smp's config).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ FCN_ENCODERS = ("resnet50", "resnet101")
 class TorchvisionFCN(nn.Module):
     """FCN-ResNet with a tensor output; ``encoder`` is the backbone (for ImageNet weights)."""
 
-    def __init__(self, encoder_name: str = "resnet50", classes: int = 21) -> None:
+    def __init__(self, encoder_name: str = "resnet50", classes: int = 21, in_channels: int = 3) -> None:
         from torchvision.models.segmentation import fcn_resnet50, fcn_resnet101
 
         builders = {"resnet50": fcn_resnet50, "resnet101": fcn_resnet101}
@@ -34,6 +36,13 @@ class TorchvisionFCN(nn.Module):
         self.backbone = tv.backbone
         self.classifier = tv.classifier
         self.config: dict[str, Any] = {"_segray_arch": "fcn", "encoder_name": encoder_name, "classes": classes}
+        if in_channels != 3:
+            # ResNet's stem with another input count (a band model); same name, so keys do not change.
+            conv = self.backbone.conv1
+            self.backbone.conv1 = nn.Conv2d(
+                in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False
+            )
+            self.config["in_channels"] = in_channels  # written only when not 3: RGB configs stay as they were
 
     @property
     def encoder(self) -> nn.Module:

@@ -77,7 +77,7 @@ def format_info(info: dict[str, Any]) -> str:
         + (f" ({', '.join(f'{k}={v}' for k, v in sorted(extra.items()) if v is not None)})" if extra else ""),
         f"input          {pre['height']}x{pre['width']} (HxW): frames are resized to it, {back} "
         f"to the frame's size" + ("; flip-averaged" if pre.get("hflip_average") else ""),
-        f"normalisation  mean {pre['mean']}, std {pre['std']} (RGB, 0-1 scale)",
+        *_normalisation_lines(pre),
         f"weights        {w['file']}: {w['parameters']:,} parameters in {w['tensors']} tensors, "
         f"{w['bytes'] / 1e6:.1f} MB, sha256 {info['weights_sha256']}",
         f"encoder start  {info.get('encoder_weights') or m.get('init') or 'not recorded'}",
@@ -115,3 +115,16 @@ def format_info(info: dict[str, Any]) -> str:
     if recipe:
         lines += ["  " + line for line in recipe.rstrip().splitlines()]
     return "\n".join(lines)
+
+
+def _normalisation_lines(pre: dict[str, Any]) -> list[str]:
+    """RGB models: one line (0-1 scale). Band models: the bands, then each band's mean and std."""
+    bands = pre.get("bands") or []
+    if not bands:
+        return [f"normalisation  mean {pre['mean']}, std {pre['std']} (RGB, 0-1 scale)"]
+    width = max(len(b) for b in bands)
+    return [
+        f"bands          {len(bands)} input channels, in this order: {', '.join(bands)}",
+        "normalisation  per band, in the scenes' raw units:",
+        *(f"  {b:<{width}}  mean {m:g}, std {s:g}" for b, m, s in zip(bands, pre["mean"], pre["std"], strict=True)),
+    ]

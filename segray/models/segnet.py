@@ -9,6 +9,7 @@ into it by name. The decoder has the paper's 13 convolutions (3x3, BatchNorm, Re
 of at least 32x32 works, multiples of 32 or not (360x480 as it is).
 
 ``width_multiplier`` scales every layer's channels, for CPU budgets; ImageNet weights fit only 1.0.
+``in_channels`` other than 3 (a band model) gives the first convolution that many inputs.
 Like :mod:`segray.models.fcn`, the model carries its builder arguments in ``config``.
 """
 
@@ -35,12 +36,16 @@ def _scaled(channels: int, width_multiplier: float) -> int:
 class VGGEncoder(nn.Module):
     """torchvision's VGG16-BN ``features`` (same keys), returning pooling indices and pre-pooling sizes."""
 
-    def __init__(self, width_multiplier: float = 1.0) -> None:
+    def __init__(self, width_multiplier: float = 1.0, in_channels: int = 3) -> None:
         from torchvision.models.vgg import make_layers
 
         super().__init__()
         plan = [v if v == "M" else _scaled(int(v), width_multiplier) for v in VGG16]
         self.features = make_layers(plan, batch_norm=True)
+        if in_channels != 3:  # torchvision's make_layers starts from 3 channels; same key, features.0
+            first = self.features[0]
+            assert isinstance(first, nn.Conv2d)
+            self.features[0] = nn.Conv2d(in_channels, first.out_channels, 3, padding=1)
         for m in self.features:
             if isinstance(m, nn.MaxPool2d):
                 m.return_indices = True
@@ -72,7 +77,9 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 class SegNet(nn.Module):
     """SegNet-VGG16-BN returning plain logits ``(N, classes, H, W)``."""
 
-    def __init__(self, encoder_name: str = "vgg16_bn", classes: int = 11, width_multiplier: float = 1.0) -> None:
+    def __init__(
+        self, encoder_name: str = "vgg16_bn", classes: int = 11, width_multiplier: float = 1.0, in_channels: int = 3
+    ) -> None:
         if encoder_name not in SEGNET_ENCODERS:
             raise ValueError(f"unknown encoder {encoder_name!r} for segnet; it builds {list(SEGNET_ENCODERS)}")
         if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)):
@@ -80,7 +87,7 @@ class SegNet(nn.Module):
         if not 0 < width_multiplier <= 1:
             raise ValueError(f"segnet width_multiplier must be in (0, 1], got {width_multiplier!r}")
         super().__init__()
-        self.encoder = VGGEncoder(width_multiplier)
+        self.encoder = VGGEncoder(width_multiplier, in_channels)
         c1, c2, c3, c4, c5 = self.encoder.stage_channels
         # Decoder stages, deepest first, mirroring the encoder: (channels in, channels of each conv).
         plan = [(c5, [c5, c5, c4]), (c4, [c4, c4, c3]), (c3, [c3, c3, c2]), (c2, [c2, c1]), (c1, [c1])]
@@ -99,6 +106,8 @@ class SegNet(nn.Module):
             "classes": classes,
             "width_multiplier": width_multiplier,
         }
+        if in_channels != 3:  # written only when not 3: RGB configs stay as they were
+            self.config["in_channels"] = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

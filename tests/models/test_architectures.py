@@ -70,6 +70,35 @@ def test_architecture_artifact_round_trip(arch: str, encoder: str, kwargs: dict,
         assert torch.equal(loaded.model(x), want)
 
 
+@pytest.mark.parametrize(
+    ("arch", "encoder", "kwargs"),
+    [
+        pytest.param(a, TINY_ENCODER, {}, marks=pytest.mark.slow) if a == "dpt" else (a, TINY_ENCODER, {})
+        for a in SMP_ARCHITECTURES
+    ]
+    + [("segnet", "vgg16_bn", NARROW_SEGNET), ("fcn", "resnet50", {})],
+)
+def test_architecture_takes_four_bands(arch: str, encoder: str, kwargs: dict, tmp_path: Path) -> None:
+    """Every semantic architecture builds with 4 input channels (a band model); segray's own ones
+    (whose config.json segray writes) keep them through the artifact, smp's as test_band_models.py's UNet."""
+    size = INPUT.get(arch, SIZE)
+    bands = {"bands": ("B04", "B03", "B02", "B08"), "band_mean": (1000.0,) * 4, "band_std": (500.0,) * 4}
+    art = init_artifact(arch, encoder, CAMVID, height=size, width=size, model_kwargs=kwargs, **bands)
+    assert art.preprocessing.channels == 4
+    x = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = art.model(x)
+    assert isinstance(want, torch.Tensor) and want.shape == (1, CAMVID.num_classes, size, size)
+    if ARCHITECTURES[arch].startswith("smp:"):
+        return
+    art.save(str(tmp_path / arch))
+    assert json.loads((tmp_path / arch / CONFIG).read_text())["in_channels"] == 4
+    loaded = ModelArtifact.load(str(tmp_path / arch))
+    assert loaded.preprocessing == art.preprocessing
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), want)
+
+
 def test_fcn_is_torchvisions_fcn_with_tensor_output() -> None:
     from torchvision.models.segmentation import fcn_resnet50
 

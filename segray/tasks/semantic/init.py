@@ -73,7 +73,8 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
             f"model.init_artifact {cfg.init_artifact} has encoder {encoder_name!r} but model.encoder is "
             f"{cfg.encoder!r}; set model.encoder"
         )
-    model = build_model(cfg.arch, cfg.encoder, label_map.num_classes, **model_kwargs(cfg))
+    kwargs = {**model_kwargs(cfg), "in_channels": src.preprocessing.channels}  # the artifact's bands, or RGB
+    model = build_model(cfg.arch, cfg.encoder, label_map.num_classes, **kwargs)
     state = src.model.state_dict()
     if src.label_map.names != label_map.names:
         head = HEAD_PREFIXES.get(cfg.arch, HEAD_PREFIX)
@@ -88,19 +89,20 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
     return model.train()
 
 
-def freeze_unused(model: nn.Module, height: int, width: int, device: Any) -> list[str]:
+def freeze_unused(model: nn.Module, height: int, width: int, device: Any, channels: int = 3) -> list[str]:
     """Freeze parameters that one forward/backward pass does not reach, and name them.
 
     smp's PSPNet builds all encoder stages but uses only the first ``encoder_depth``; DDP then
     waits forever for their gradients ("Expected to have finished reduction"). Freezing them is
     cheaper than ``find_unused_parameters=True`` (no graph walk each step) and works for any
     architecture the registry gains. The pass runs in eval mode, so BatchNorm statistics are untouched.
+    ``channels``: the model's input channels (3 for RGB frames, one per band for a band model).
     """
     import torch
 
     was_training = model.training
     model.eval()
-    out = model(torch.zeros(2, 3, height, width, device=device))
+    out = model(torch.zeros(2, channels, height, width, device=device))
     out.float().mean().backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     for n, p in model.named_parameters():
