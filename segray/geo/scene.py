@@ -125,7 +125,10 @@ SCENE_JSON_FIELDS = ("crs", "transform", "width", "height", "bounds", "bounds_wg
 def scene_to_json(info: SceneInfo) -> str:
     """The scene's grid as JSON (the ``geo_scene`` column between the labelling stages): what the write
     stage needs to put a mask on the same grid, without opening the scene again."""
-    return json.dumps({name: getattr(info, name) for name in SCENE_JSON_FIELDS})
+    doc = {name: getattr(info, name) for name in SCENE_JSON_FIELDS}
+    if info.nodata is not None and math.isnan(info.nodata):
+        doc["nodata"] = "NaN"  # NaN is not JSON: it travels as a string that float() reads back
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def scene_from_json(text: str) -> dict[str, Any]:
@@ -138,6 +141,7 @@ def scene_from_json(text: str) -> dict[str, Any]:
         if d[name] is not None:
             d[name] = tuple(float(v) for v in d[name])
     d["width"], d["height"] = int(d["width"]), int(d["height"])
+    d["nodata"] = None if d["nodata"] is None else float(d["nodata"])
     return d
 
 

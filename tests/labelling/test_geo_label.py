@@ -32,6 +32,8 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 MODEL_BANDS = ("B04", "B03", "B02", "B08")
 FILE_BANDS = ("B02", "B03", "B04", "B08")
 HEIGHT, WIDTH, BORDER = 260, 300, 7
+#: 0.001 degree pixels near Wroclaw.
+WGS84_GRID = from_origin(16.0, 51.0, 0.001, 0.001)
 
 
 def scene_data(count: int = 4, height: int = HEIGHT, width: int = WIDTH, seed: int = 0) -> np.ndarray:
@@ -108,7 +110,7 @@ def test_predictor_labels_a_utm_scene_with_nodata(tmp_path: Path, band_model: st
 
 def test_geographic_scene_areas_are_geodesic_per_row(tmp_path: Path, band_model: str) -> None:
     height, width = 96, 80
-    transform = from_origin(16.0, 51.0, 0.001, 0.001)  # 0.001 degree pixels near Wroclaw
+    transform = WGS84_GRID
     data = scene_data(height=height, width=width, seed=3)
     tif = write_geotiff(tmp_path / "wgs84.tif", data, crs="EPSG:4326", transform=transform, nodata=0)
     bands_by_index = tmp_path / "model-by-index"
@@ -197,3 +199,10 @@ def test_scene_json_round_trip(tmp_path: Path) -> None:
     info = read_info(str(write_geotiff(tmp_path / "a.tif", scene_data(1, 20, 30), nodata=0)))
     back = scene_from_json(scene_to_json(info))
     assert back == {k: getattr(info, k) for k in json.loads(scene_to_json(info))}
+    floats = scene_data(1, 20, 30).astype(np.float32)
+    nan_info = read_info(
+        str(write_geotiff(tmp_path / "nan.tif", floats, crs="EPSG:4326", transform=WGS84_GRID, nodata=float("nan")))
+    )
+    text = scene_to_json(nan_info)
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))  # strict JSON
+    assert np.isnan(scene_from_json(text)["nodata"]) and scene_from_json(text)["crs"] == "EPSG:4326"
