@@ -294,6 +294,7 @@ def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan
 
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
+    check_scene_bands(table, info)
     todo = 0 if table is None else table.num_rows
     n = todo if opts.limit is None else min(todo, opts.limit)
     first = [] if table is None else table.column("relative_path").slice(0, min(n, show)).to_pylist()
@@ -406,6 +407,39 @@ def _frames_table(opts: LabelOptions, model_id: str) -> tuple[pa.Table | None, i
     for key, value in opts.tags.items():
         table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
     return table, total, skipped
+
+
+def check_scene_bands(table: pa.Table | None, info: ArtifactInfo) -> None:
+    """A model of named bands refuses the run before any work when the first scene to label lacks one of
+    them: the scenes of one input come from one sensor, so one header tells (each scene is checked again
+    when it is read)."""
+    bands = info.preprocessing.bands
+    if not bands or table is None:
+        return
+    uris = table.column("uri")
+    tiffs = pc.match_substring_regex(pc.utf8_lower(uris.cast(pa.string())), r"\.tiff?(\?.*)?$")
+    first = pc.index(tiffs, True).as_py()
+    if first < 0:
+        return
+    from segray.geo.scene import read_info, select_bands  # GDAL: only for a model of bands with scenes to label
+
+    uri = str(uris[first].as_py())
+    try:
+        scene = read_info(uri)
+    except Exception as e:  # noqa: BLE001 - an unreadable scene fails as its own row, not the run
+        log.warning("%s: cannot read its header to check the model's bands (%s)", uri, e)
+        return
+    missing = []
+    for band in bands:
+        try:
+            select_bands(scene, [band])
+        except ValueError:
+            missing.append(band)
+    if missing:
+        raise ValueError(
+            f"scene {uri} has bands {','.join(scene.band_names)}; the model needs {','.join(missing)} "
+            f"(its bands: {','.join(bands)})"
+        )
 
 
 def block_sizes(n: int, actors: int, largest: int = LISTING_BLOCK_ROWS, smallest: int = TAIL_BLOCK_ROWS) -> list[int]:
@@ -538,6 +572,7 @@ def _plan(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float) -
     opts = check_task_options(opts, info)
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
+    check_scene_bands(table, info)
     left_by_limit = 0
     if table is not None and opts.limit is not None and table.num_rows > opts.limit:
         left_by_limit = table.num_rows - opts.limit

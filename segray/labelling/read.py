@@ -24,6 +24,13 @@ Each frame's ground area per pixel (``pixel_area_m2``, NaN when unknown) comes f
 ``pixel_size_m`` column, else a world file beside the image, else the job's ``pixel_size`` option.
 A listed folder's frames come with the world file its listing found (``WORLD_FILE_COLUMN``), so
 no request is spent looking; a manifest's frames are looked up one by one.
+
+Geodata. A GeoTIFF/COG (``.tif``/``.tiff``) is a scene when the model takes named bands, or when the
+file has a CRS: only its header is read here (segray.geo.scene.read_info; GDAL is loaded for such
+files only), its bands are checked against the model's, and the inference actor reads its pixels
+window by window (segray.tiles.scene), so a scene never crosses the object store. Its row carries
+the scene's grid as JSON (``geo_scene``, empty for other frames), and its pixel area comes from the
+CRS. A TIFF without a CRS, labelled by an RGB model, is an ordinary frame.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,9 +48,17 @@ from segray.models.preprocessing import Preprocessing
 from segray.outputs.schema import FORMAT_COLUMN, ORIENTATION_COLUMN
 from segray.tasks.batch import DEFAULT_TILE_ABOVE, is_large
 from segray.tiles.pixel_size import MANIFEST_COLUMN, WORLD_FILE_COLUMN, pixel_area
+from segray.tiles.scene import SCENE_COLUMN
+
+if TYPE_CHECKING:  # GDAL is loaded only when a frame is a .tif/.tiff
+    from segray.geo.scene import SceneInfo
 
 #: Concurrent fetches per task: object-store reads are latency-bound, decode releases the GIL.
 FETCH_THREADS = 8
+#: The bands an RGB model reads of a scene.
+RGB_BANDS = ("1", "2", "3")
+#: Names that may be geodata (segray.geo.scene.GEODATA_SUFFIXES), told apart without loading GDAL.
+_TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -60,6 +75,8 @@ class _Loaded:
     on_device: bool = False
     orientation: int = 1
     format: str = ""
+    #: The scene's grid as JSON for a geodata row (its pixels are read by the actor); "" otherwise.
+    scene: str = ""
 
 
 def _load_one(
@@ -70,6 +87,10 @@ def _load_one(
     georef: tuple[object, float | None, bool | str | None],
     decode: str = "cpu",
 ) -> _Loaded:
+    if uri.lower().split("?", 1)[0].endswith(_TIFF_SUFFIXES):
+        scene = _load_scene(uri, pre, georef)
+        if scene is not None:
+            return scene
     try:
         data = storage.read_bytes(uri)
     except Exception as e:  # noqa: BLE001 - any read failure is recorded against the frame
@@ -83,6 +104,8 @@ def _load_one(
         header = check_frame(data, max_pixels)
     except FrameError as e:
         return _Loaded(stage=e.stage, error=e.reason)
+    if pre.bands:
+        return _Loaded(stage="read", error=f"a multi-band model labels GeoTIFF scenes; {uri} is {header.format}")
     w, h = header.width, header.height  # as displayed
     tile_above, reference = tile_rule
     area_m2 = math.nan if area is None else area
@@ -99,6 +122,49 @@ def _load_one(
     except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
         return _Loaded(stage="decode", error=f"{type(e).__name__}: {e}")
     return _Loaded(rgb, b"", w, h, "", "", area_m2, source, False, *told)
+
+
+def _load_scene(uri: str, pre: Preprocessing, georef: tuple[object, float | None, bool | str | None]) -> _Loaded | None:
+    """A geodata row (header only), an error row, or None when the file is an ordinary frame (a TIFF
+    without a CRS for an RGB model, as it has always been labelled)."""
+    from segray.geo.scene import is_geodata, read_info, scene_to_json, select_bands
+
+    if not is_geodata(uri):
+        return None
+    try:
+        info = read_info(uri)
+    except Exception as e:  # noqa: BLE001 - an unreadable scene is recorded against the frame
+        return None if not pre.bands else _Loaded(stage="read", error=str(e))
+    if not pre.bands and info.crs is None:
+        return None
+    try:
+        indexes = select_bands(info, pre.bands or RGB_BANDS)
+    except ValueError as e:
+        return _Loaded(stage="read", error=f"the model's bands: {e}")
+    if not pre.bands and {info.dtypes[i - 1] for i in indexes} != {"uint8"}:
+        return _Loaded(
+            stage="read",
+            error=f"an RGB model labels 8-bit scenes; bands 1-3 of {uri} are {info.dtypes[indexes[0] - 1]}: "
+            "label it with a model of named bands (segray model init --bands)",
+        )
+    try:
+        area, source = _scene_pixel_area(info, uri, georef)
+    except Exception as e:  # noqa: BLE001 - a malformed world file or manifest value fails the frame, named
+        return _Loaded(stage="read", error=f"pixel size: {e}")
+    return _Loaded(None, b"", info.width, info.height, "", "", area, source, False, 1, "GeoTIFF", scene_to_json(info))
+
+
+def _scene_pixel_area(
+    info: SceneInfo, uri: str, georef: tuple[object, float | None, bool | str | None]
+) -> tuple[float, str]:
+    """A scene's ground area per pixel and where it came from: the CRS (NaN in a geographic CRS, whose
+    areas are measured per row and class by the actor), else today's rules for frames."""
+    if info.crs is not None:
+        from segray.geo.areas import row_areas_m2
+
+        return (math.nan if info.is_geographic else float(row_areas_m2(info.crs, info.transform, 1)[0])), "crs"
+    area, source = pixel_area(uri, *georef)
+    return (math.nan if area is None else area), source
 
 
 def read_frames(
@@ -146,4 +212,5 @@ def read_frames(
     out["on_device"] = np.array([r.on_device for r in results], dtype=bool)
     out[ORIENTATION_COLUMN] = np.array([r.orientation for r in results], dtype=np.int32)
     out[FORMAT_COLUMN] = np.array([r.format for r in results], dtype=object)
+    out[SCENE_COLUMN] = np.array([r.scene for r in results], dtype=object)
     return out

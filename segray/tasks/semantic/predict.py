@@ -12,12 +12,17 @@ few values per pixel on its class boundaries, whatever its size.
 Frames the read stage left encoded (larger than the tiling threshold) are decoded here, one at a
 time, and labelled in overlapping windows at native resolution, ``batch_size`` windows per model
 call, blended band by band (segray.tiles.windows, which states the memory one such frame costs).
+
+Geodata rows (``geo_scene`` set by the read stage) are read here, window by window, from the scene
+itself (segray.tiles.scene): the model's bands in the file's dtype, normalised with the model's
+per-band statistics; pixels without data become class 255 and count for no class and no area.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +32,10 @@ from segray.frames.decode import DEFAULT_MAX_PIXELS, FrameError
 from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
 from segray.models.precision import amp_dtype, pick_device
-from segray.models.preprocessing import forward, normalise, pixel_stats
+from segray.models.preprocessing import forward, normalise
+from segray.storage import StorageError
 from segray.tasks.batch import decode_left_encoded
+from segray.tiles.scene import SCENE_COLUMN, SceneResult, label_scene
 from segray.tiles.upsample import masks_from_logits
 from segray.tiles.windows import TileSpec, label_tile
 
@@ -87,12 +94,14 @@ class Predictor:
                 "`segray label` labels instance models too, and `segray evaluate` scores them"
             )
         pre = art.preprocessing
-        probe = torch.randn((1, 3, pre.height, pre.width), generator=torch.Generator().manual_seed(0))
+        probe = torch.randn((1, pre.channels, pre.height, pre.width), generator=torch.Generator().manual_seed(0))
         model = fold_batchnorm(art.model.eval(), probe.to(self.device)) if fold_bn else art.model.eval()
         self.model = model.to(memory_format=torch.channels_last)
         self.num_classes = art.label_map.num_classes
         self.hflip_average = pre.hflip_average
-        self.mean, self.std = pixel_stats(pre.mean, pre.std, self.device)
+        self.mean, self.std = pre.stats(self.device)
+        #: The scene bands the model reads, in channel order (an RGB model reads bands 1-3).
+        self.bands = pre.bands or ("1", "2", "3")
         self.input_size = (pre.height, pre.width)
         # Windows default to the model's input size (see TileSpec.for_model).
         self.tile_spec = TileSpec.for_model(pre.height, pre.width, tile_window, tile_overlap)
@@ -125,8 +134,16 @@ class Predictor:
         return self.logits_of(x.permute(0, 3, 1, 2))
 
     @torch.inference_mode()
+    def predict_bands(self, windows: np.ndarray) -> torch.Tensor:
+        """(N, h, w, C) scene windows in the file's dtype (uint8, uint16, int16, float32...) -> (N, classes,
+        h, w) float32 logits: as float32 on the device, normalised with the model's per-band statistics."""
+        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device, non_blocking=True)
+        return self.logits_of(x.permute(0, 3, 1, 2))
+
+    @torch.inference_mode()
     def logits_of(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) uint8 on the device, at the model's input size -> (N, C, H, W) float32 logits."""
+        """(N, C, H, W) on the device (uint8 frames, or scene bands), at the model's input size -> (N, classes,
+        H, W) float32 logits."""
         self._apply_threads()
         x = normalise(x, self.mean, self.std)
         if self.amp_dtype is not None:
@@ -165,19 +182,37 @@ class Predictor:
         return result.mask, result.mean_confidence
 
     @torch.inference_mode()
+    def label_scene(self, uri: str) -> SceneResult:
+        """A geodata scene, read and labelled window by window at its own resolution."""
+        return label_scene(uri, self.bands, self.predict_bands, self.tile_spec, self.tile_batch_size, self.num_classes)
+
+    def _label_scenes(self, batch: dict[str, Any], rows: np.ndarray, out: _Outputs) -> None:
+        """Labels the geodata ``rows`` of the batch into ``out``; a scene that fails becomes an error row."""
+        for i in rows:
+            try:
+                result = self.label_scene(str(batch["uri"][i]))
+            except (OSError, StorageError) as e:  # a window that cannot be read
+                out.errors[i], out.stages[i] = str(e), "read"
+                continue
+            except Exception as e:  # noqa: BLE001 - one scene must not take the batch down
+                out.errors[i], out.stages[i] = f"{type(e).__name__}: {e}", "predict"
+                continue
+            out.masks[i], out.counts[i], out.confidence[i] = result.mask, result.class_pixels, result.mean_confidence
+            out.areas[i], out.nodata[i] = result.class_area_m2, result.nodata_pixels
+
+    @torch.inference_mode()
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["uri"])
-        errors = np.array([str(e) for e in batch["error"]], dtype=object)
-        stages = np.array([str(s) for s in batch["error_stage"]], dtype=object)
+        out = _Outputs.empty(n, self.num_classes, batch["error"], batch["error_stage"])
+        errors, stages, masks, counts, confidence = out.errors, out.stages, out.masks, out.counts, out.confidence
         encoded = batch["encoded"] if "encoded" in batch else np.full(n, b"", dtype=object)
         on_device = np.asarray(batch["on_device"], dtype=bool).copy() if "on_device" in batch else np.zeros(n, bool)
         turns = batch.get("exif_orientation")
         decoded = self._decode_on_device(encoded, on_device, errors, stages, turns) if on_device.any() else None
-        large = np.array([not errors[i] and len(encoded[i]) > 0 for i in range(n)], dtype=bool) & ~on_device
-        ok = np.array([not e for e in errors], dtype=bool) & ~large
-        masks = np.empty(n, dtype=object)
-        counts = np.zeros((n, self.num_classes), dtype=np.int64)
-        confidence = np.full(n, np.nan, dtype=np.float64)
+        scenes = batch[SCENE_COLUMN] if SCENE_COLUMN in batch else np.full(n, "", dtype=object)
+        geo = np.array([not errors[i] and bool(scenes[i]) for i in range(n)], dtype=bool)
+        large = np.array([not errors[i] and len(encoded[i]) > 0 for i in range(n)], dtype=bool) & ~on_device & ~geo
+        ok = np.array([not e for e in errors], dtype=bool) & ~large & ~geo
         idx = np.flatnonzero(ok)
         if len(idx):
             x = torch.from_numpy(np.ascontiguousarray(batch["image"][idx])).to(self.device).permute(0, 3, 1, 2)
@@ -193,7 +228,26 @@ class Predictor:
                 m, c = upsample_argmax(logits if len(group) == len(sizes) else logits[group], *size)
                 for k, j in enumerate(group):
                     masks[idx[j]], counts[idx[j]] = m[k], c[k]
-        for i in np.flatnonzero(large):  # one at a time: a frame's pixels are freed before the next
+        self._label_large_rows(batch, np.flatnonzero(large), encoded, out)
+        self._label_scenes(batch, np.flatnonzero(geo), out)
+        for i in np.flatnonzero(errors != ""):
+            masks[i] = np.zeros((1, 1), dtype=np.uint8)
+        result = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
+        result["error"] = errors
+        result["error_stage"] = stages
+        result["mask"] = masks
+        result["class_pixels"] = counts
+        result["mean_confidence"] = confidence
+        result["windowed"] = (large | geo) & (errors == "")
+        result["class_area_m2"] = out.areas
+        result["nodata_pixels"] = out.nodata
+        result[SCENE_COLUMN] = scenes
+        return result
+
+    def _label_large_rows(self, batch: dict[str, Any], rows: np.ndarray, encoded: np.ndarray, out: _Outputs) -> None:
+        """Frames left encoded by the read stage, decoded and labelled in windows one at a time: a frame's
+        pixels are freed before the next is decoded."""
+        for i in rows:
             if not self._told_windows:
                 self._told_windows = True
                 log.info(
@@ -206,21 +260,38 @@ class Predictor:
             try:
                 rgb = decode_left_encoded(bytes(encoded[i]), batch, int(i), self.max_pixels)
             except FrameError as e:
-                errors[i], stages[i] = e.reason, e.stage
+                out.errors[i], out.stages[i] = e.reason, e.stage
                 continue
             except Exception as e:  # noqa: BLE001 - a decoder bug must not take the batch down
-                errors[i], stages[i] = f"{type(e).__name__}: {e}", "decode"
+                out.errors[i], out.stages[i] = f"{type(e).__name__}: {e}", "decode"
                 continue
-            masks[i], confidence[i] = self.label_large(rgb)
+            out.masks[i], out.confidence[i] = self.label_large(rgb)
             del rgb
-            counts[i] = np.bincount(masks[i].ravel(), minlength=self.num_classes)[: self.num_classes]
-        for i in np.flatnonzero(errors != ""):
-            masks[i] = np.zeros((1, 1), dtype=np.uint8)
-        out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
-        out["error"] = errors
-        out["error_stage"] = stages
-        out["mask"] = masks
-        out["class_pixels"] = counts
-        out["mean_confidence"] = confidence
-        out["windowed"] = large & (errors == "")
-        return out
+            out.counts[i] = np.bincount(out.masks[i].ravel(), minlength=self.num_classes)[: self.num_classes]
+
+
+@dataclass
+class _Outputs:
+    """The per-row outputs of a batch, filled in by the steps of :meth:`Predictor.__call__`."""
+
+    errors: np.ndarray
+    stages: np.ndarray
+    masks: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    #: (N, classes) m^2 per class: NaN for frames and for scenes without a CRS.
+    areas: np.ndarray
+    #: Pixels without data per row (0 for frames).
+    nodata: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, num_classes: int, errors: Any, stages: Any) -> _Outputs:
+        return cls(
+            np.array([str(e) for e in errors], dtype=object),
+            np.array([str(s) for s in stages], dtype=object),
+            np.empty(n, dtype=object),
+            np.zeros((n, num_classes), dtype=np.int64),
+            np.full(n, np.nan, dtype=np.float64),
+            np.full((n, num_classes), np.nan, dtype=np.float64),
+            np.zeros(n, dtype=np.int64),
+        )
