@@ -9,7 +9,6 @@ one window of memory, and on S3 each window costs the ranged reads of the blocks
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -116,33 +115,6 @@ def scene_info(ds: Any, uri: str | None = None) -> SceneInfo:
         block_shape=tuple(int(v) for v in ds.block_shapes[0]),  # type: ignore[arg-type]
         is_geographic=bool(ds.crs is not None and ds.crs.is_geographic),
     )
-
-
-#: The fields of a :class:`SceneInfo` that a class mask needs to be written as a COG in the scene's grid.
-SCENE_JSON_FIELDS = ("crs", "transform", "width", "height", "bounds", "bounds_wgs84", "nodata")
-
-
-def scene_to_json(info: SceneInfo) -> str:
-    """The scene's grid as JSON (the ``geo_scene`` column between the labelling stages): what the write
-    stage needs to put a mask on the same grid, without opening the scene again."""
-    doc = {name: getattr(info, name) for name in SCENE_JSON_FIELDS}
-    if info.nodata is not None and math.isnan(info.nodata):
-        doc["nodata"] = "NaN"  # NaN is not JSON: it travels as a string that float() reads back
-    return json.dumps(doc, separators=(",", ":"))
-
-
-def scene_from_json(text: str) -> dict[str, Any]:
-    """:func:`scene_to_json`'s dict back, with tuples where :class:`SceneInfo` has them (JSON gives lists)."""
-    d = json.loads(text)
-    missing = [name for name in SCENE_JSON_FIELDS if name not in d]
-    if missing:
-        raise ValueError(f"a scene's JSON lacks {', '.join(missing)}: {text[:200]}")
-    for name in ("transform", "bounds", "bounds_wgs84"):
-        if d[name] is not None:
-            d[name] = tuple(float(v) for v in d[name])
-    d["width"], d["height"] = int(d["width"]), int(d["height"])
-    d["nodata"] = None if d["nodata"] is None else float(d["nodata"])
-    return d
 
 
 def read_info(uri: str) -> SceneInfo:

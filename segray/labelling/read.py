@@ -127,7 +127,8 @@ def _load_one(
 def _load_scene(uri: str, pre: Preprocessing, georef: tuple[object, float | None, bool | str | None]) -> _Loaded | None:
     """A geodata row (header only), an error row, or None when the file is an ordinary frame (a TIFF
     without a CRS for an RGB model, as it has always been labelled)."""
-    from segray.geo.scene import is_geodata, read_info, scene_to_json, select_bands
+    from segray.geo.scene import is_geodata, read_info, select_bands
+    from segray.geo.scenejson import scene_to_json
 
     if not is_geodata(uri):
         return None
