@@ -166,18 +166,63 @@ def test_rgb_model_reads_georeferenced_uint8_as_a_scene_and_plain_tiff_as_a_fram
     assert np.isnan(out["class_area_m2"][1]).all()
 
 
-def test_label_job_labels_scenes_from_s3(tmp_path: Path, band_model: str, s3_prefix: str) -> None:
-    tif = write_geotiff(tmp_path / "s2.tif", scene_data(), nodata=0, descriptions=FILE_BANDS)
+def test_label_job_labels_scenes_from_s3_to_cog_masks_on_s3(tmp_path: Path, band_model: str, s3_prefix: str) -> None:
+    """SeaweedFS to SeaweedFS: the mask is a valid COG on the scene's grid (CRS, transform, size),
+    255 exactly where the scene has nodata, with overviews and the label map's colours; areas leave
+    nodata out and are pixel counts x 100 m^2 at 10 m."""
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+
+    height, width = 520, 600  # large enough for GDAL's COG driver to add an overview level
+    tif = write_geotiff(tmp_path / "s2.tif", scene_data(height=height, width=width), nodata=0, descriptions=FILE_BANDS)
     storage.write_bytes(f"{s3_prefix}/in/tiles/s2.tif", tif.read_bytes())
-    out = tmp_path / "out"
-    s = run_label_job(LabelOptions(model=band_model, input=f"{s3_prefix}/in", output=str(out)))
+    out = f"{s3_prefix}/out"
+    s = run_label_job(LabelOptions(model=band_model, input=f"{s3_prefix}/in", output=out))
     assert (s.labelled, s.failed, s.windowed) == (1, 0, 1)
-    assert read_table(str(out), "errors").num_rows == 0
+    assert read_table(out, "errors").num_rows == 0
+    (row,) = read_table(out, "stats").to_pylist()
+    assert row["mask_path"] == "masks/tiles/s2.tif.tif" and (row["width"], row["height"]) == (width, height)
+    invalid = border_invalid(height, width)
+    assert row["crs"] == "EPSG:32633" and row["nodata_pixels"] == int(invalid.sum())
+    assert sum(row[f"px_{name}"] for name in CAMVID.names) == int((~invalid).sum())
+    for name in CAMVID.names:
+        assert row[f"area_m2_{name}"] == pytest.approx(row[f"px_{name}"] * 100.0)
+    assert row["pixel_size_source"] == "crs" and row["area_nodata_m2"] == pytest.approx(invalid.sum() * 100.0)
+
+    local = tmp_path / "mask.tif"
+    local.write_bytes(storage.read_bytes(storage.join(out, row["mask_path"])))
+    ok, errors, _ = cog_validate(str(local))
+    assert ok and not errors
+    with rasterio.open(tif) as src, rasterio.open(local) as mask:
+        assert (mask.crs, mask.transform, mask.shape) == (src.crs, src.transform, src.shape)
+        assert mask.nodata == 255 and mask.overviews(1)
+        classes = mask.read(1)
+        colours = mask.colormap(1)
+    assert np.array_equal(classes == 255, invalid)
+    assert set(np.unique(classes[~invalid])) <= set(range(CAMVID.num_classes))
+    assert all(colours[c.id][:3] == tuple(c.color) for c in CAMVID.classes)
+
+
+def test_a_scene_in_degrees_gets_geodesic_areas_end_to_end(tmp_path: Path, band_model: str) -> None:
+    """An EPSG:4326 scene's class areas sum to the geodesic area of its footprint (pyproj), within 0.1%."""
+    from pyproj import Geod
+
+    data = scene_data(height=90, width=120)
+    data[data == 0] = 1000  # no nodata: every pixel is labelled
+    (tmp_path / "in").mkdir()
+    tif = write_geotiff(
+        tmp_path / "in" / "deg.tif", data, crs="EPSG:4326", transform=WGS84_GRID, descriptions=FILE_BANDS
+    )
+    out = tmp_path / "out"
+    s = run_label_job(LabelOptions(model=band_model, input=str(tif.parent), output=str(out)))
+    assert (s.labelled, s.failed) == (1, 0)
     (row,) = read_table(str(out), "stats").to_pylist()
-    assert (row["width"], row["height"]) == (WIDTH, HEIGHT)
-    valid = int((~border_invalid()).sum())
-    assert sum(row[f"px_{name}"] for name in CAMVID.names) == valid
-    assert row["pixel_area_m2"] == pytest.approx(100.0)
+    left, top = WGS84_GRID.c, WGS84_GRID.f
+    right, bottom = left + 120 * WGS84_GRID.a, top + 90 * WGS84_GRID.e
+    geodesic, _ = Geod(ellps="WGS84").polygon_area_perimeter([left, right, right, left], [bottom, bottom, top, top])
+    total = sum(row[f"area_m2_{name}"] for name in CAMVID.names)
+    assert total == pytest.approx(abs(geodesic), rel=1e-3)
+    assert row["crs"] == "EPSG:4326" and row["pixel_size_source"] == "crs"
 
 
 def test_a_scene_without_the_models_bands_stops_the_run_before_any_work(
