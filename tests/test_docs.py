@@ -14,6 +14,7 @@ import pytest
 from helpers.cli import run
 from helpers.common import ROOT, TINY_ENCODER
 from helpers.frames import write_frames
+from helpers.geodata import write_geotiff
 from helpers.train_data import SHAPES, png, shape_pair
 
 from segray.cli import build_parser
@@ -74,7 +75,7 @@ TINY_TRAINING = [
 
 def user_files(home: Path) -> None:
     """What the docs assume a user has: ``mydata/images|masks/{train,val}``, ``labels.json``,
-    ``frames/``, and the repository's ``configs/``."""
+    ``frames/``, ``scenes/`` (two 4-band uint16 GeoTIFFs), and the repository's ``configs/``."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 4)):
         for i in range(n):
@@ -85,6 +86,10 @@ def user_files(home: Path) -> None:
                 p.write_bytes(png(arr))
     (home / "labels.json").write_text(SHAPES.to_json())
     write_frames(home / "frames", [(64, 64)] * 4)
+    (home / "scenes").mkdir()
+    for i in range(2):
+        bands = rng.integers(500, 4000, size=(4, 80, 96), dtype=np.uint16)
+        write_geotiff(home / "scenes" / f"s{i}.tif", bands, nodata=0, descriptions=("B02", "B03", "B04", "B08"))
     shutil.copytree(ROOT / "configs", home / "configs")
 
 
