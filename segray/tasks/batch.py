@@ -37,3 +37,20 @@ def decode_left_encoded(data: bytes, batch: Mapping[str, Any], i: int, max_pixel
         return decode_frame(data, max_pixels)
     header = Header(fmt, int(batch["width"][i]), int(batch["height"][i]), int(batch[ORIENTATION_COLUMN][i]))
     return decode_checked(data, header)
+
+
+def predicted_batch(
+    batch: Mapping[str, Any],
+    errors: np.ndarray,
+    stages: np.ndarray,
+    masks: np.ndarray,
+    mask_dtype: type,
+    **columns: Any,
+) -> dict[str, Any]:
+    """A predictor's output batch: the input's columns without its pixels (``image``, ``encoded``),
+    each row's error and stage, its mask (an empty 1 x 1 ``mask_dtype`` mask for a failed row, so
+    the column holds one kind of array) and the task's ``columns``."""
+    for i in np.flatnonzero(errors != ""):
+        masks[i] = np.zeros((1, 1), dtype=mask_dtype)
+    out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
+    return out | {"error": errors, "error_stage": stages, "mask": masks, **columns}

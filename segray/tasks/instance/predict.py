@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from segray.models.artifact import ModelArtifact
 from segray.models.maskrcnn import to_class_index
 from segray.models.precision import amp_dtype, pick_device
+from segray.tasks.batch import predicted_batch
 
 log = logging.getLogger(__name__)
 
@@ -203,18 +204,18 @@ class InstancePredictor:
                     counts[row, cls] += 1
                 if records:
                     confidence[row] = float(np.mean([r[1] for r in records]))
-        for row in np.flatnonzero(errors != ""):
-            masks[row] = np.zeros((1, 1), dtype=np.uint16)
-        out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
-        out["error"] = errors
-        out["error_stage"] = stages
-        out["mask"] = masks
-        out["class_pixels"] = class_pixels
-        out["instance_counts"] = counts
-        out["instances"] = instances
-        out["mean_confidence"] = confidence
-        out["windowed"] = np.zeros(n, dtype=bool)
-        return out
+        return predicted_batch(
+            batch,
+            errors,
+            stages,
+            masks,
+            np.uint16,
+            class_pixels=class_pixels,
+            instance_counts=counts,
+            instances=instances,
+            mean_confidence=confidence,
+            windowed=np.zeros(n, dtype=bool),
+        )
 
 
 #: The fields of each record in the ``instances`` column (JSON lists, in this order), id order.

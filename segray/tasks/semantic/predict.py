@@ -34,7 +34,7 @@ from segray.models.fusion import fold_batchnorm
 from segray.models.precision import amp_dtype, pick_device
 from segray.models.preprocessing import forward, normalise
 from segray.storage import StorageError
-from segray.tasks.batch import decode_left_encoded
+from segray.tasks.batch import decode_left_encoded, predicted_batch
 from segray.tiles.scene import SCENE_COLUMN, SceneResult, label_scene
 from segray.tiles.upsample import masks_from_logits
 from segray.tiles.windows import TileSpec, label_tile
@@ -230,19 +230,19 @@ class Predictor:
                     masks[idx[j]], counts[idx[j]] = m[k], c[k]
         self._label_large_rows(batch, np.flatnonzero(large), encoded, out)
         self._label_scenes(batch, np.flatnonzero(geo), out)
-        for i in np.flatnonzero(errors != ""):
-            masks[i] = np.zeros((1, 1), dtype=np.uint8)
-        result = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
-        result["error"] = errors
-        result["error_stage"] = stages
-        result["mask"] = masks
-        result["class_pixels"] = counts
-        result["mean_confidence"] = confidence
-        result["windowed"] = (large | geo) & (errors == "")
-        result["class_area_m2"] = out.areas
-        result["nodata_pixels"] = out.nodata
-        result[SCENE_COLUMN] = scenes
-        return result
+        return predicted_batch(
+            batch,
+            errors,
+            stages,
+            masks,
+            np.uint8,
+            class_pixels=counts,
+            mean_confidence=confidence,
+            windowed=(large | geo) & (errors == ""),
+            class_area_m2=out.areas,
+            nodata_pixels=out.nodata,
+            **{SCENE_COLUMN: scenes},
+        )
 
     def _label_large_rows(self, batch: dict[str, Any], rows: np.ndarray, encoded: np.ndarray, out: _Outputs) -> None:
         """Frames left encoded by the read stage, decoded and labelled in windows one at a time: a frame's
