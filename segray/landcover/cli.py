@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from segray.exit_codes import EXIT_CODES
-from segray.landcover.sample import parse_per_class
 from segray.options import ArgumentParser, add_dataclass_arguments, check_bounds, from_namespace, opt
 
 
@@ -28,6 +27,23 @@ class LandcoverCommand:
         default_help="the rows' one model; required if there are several",
     )
     address: str | None = opt(None, help="Ray address", flag="--address", default_help="$RAY_ADDRESS, else a local Ray")
+
+
+def parse_per_class(text: str) -> int | dict[str, int]:
+    """``--per-class``: one number for every class (``50``), or ``class=number`` pairs
+    (``forest=50,quarry=30``)."""
+    text = text.strip()
+    if "=" not in text:
+        if not text.isdigit():
+            raise ValueError(f"{text!r}: expected a number of points per class, or CLASS=N,... pairs")
+        return int(text)
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, _, value = (s.strip() for s in item.partition("="))
+        if not name or not value.isdigit():
+            raise ValueError(f"{item!r}: expected CLASS=N (a class name and a whole number)")
+        out[name] = int(value)
+    return out
 
 
 MAP_HELP = "a labelling output of GeoTIFF scenes (its masks/*.tif) or one mask GeoTIFF, local or s3://"

@@ -28,23 +28,6 @@ LAYER = "points"
 REFERENCE = "reference"
 
 
-def parse_per_class(text: str) -> int | dict[str, int]:
-    """``--per-class``: one number for every class (``50``), or ``class=number`` pairs
-    (``forest=50,quarry=30``)."""
-    text = text.strip()
-    if "=" not in text:
-        if not text.isdigit():
-            raise ValueError(f"{text!r}: expected a number of points per class, or CLASS=N,... pairs")
-        return int(text)
-    out: dict[str, int] = {}
-    for item in text.split(","):
-        name, _, value = (s.strip() for s in item.partition("="))
-        if not name or not value.isdigit():
-            raise ValueError(f"{item!r}: expected CLASS=N (a class name and a whole number)")
-        out[name] = int(value)
-    return out
-
-
 def allocation(
     cmap: ClassMap, totals: MapTotals, per_class: int | dict[str, int], min_per_class: int = 0
 ) -> dict[int, int]:
