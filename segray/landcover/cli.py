@@ -1,12 +1,16 @@
-"""``segray landcover``: argument parsing only; the export itself is ``export.run_export``."""
+"""``segray landcover``: argument parsing only; the export itself is ``export.run_export``, the
+reference sample ``sample.run_sample`` and the accuracy assessment ``accuracy.run_accuracy``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from segray.exit_codes import EXIT_CODES
-from segray.options import add_dataclass_arguments, opt
+from segray.options import ArgumentParser, add_dataclass_arguments, check_bounds, from_namespace, opt
 
 
 @dataclass
@@ -25,17 +29,139 @@ class LandcoverCommand:
     address: str | None = opt(None, help="Ray address", flag="--address", default_help="$RAY_ADDRESS, else a local Ray")
 
 
+def parse_per_class(text: str) -> int | dict[str, int]:
+    """``--per-class``: one number for every class (``50``), or ``class=number`` pairs
+    (``forest=50,quarry=30``)."""
+    text = text.strip()
+    if "=" not in text:
+        if not text.isdigit():
+            raise ValueError(f"{text!r}: expected a number of points per class, or CLASS=N,... pairs")
+        return int(text)
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, _, value = (s.strip() for s in item.partition("="))
+        if not name or not value.isdigit():
+            raise ValueError(f"{item!r}: expected CLASS=N (a class name and a whole number)")
+        out[name] = int(value)
+    return out
+
+
+MAP_HELP = "a labelling output of GeoTIFF scenes (its masks/*.tif) or one mask GeoTIFF, local or s3://"
+LABELS_HELP = "label map (built-in name or JSON file) naming the map's class ids"
+LABELS_DEFAULT = "the labelling output's; a single mask's classes are named by their ids"
+
+
+@dataclass
+class LandcoverSample:
+    """``segray landcover sample``'s options."""
+
+    map: str = opt(help=MAP_HELP, flag="--map")
+    per_class: int | dict[str, int] = opt(
+        help="points per map class: one number for every class, or CLASS=N pairs (forest=50,quarry=30; a class "
+        "left out gets --min-per-class)",
+        flag="--per-class",
+        parse=parse_per_class,
+        metavar="N|CLASS=N,...",
+    )
+    output: str = opt(help="GeoPackage of the points (local or s3://)", flag="--output")
+    min_per_class: int = opt(0, help="at least this many points in every map class", flag="--min-per-class", min=0)
+    seed: int = opt(0, help="random seed: the same seed and map give the same points", flag="--seed")
+    labels: str | None = opt(None, help=LABELS_HELP, flag="--labels", default_help=LABELS_DEFAULT)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+@dataclass
+class LandcoverAccuracy:
+    """``segray landcover accuracy``'s options."""
+
+    map: str = opt(help=MAP_HELP, flag="--map")
+    reference: str = opt(
+        help="reference points (the GeoPackage of `segray landcover sample`, filled in)", flag="--reference"
+    )
+    output: str = opt(help="folder or s3:// prefix for the Parquet, JSON and markdown results", flag="--output")
+    reference_column: str = opt(
+        "reference", help="the points' column holding the reference class", flag="--reference-column"
+    )
+    labels: str | None = opt(None, help=LABELS_HELP, flag="--labels", default_help=LABELS_DEFAULT)
+    print_table: bool = opt(False, help="print the markdown tables", flag="--print-table")
+
+
+class LandcoverParser(ArgumentParser):
+    """``segray landcover``'s parser: the export's flags, or a subcommand named first (``sample``,
+    ``accuracy``) whose own parser takes the rest. The export keeps its flags right after ``landcover``
+    and required, which argparse's optional subparsers cannot give beside required flags."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def parse_known_args(  # type: ignore[override]  # one signature for argparse's overloads
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        command = self.commands.get(argv[0]) if argv else None
+        if command is not None:
+            return command.parse_known_args(argv[1:], namespace)
+        return super().parse_known_args(argv, namespace)
+
+
+SUBCOMMANDS_TEXT = (
+    "Accuracy: `segray landcover sample --map MAP --per-class N --output points.gpkg` draws a stratified "
+    "random reference sample by map class; `segray landcover accuracy --map MAP --reference points.gpkg "
+    "--output ACC` estimates accuracy and error-adjusted areas (Olofsson et al. 2014). See `segray landcover "
+    "sample --help` and `segray landcover accuracy --help`."
+)
+
+
+def _landcover_parser(sub: argparse._SubParsersAction, **kwargs: Any) -> LandcoverParser:
+    """``sub.add_parser("landcover")``, made a :class:`LandcoverParser`."""
+    base = sub._parser_class
+    sub._parser_class = LandcoverParser
+    try:
+        parser: LandcoverParser = sub.add_parser("landcover", **kwargs)
+    finally:
+        sub._parser_class = base
+    return parser
+
+
+def _add_subcommands(p: LandcoverParser) -> None:
+    sample = ArgumentParser(
+        prog=f"{p.prog} sample",
+        description="A stratified random sample of pixel centres, the map classes being the strata (Olofsson et "
+        "al. 2014): N points per class, each pixel of a class equally likely, nodata never. The GeoPackage "
+        "holds each point's mask, pixel, x/y in the masks' CRS, map class and an empty reference column "
+        "for interpreters to fill in.",
+        epilog=EXIT_CODES,
+    )
+    add_dataclass_arguments(sample, LandcoverSample)
+    sample.set_defaults(func=cmd_sample)
+    accuracy = ArgumentParser(
+        prog=f"{p.prog} accuracy",
+        description="Error matrix in sample counts and in estimated area proportions; overall, user's and "
+        "producer's accuracy, each with its standard error and 95% confidence interval; error-adjusted area "
+        "of each class in hectares with its 95% confidence interval (Olofsson et al. 2014). Mapped areas "
+        "come from the map's pixels and CRS. Points outside the map, on nodata or without a reference class "
+        "are listed and left out. OUT receives classes.parquet, error_matrix_counts.parquet, "
+        "error_matrix_proportions.parquet, accuracy.json and accuracy.md.",
+        epilog=EXIT_CODES,
+    )
+    add_dataclass_arguments(accuracy, LandcoverAccuracy)
+    accuracy.set_defaults(func=cmd_accuracy)
+    p.commands = {"sample": sample, "accuracy": accuracy}
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "landcover",
+    p = _landcover_parser(
+        sub,
         epilog=EXIT_CODES,
         help="area and share per class and group, from labelling stats (Ray Data); Parquet totals and charts",
         description="IN is a labelling job's output (or its stats/ folder), local or s3://; several may be "
         "given (e.g. one per nightly date). OUT receives totals/date=<date>/part-0.parquet (area and share "
-        "per class, frames counted, frames failed, per group) and charts/<region>.png.",
+        "per class, frames counted, frames failed, per group) and charts/<region>.png. " + SUBCOMMANDS_TEXT,
     )
     add_dataclass_arguments(p, LandcoverCommand)
     p.set_defaults(func=cmd_landcover)
+    _add_subcommands(p)
 
 
 def cmd_landcover(a: argparse.Namespace) -> int:
@@ -49,4 +175,31 @@ def cmd_landcover(a: argparse.Namespace) -> int:
         f"{s.groups} groups ({', '.join(s.by)}), {s.frames} frames, {s.frames_failed} failed, model {s.model_id} "
         f"-> {s.output} ({len(s.files)} files)"
     )
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from segray.landcover.sample import run_sample
+
+    o = from_namespace(LandcoverSample, a)
+    s = run_sample(o.map, o.output, o.per_class, o.min_per_class, o.seed, o.labels)
+    classes = ", ".join(f"{name} {n}/{pixels:,} px" for name, (n, pixels) in s.per_class.items())
+    print(f"{s.points} points (seed {s.seed}): {classes} -> {s.output}")
+    return 0
+
+
+def cmd_accuracy(a: argparse.Namespace) -> int:
+    from segray.landcover.accuracy import markdown, run_accuracy
+
+    o = from_namespace(LandcoverAccuracy, a)
+    r = run_accuracy(o.map, o.reference, o.output, o.reference_column, o.labels)
+    left = ", ".join(f"{n} {why}" for why, n in r.left_out_counts().items())
+    est = r.estimates
+    print(
+        f"{r.points_used} of {r.points_read} reference points used "
+        f"({len(r.left_out)} left out{': ' + left if left else ''}); "
+        f"overall accuracy {est.overall:.3f} ± {est.ci(est.overall_se):.3f} -> {r.output} ({len(r.files)} files)"
+    )
+    if o.print_table:
+        print(markdown(r), end="")
     return 0
