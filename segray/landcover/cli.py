@@ -88,6 +88,45 @@ class LandcoverAccuracy:
     print_table: bool = opt(False, help="print the markdown tables", flag="--print-table")
 
 
+ZONES_HELP = "zone polygons: GeoPackage, GeoJSON or Shapefile, local or s3://, in any CRS"
+ZONE_ID_HELP = "the zones' column that names each zone (one row per zone and map in the results)"
+
+
+@dataclass
+class LandcoverZones:
+    """``segray landcover zones``'s options."""
+
+    maps: list[str] = opt(
+        help=MAP_HELP + "; several (one per date) give one row per zone and date", flag="--map", nargs="+"
+    )
+    zones: str = opt(help=ZONES_HELP, flag="--zones")
+    zone_id: str = opt(help=ZONE_ID_HELP, flag="--zone-id")
+    output: str = opt(help="folder or s3:// prefix for zones.parquet, zones.gpkg and _zones.json", flag="--output")
+    labels: str | None = opt(None, help=LABELS_HELP, flag="--labels", default_help=LABELS_DEFAULT)
+
+
+@dataclass
+class LandcoverChange:
+    """``segray landcover change``'s options."""
+
+    before: str = opt(help="the earlier map: " + MAP_HELP, flag="--from")
+    after: str = opt(help="the later map, of the same masks (keys) or one mask", flag="--to")
+    output: str = opt(help="folder or s3:// prefix for the matrices, change COGs and _change.json", flag="--output")
+    zones: str | None = opt(None, help=ZONES_HELP + "; the matrix per zone too", flag="--zones", default_help="none")
+    zone_id: str | None = opt(None, help=ZONE_ID_HELP + " (with --zones)", flag="--zone-id", default_help="none")
+    resample: str | None = opt(
+        None,
+        help="read the later mask onto the earlier one's grid where the grids differ",
+        flag="--resample",
+        choices=("nearest",),
+        default_help="masks on different grids are refused",
+    )
+    labels: str | None = opt(None, help=LABELS_HELP, flag="--labels", default_help=LABELS_DEFAULT)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
 class LandcoverParser(ArgumentParser):
     """``segray landcover``'s parser: the export's flags, or a subcommand named first (``sample``,
     ``accuracy``) whose own parser takes the rest. The export keeps its flags right after ``landcover``
@@ -109,7 +148,9 @@ SUBCOMMANDS_TEXT = (
     "Accuracy: `segray landcover sample --map MAP --per-class N --output points.gpkg` draws a stratified "
     "random reference sample by map class; `segray landcover accuracy --map MAP --reference points.gpkg "
     "--output ACC` estimates accuracy and error-adjusted areas (Olofsson et al. 2014). See `segray landcover "
-    "sample --help` and `segray landcover accuracy --help`."
+    "sample --help` and `segray landcover accuracy --help`. Zones and change: `segray landcover zones --map MAP... "
+    "--zones ZONES --zone-id COLUMN --output OUT` gives areas per class in each zone and date; `segray landcover "
+    "change --from MAP_A --to MAP_B --output OUT` the from-to matrix, gains, losses and a change COG."
 )
 
 
@@ -147,7 +188,27 @@ def _add_subcommands(p: LandcoverParser) -> None:
     )
     add_dataclass_arguments(accuracy, LandcoverAccuracy)
     accuracy.set_defaults(func=cmd_accuracy)
-    p.commands = {"sample": sample, "accuracy": accuracy}
+    zones = ArgumentParser(
+        prog=f"{p.prog} zones",
+        description="Area of each class in each zone polygon, for each map (one per date): a pixel counts in a "
+        "zone when its centre is inside the polygon; overlapping masks of one grid count a pixel once. OUT "
+        "receives zones.parquet and zones.gpkg (the zones with area_m2_<class>, area_ha_<class>, share_<class>, "
+        "area_nodata_m2 and covered_fraction, one feature per zone, date and model) and _zones.json.",
+        epilog=EXIT_CODES,
+    )
+    add_dataclass_arguments(zones, LandcoverZones)
+    zones.set_defaults(func=cmd_zones)
+    change = ArgumentParser(
+        prog=f"{p.prog} change",
+        description="Change between two maps of the same masks: the from-to matrix in hectares (per zone too "
+        "with --zones), gains, losses and net change per class, and a change COG per mask (code from*K+to, "
+        "colour table, legend in _change.json). OUT receives from_to_ha.parquet, class_change.parquet, "
+        "change/<scene>.tif, zones_*.parquet with --zones, and _change.json.",
+        epilog=EXIT_CODES,
+    )
+    add_dataclass_arguments(change, LandcoverChange)
+    change.set_defaults(func=cmd_change)
+    p.commands = {"sample": sample, "accuracy": accuracy, "zones": zones, "change": change}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -202,4 +263,25 @@ def cmd_accuracy(a: argparse.Namespace) -> int:
     )
     if o.print_table:
         print(markdown(r), end="")
+    return 0
+
+
+def cmd_zones(a: argparse.Namespace) -> int:
+    from segray.landcover.zones import run_zones
+
+    o = from_namespace(LandcoverZones, a)
+    s = run_zones(o.maps, o.zones, o.zone_id, o.output, o.labels)
+    print(f"{s.zones} zones x {len(s.maps)} maps: {s.rows} rows -> {s.output} ({len(s.files)} files)")
+    return 0
+
+
+def cmd_change(a: argparse.Namespace) -> int:
+    from segray.landcover.change import run_change
+
+    o = from_namespace(LandcoverChange, a)
+    s = run_change(o.before, o.after, o.output, o.zones, o.zone_id, o.resample, o.labels)
+    unpaired = f", {len(s.unpaired)} masks in only one map" if s.unpaired else ""
+    print(
+        f"{s.changed_ha:.2f} ha changed class ({len(s.classes)} classes{unpaired}) -> {s.output} ({len(s.files)} files)"
+    )
     return 0

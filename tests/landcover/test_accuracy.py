@@ -272,7 +272,7 @@ def test_points_outside_the_map_or_on_nodata_are_left_out_and_unknown_classes_re
 def test_the_subcommands_declare_every_flag_once_and_the_export_keeps_its_command_line() -> None:
     landcover = subcommand(build_parser(), ["landcover"])
     commands: dict[str, argparse.ArgumentParser] = landcover.commands  # type: ignore[attr-defined]
-    assert set(commands) == {"sample", "accuracy"}
+    assert set(commands) == {"sample", "accuracy", "zones", "change"}
     for name, parser in commands.items():
         for action in parser._actions:
             if "--help" in action.option_strings:
