@@ -13,12 +13,21 @@ over a realistic run length; the first-batch latency is printed separately.
 
     python bench/label_throughput.py --frames ../shared/data/camvid/val --repeat 3
     python bench/label_throughput.py --repeat 5 --actors 1 --cpus-per-actor 1   # 1 actor x 2 threads
+
+``--compare OLD [NEW]`` measures (b) only, for two checkouts of segray (folders; NEW defaults to this
+one), alternating A B A B (``--rounds``) so that the host's drift hits both alike; each run is a fresh
+process (and a fresh local Ray) importing segray from its checkout. Prints frames/s of each run, the
+mean of each checkout and the ratio NEW / OLD:
+
+    python bench/label_throughput.py --frames ../shared/data/camvid/val --repeat 2 --compare ../old
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +41,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+#: The segray checkout to measure: this one, unless --compare runs this script for another (SEGRAY_CHECKOUT).
+CHECKOUT = os.environ.get("SEGRAY_CHECKOUT") or str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, CHECKOUT)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu import CpuShare  # noqa: E402
@@ -116,6 +127,76 @@ def naive_loop(model: str, frames: list[Path], n: int, out: Path, threads: int) 
     return n / (time.perf_counter() - t)
 
 
+def job_only(a: argparse.Namespace, frames: list[Path]) -> None:
+    """(b) alone, for --compare: prints one JSON line (frames, seconds, frames/s, the checkout)."""
+    import ray
+
+    n = len(frames) * a.repeat
+    work = Path(tempfile.mkdtemp(prefix="segray-bench-"))
+    model = str(work / "model")
+    init_artifact(a.arch, a.encoder, CAMVID, height=a.height, width=a.width).save(model)
+    manifest = work / "manifest.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "uri": [str(p) for _ in range(a.repeat) for p in frames],
+                "relative_path": [f"r{k}/{p.name}" for k in range(a.repeat) for p in frames],
+            }
+        ),
+        manifest,
+    )
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    t = time.perf_counter()
+    s = run_label_job(
+        LabelOptions(
+            model=model,
+            input=str(manifest),
+            output=str(work / "job"),
+            batch_size=a.batch_size,
+            write_batch_size=a.write_batch,
+            min_actors=a.actors,
+            max_actors=a.actors,
+            cpus_per_actor=a.cpus_per_actor,
+            torch_threads=a.actor_threads,
+        )
+    )
+    wall = time.perf_counter() - t
+    ray.shutdown()
+    assert s.labelled == n, s
+    print(json.dumps({"checkout": CHECKOUT, "frames": n, "seconds": round(wall, 2), "fps": round(n / wall, 3)}))
+
+
+#: Ray waits 30 s for its own processes to start; on a busy shared host a start may take longer.
+STARTS = 3
+
+
+def compare(a: argparse.Namespace, argv: list[str]) -> None:
+    """Alternates (b) runs of the OLD and NEW checkouts, each in its own process."""
+    old, new = (str(Path(p).resolve()) for p in (a.compare + [CHECKOUT])[:2])
+    passed = [x for x in argv if x not in a.compare and x != "--compare"]
+    results: dict[str, list[float]] = {old: [], new: []}
+    for r in range(a.rounds):
+        for label, root in (("A (old)", old), ("B (new)", new)):
+            env = dict(os.environ, SEGRAY_CHECKOUT=root, PYTHONPATH=root)  # Ray workers import from it too
+            for _ in range(STARTS):
+                cmd = [sys.executable, __file__, *passed, "--job-only"]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if "timed out during startup" not in out.stderr:
+                    break
+                print("Ray did not start in time on the loaded machine; starting it again", flush=True)
+            if out.returncode:
+                sys.exit(f"{label} {root} failed:\n{out.stderr[-3000:]}")
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            assert res["checkout"] == root, res
+            results[root].append(res["fps"])
+            print(f"round {r + 1} {label}: {res['fps']:.3f} frames/s ({res['frames']} frames, {res['seconds']} s)")
+            sys.stdout.flush()
+    mo, mn = (sum(results[k]) / len(results[k]) for k in (old, new))
+    print(f"A {old}: mean {mo:.3f} frames/s {results[old]}")
+    print(f"B {new}: mean {mn:.3f} frames/s {results[new]}")
+    print(f"B / A = {mn / mo:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", default=str(Path(__file__).resolve().parents[2] / "shared/data/camvid/val"))
@@ -140,11 +221,20 @@ def main() -> None:
     ap.add_argument(
         "--actor-threads", type=int, default=0, help="torch threads per actor (0: the job's default, cores / actors)"
     )
+    ap.add_argument("--compare", nargs="+", default=None, metavar="CHECKOUT", help="OLD [NEW]: (b) only, see above")
+    ap.add_argument("--rounds", type=int, default=2, help="--compare: A B rounds")
+    ap.add_argument("--job-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     frames = sorted(p for p in Path(a.frames).resolve().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not frames:
         sys.exit(f"no frames in {a.frames}")
+    if a.compare:
+        compare(a, sys.argv[1:])
+        return
+    if a.job_only:
+        job_only(a, frames)
+        return
     n = len(frames) * a.repeat
     work = Path(tempfile.mkdtemp(prefix="segray-bench-"))
     model = str(work / "model")

@@ -3,7 +3,9 @@
 The output is what GIS tools and tile servers expect of a land-cover map: one uint8 band on the
 scene's own grid (CRS, transform, size), nodata 255, a colour table in the label map's colours,
 DEFLATE, 512 x 512 internal tiles, and overviews resampled with NEAREST, so a zoomed-out view shows
-real class ids (averaging ids would invent classes between them).
+real class ids (averaging ids would invent classes between them). A confidence map (whole percent) is
+a continuous value: its overviews are resampled with AVERAGE (nodata left out), so a zoomed-out view
+shows the mean confidence of the ground it covers rather than one pixel picked from it.
 
 GDAL's COG layout (overviews and tile index before the pixel data) can only be made by copying a
 finished raster. :class:`CogMaskWriter` therefore writes the windows into a temporary tiled GeoTIFF
@@ -120,7 +122,9 @@ class CogMaskWriter:
             self._ds.close()
             self._ds = None
             cog = self._dir / "cog.tif"
-            to_cog(self._tmp, cog)
+            # Class ids are categories: NEAREST keeps real ids. Percents are continuous: AVERAGE gives each
+            # overview pixel the mean confidence of the pixels it covers (GDAL leaves nodata out of the mean).
+            to_cog(self._tmp, cog, "NEAREST" if self.label_map is not None else "AVERAGE")
             # The compressed COG (typically a few MB for a 10,980^2 class mask) is held once while it is published.
             storage.write_bytes(self.uri, cog.read_bytes())
             return self.uri
@@ -146,16 +150,17 @@ class CogMaskWriter:
             self.discard()
 
 
-def to_cog(src: Path, dst: Path) -> None:
+def to_cog(src: Path, dst: Path, resampling: str = "NEAREST") -> None:
     """Copy a tiled GeoTIFF to a COG with GDAL's COG driver: DEFLATE, 512 x 512 tiles, overviews
-    (halving until one tile holds the image) resampled with NEAREST; nodata and colour table kept."""
+    (halving until one tile holds the image) resampled with ``resampling`` (NEAREST for class ids,
+    AVERAGE for a continuous value); nodata and colour table kept."""
     rasterio.shutil.copy(
         str(src),
         str(dst),
         driver="COG",
         COMPRESS="DEFLATE",
         BLOCKSIZE=str(TILE),
-        OVERVIEW_RESAMPLING="NEAREST",
-        RESAMPLING="NEAREST",
+        OVERVIEW_RESAMPLING=resampling,
+        RESAMPLING=resampling,
         BIGTIFF="IF_SAFER",
     )

@@ -186,6 +186,15 @@ class LabelOptions:
         flag="--no-world-files",
         group=TILES,
     )
+    #: GeoTIFF scenes: also write each scene's per-pixel confidence as a COG (confidence/<path>.tif).
+    #: PNG/JPEG frames have no such map: a run that lists one is refused (check_confidence_inputs).
+    write_confidence: bool = opt(
+        False,
+        help="GeoTIFF scenes: also write each scene's confidence map, the winning class's probability in whole "
+        "percent (255 = nodata), as a COG at confidence/<path>.tif; refused when the input lists PNG/JPEG frames",
+        flag="--write-confidence",
+        group=TILES,
+    )
     #: Label at most this many of the frames not yet labelled (in listing order); the next run goes on.
     limit: int | None = opt(
         None,
@@ -295,6 +304,7 @@ def plan_run(opts: LabelOptions, info: ArtifactInfo, show: int = 5) -> LabelPlan
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
     check_scene_bands(table, info)
+    check_confidence_inputs(table, info, opts)
     todo = 0 if table is None else table.num_rows
     n = todo if opts.limit is None else min(todo, opts.limit)
     first = [] if table is None else table.column("relative_path").slice(0, min(n, show)).to_pylist()
@@ -442,6 +452,26 @@ def check_scene_bands(table: pa.Table | None, info: ArtifactInfo) -> None:
         )
 
 
+def check_confidence_inputs(table: pa.Table | None, info: ArtifactInfo, opts: LabelOptions) -> None:
+    """``--write-confidence`` writes confidence maps of GeoTIFF scenes only: a run with it is refused
+    before any work when the model is not semantic or the frames to label include a PNG or JPEG, so no
+    frame ends up without the map the run was asked for."""
+    if not opts.write_confidence:
+        return
+    if info.task != "semantic":
+        raise ValueError(f"--write-confidence: confidence maps come from semantic models; this is an {info.task} model")
+    if table is None:
+        return
+    uris = table.column("uri").cast(pa.string())
+    tiffs = pc.match_substring_regex(pc.utf8_lower(uris), r"\.tiff?(\?.*)?$")
+    first = pc.index(tiffs, False).as_py()
+    if first >= 0:
+        raise ValueError(
+            "--write-confidence writes confidence maps of GeoTIFF scenes (.tif, .tiff) only, and "
+            f"{uris[first].as_py()} is not one; label PNG/JPEG frames without it (their rows keep mean_confidence)"
+        )
+
+
 def block_sizes(n: int, actors: int, largest: int = LISTING_BLOCK_ROWS, smallest: int = TAIL_BLOCK_ROWS) -> list[int]:
     """Rows per block, shrinking towards the end of the job (guided self-scheduling).
 
@@ -573,6 +603,7 @@ def _plan(opts: LabelOptions, info: ArtifactInfo, run_id: str, started: float) -
     mid = label_model_id(info, opts)
     table, total, skipped = _frames_table(opts, mid)
     check_scene_bands(table, info)
+    check_confidence_inputs(table, info, opts)
     left_by_limit = 0
     if table is not None and opts.limit is not None and table.num_rows > opts.limit:
         left_by_limit = table.num_rows - opts.limit

@@ -14,6 +14,8 @@ goes to ``errors/`` (stage ``write``), never nowhere.
 A GeoTIFF scene (a frame whose ``geo_scene`` column holds its georeferencing) gets its class mask as
 a Cloud-Optimized GeoTIFF on the scene's grid (``masks/<path>.tif``), and its stats row its CRS, its
 bounds, its nodata pixels and areas from the CRS. GDAL is loaded only for batches that hold a scene.
+A run with ``--write-confidence`` hands each scene's confidence map (``confidence_map``) here too: it
+is written as a COG beside the mask (``confidence/<path>.tif``) before the stats row that names it.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import pyarrow as pa
 
 from segray import storage
 from segray.labels import LabelMap
-from segray.outputs.masks import COG, PNG, mask_key, write_cog_mask
+from segray.outputs.masks import COG, PNG, confidence_key, mask_key, write_cog_mask
 from segray.outputs.schema import (
     CLASS_AREA_COLUMN,
+    CONFIDENCE_MAP_COLUMN,
     ERRORS_SCHEMA,
     GEO_SCENE_COLUMN,
     GEO_STATS_FIELDS,
@@ -65,6 +68,7 @@ def write_outputs(
     n = len(batch["uri"])
     scenes = scene_texts(batch, n)
     keys = _write_masks(batch, output, lm, t, errors, stages, scenes)
+    conf_keys = _write_confidence_maps(batch, output, errors, stages, scenes)
 
     now = datetime.now(timezone.utc)
     ok = [i for i in range(n) if not errors[i]]
@@ -75,7 +79,7 @@ def write_outputs(
     for folder, table in (t.extra_tables(batch, ok, lm, model_id, run_id, now) if ok else {}).items():
         storage.write_bytes(storage.join(output, folder, part), to_parquet_bytes(table))
     if ok:
-        table = _stats_table(batch, ok, keys, scenes, lm, t, model_id, run_id, now)
+        table = _stats_table(batch, ok, keys, conf_keys, scenes, lm, t, model_id, run_id, now)
         storage.write_bytes(storage.join(output, "stats", part), to_parquet_bytes(table))
     if bad:
         table = _errors_table(batch, bad, errors, stages, run_id, now)
@@ -129,10 +133,37 @@ def _write_masks(
     return keys
 
 
+def _write_confidence_maps(
+    batch: dict[str, Any], output: str, errors: list[str], stages: list[str], scenes: list[str]
+) -> list[str | None]:
+    """Writes the confidence map of every scene without an error that has one (a run with
+    ``--write-confidence``); returns each frame's key (None where there is none). A map that cannot be
+    written puts its frame in ``errors`` (stage ``write``), as a mask would."""
+    n = len(batch["uri"])
+    keys: list[str | None] = [None] * n
+    if CONFIDENCE_MAP_COLUMN not in batch:
+        return keys
+
+    def put(i: int) -> None:
+        try:
+            key = confidence_key(str(batch["relative_path"][i]))
+            write_cog_mask(storage.join(output, key), scenes[i], np.asarray(batch[CONFIDENCE_MAP_COLUMN][i]), None)
+            keys[i] = key
+        except Exception as e:  # noqa: BLE001 - recorded against the frame
+            errors[i], stages[i] = f"writing confidence map: {e}", "write"
+
+    todo = [i for i in range(n) if not errors[i] and scenes[i] and np.asarray(batch[CONFIDENCE_MAP_COLUMN][i]).size]
+    if todo:
+        with ThreadPoolExecutor(min(WRITE_THREADS, len(todo))) as pool:
+            list(pool.map(put, todo))
+    return keys
+
+
 def _stats_table(
     batch: dict[str, Any],
     ok: list[int],
     keys: list[str | None],
+    conf_keys: list[str | None],
     scenes: list[str],
     lm: LabelMap,
     task: Task,
@@ -173,6 +204,7 @@ def _stats_table(
     cols["run_id"] = [run_id] * len(ok)
     cols["processed_at"] = pa.array([now] * len(ok), pa.timestamp("us", tz="UTC"))
     cols |= _geo_columns(sc)
+    cols["confidence_path"] = pa.array([conf_keys[i] for i in ok], pa.string())
     table = pa.table(cols, schema=stats_schema(lm, counts=task.counts))
     for extra in passthrough_columns(batch):
         table = table.append_column(extra, pa.array(list(np.asarray(batch[extra])[ok])))
@@ -273,8 +305,9 @@ def _area_columns(
 
 
 def _geo_columns(sc: _SceneRows) -> dict[str, Any]:
-    """The scene columns (:data:`segray.outputs.schema.GEO_STATS_FIELDS`): null for frames that are
-    not scenes; bounds null for a scene without a CRS; ``area_nodata_m2`` only in a projected CRS."""
+    """The scene columns (:data:`segray.outputs.schema.GEO_STATS_FIELDS`) but ``confidence_path`` (which
+    the writes give): null for frames that are not scenes; bounds null for a scene without a CRS;
+    ``area_nodata_m2`` only in a projected CRS."""
     infos = sc.infos
     has_crs = [info is not None and info.crs is not None for info in infos]
     wgs84 = [info.bounds_wgs84 if crs else None for info, crs in zip(infos, has_crs, strict=True)]
@@ -286,7 +319,7 @@ def _geo_columns(sc: _SceneRows) -> dict[str, Any]:
     cols["nodata_pixels"] = pa.array(sc.nodata, pa.int64(), mask=~sc.is_scene)
     nodata_area = sc.nodata * sc.crs_pixel_area
     cols["area_nodata_m2"] = pa.array(nodata_area, pa.float64(), mask=~(sc.projected & sc.from_crs))
-    return {name: pa.array(cols[name], type_) for name, type_ in GEO_STATS_FIELDS}
+    return {name: pa.array(cols[name], type_) for name, type_ in GEO_STATS_FIELDS if name in cols}
 
 
 def _errors_table(

@@ -3,7 +3,8 @@ Cloud-Optimized GeoTIFFs of class ids for GeoTIFF scenes.
 
 Mask keys come from the frame's relative path (``masks/<path>.png``, ``masks/<path>.tif`` for a
 scene), so a rerun overwrites a mask instead of adding a second one; readers (the demo, landcover,
-users) find a frame's mask the same way.
+users) find a frame's mask the same way. A scene labelled with ``--write-confidence`` also gets its
+confidence map, a COG of whole percents, at ``confidence/<path>.tif``.
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ def mask_key(relative_path: str, suffix: str = PNG) -> str:
     return f"masks/{safe_relative_path(relative_path)}{suffix}"
 
 
-def write_cog_mask(uri: str, scene_json: str, mask: np.ndarray, label_map: LabelMap) -> None:
+def confidence_key(relative_path: str) -> str:
+    """``confidence/<relative path>.tif``: where a scene's confidence map goes."""
+    return f"confidence/{safe_relative_path(relative_path)}{COG}"
+
+
+def write_cog_mask(uri: str, scene_json: str, mask: np.ndarray, label_map: LabelMap | None) -> None:
     """Write a scene's class mask (h, w) of class ids, 255 = nodata, as a COG on the scene's grid
     (``scene_json``: :func:`segray.geo.scenejson.scene_to_json`), in strips of
-    :data:`COG_STRIP_ROWS` rows. GDAL is loaded here, only when a batch holds a scene."""
+    :data:`COG_STRIP_ROWS` rows. ``label_map`` None: ``mask`` is a confidence map in whole percent
+    (0..100, 255 = nodata), written without colours. GDAL is loaded here, only when a batch holds a scene."""
     from rasterio.windows import Window
 
     from segray.geo.cog import CogMaskWriter
@@ -63,7 +70,8 @@ def write_cog_mask(uri: str, scene_json: str, mask: np.ndarray, label_map: Label
 
     info = scene_from_json(scene_json, uri)
     if mask.shape != (info.height, info.width):
-        raise ValueError(f"a mask of shape {mask.shape} does not fit the {info.width}x{info.height} scene")
+        what = "a mask" if label_map is not None else "a confidence map"
+        raise ValueError(f"{what} of shape {mask.shape} does not fit the {info.width}x{info.height} scene")
     with CogMaskWriter(uri, info, label_map) as writer:
         for top in range(0, info.height, COG_STRIP_ROWS):
             strip = mask[top : top + COG_STRIP_ROWS]

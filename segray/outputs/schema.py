@@ -25,9 +25,11 @@ it with no extra code (``SELECT sum(px_road) FROM 'out/stats/*.parquet'``).
 | lon_min/lat_min/lon_max/lat_max | float64, null | the same box in WGS84 degrees |
 | nodata_pixels | int64, null | a scene's pixels without valid data (255 in its mask); null for other frames |
 | area_nodata_m2 | float64, null | nodata_pixels * pixel_area_m2 in a projected CRS; null otherwise |
+| confidence_path | string, null | ``confidence/<relative_path>.tif``: a scene's confidence map; else null |
 | (manifest columns) | as given | extra manifest columns (e.g. region, date) carried through |
 
-A GeoTIFF scene's mask is a Cloud-Optimized GeoTIFF (``masks/<relative_path>.tif``) on its grid.
+A GeoTIFF scene's mask is a Cloud-Optimized GeoTIFF (``masks/<relative_path>.tif``) on its grid; with
+``--write-confidence`` its confidence map (whole percent) is one too, at ``confidence/<relative_path>.tif``.
 
 Instance models (``task: instance``) write the same row with, beside ``px_<class>``, one
 ``count_<class>`` (int64: the frame's instances of the class); their ``px_<class>`` counts the pixels
@@ -75,7 +77,11 @@ GEO_SCENE_COLUMN = "geo_scene"
 CLASS_AREA_COLUMN = "class_area_m2"
 #: Per frame, a scene's pixels without valid data (255 in its mask); 0 for other frames.
 NODATA_PIXELS_COLUMN = "nodata_pixels"
-#: Stats columns that describe a scene's place on the ground; null for frames that are not scenes.
+#: Per frame, a scene's confidence map: (h, w) uint8 whole percent, 255 = nodata; an empty array for
+#: other rows. In a batch only when the run writes confidence maps.
+CONFIDENCE_MAP_COLUMN = "confidence_map"
+#: Stats columns of GeoTIFF scenes (their place on the ground, their confidence map); null for frames
+#: that are not scenes.
 GEO_STATS_FIELDS: list[tuple[str, pa.DataType]] = [
     ("crs", pa.string()),
     ("bounds_left", pa.float64()),
@@ -88,6 +94,7 @@ GEO_STATS_FIELDS: list[tuple[str, pa.DataType]] = [
     ("lat_max", pa.float64()),
     ("nodata_pixels", pa.int64()),
     ("area_nodata_m2", pa.float64()),
+    ("confidence_path", pa.string()),
 ]
 
 #: Columns the pipeline itself creates; anything else in a batch came from the manifest.
@@ -115,6 +122,7 @@ PIPELINE_COLUMNS = {
     GEO_SCENE_COLUMN,
     CLASS_AREA_COLUMN,
     NODATA_PIXELS_COLUMN,
+    CONFIDENCE_MAP_COLUMN,
 }
 
 ERRORS_SCHEMA = pa.schema(

@@ -7,8 +7,13 @@ The windows also tell which pixels are valid (nodata, internal mask): those beco
 mask and count for no class, no area and no confidence. Class areas come from the CRS, row by row
 (segray.geo.areas), so a geographic scene gets the true area of each pixel, not a flat-earth one.
 
-Memory: the mask (1 byte per pixel) and the valid map (1 byte per pixel) of the scene, plus what
-:mod:`segray.tiles.windows` states for a frame, minus the decoded frame, which is never held.
+With ``write_confidence`` the winning class's softmax probability of every pixel is kept too, in
+whole percent (uint8, 255 where the scene has no data), for the confidence map beside the mask.
+
+Memory: the mask (1 byte per pixel) and the valid map (1 byte per pixel) of the scene, plus the
+confidence map (1 byte per pixel) when asked for, plus what :mod:`segray.tiles.windows` states for a
+frame, minus the decoded frame, which is never held; and GDAL's block cache of the file being read
+(at most ``GDAL_CACHEMAX``, by default 5% of the machine's memory).
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ class SceneResult:
     #: Mean winning-class probability over every 2nd valid pixel; NaN when none is valid.
     mean_confidence: float
     windows: int
+    #: (H, W) uint8: the winning class's probability in whole percent (0..100), 255 = no data;
+    #: None unless asked for.
+    confidence: np.ndarray | None = None
 
 
 def label_scene(
@@ -86,9 +94,11 @@ def label_scene(
     batch_size: int,
     num_classes: int,
     confidence_stride: int = 2,
+    write_confidence: bool = False,
 ) -> SceneResult:
     """Label the scene at ``uri`` (local or ``s3://``) with ``predict``, which takes (N, h, w, C)
-    windows of ``bands`` (names or 1-based indexes) in the file's dtype."""
+    windows of ``bands`` (names or 1-based indexes) in the file's dtype. ``write_confidence``: also
+    return the per-pixel confidence map (:attr:`SceneResult.confidence`)."""
     import torch
 
     from segray.geo.areas import scene_row_areas_m2
@@ -99,6 +109,7 @@ def label_scene(
         source = SceneSource(ds, select_bands(info, bands))
         rows_m2 = scene_row_areas_m2(info) if info.crs is not None else np.full(info.height, math.nan)
         mask = np.empty((info.height, info.width), dtype=np.uint8)
+        percent = np.empty((info.height, info.width), dtype=np.uint8) if write_confidence else None
         acc = _Totals(num_classes)
 
         def sink(y0: int, rows: torch.Tensor) -> None:
@@ -109,10 +120,19 @@ def label_scene(
             acc.add(part, valid, rows_m2[y0 : y0 + rows.shape[1]])
             # Stride on absolute rows, so the sample does not depend on how rows were chunked.
             first = (-y0) % confidence_stride
-            sample = rows[:, first::confidence_stride, ::confidence_stride]
             keep = valid[first::confidence_stride, ::confidence_stride]
+            if percent is not None:
+                # Every pixel's winning probability; the mean below samples the same values, so it is
+                # the same with or without the map.
+                full = rows.softmax(dim=0).amax(dim=0)
+                conf = (full * 100).round().to(torch.uint8).cpu().numpy()
+                conf[~valid] = NODATA_CLASS
+                percent[y0 : y0 + rows.shape[1]] = conf
+                top_all = full[first::confidence_stride, ::confidence_stride]
             if keep.any():
-                top = sample.softmax(dim=0).amax(dim=0)[torch.from_numpy(keep).to(sample.device)]
+                if percent is None:
+                    top_all = rows[:, first::confidence_stride, ::confidence_stride].softmax(dim=0).amax(dim=0)
+                top = top_all[torch.from_numpy(keep).to(top_all.device)]
                 acc.conf_sum += float(top.sum(dtype=torch.float64))
                 acc.conf_n += int(top.numel())
 
@@ -124,6 +144,7 @@ def label_scene(
         int(mask.size - acc.pixels.sum()),
         acc.conf_sum / acc.conf_n if acc.conf_n else math.nan,
         windows,
+        percent,
     )
 
 

@@ -116,6 +116,7 @@ class SemanticTask(Task):
             "tile_batch_size": opts["batch_size"],
             "max_pixels": opts["max_pixels"],
             "decode": opts["decode"],
+            "write_confidence": opts.get("write_confidence", False),
         }
 
     def encode_mask(self, mask: np.ndarray, label_map: LabelMap) -> bytes:

@@ -16,6 +16,7 @@ call, blended band by band (segray.tiles.windows, which states the memory one su
 Geodata rows (``geo_scene`` set by the read stage) are read here, window by window, from the scene
 itself (segray.tiles.scene): the model's bands in the file's dtype, normalised with the model's
 per-band statistics; pixels without data become class 255 and count for no class and no area.
+With ``write_confidence`` each scene's per-pixel confidence map goes out too (``confidence_map``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from segray.models.artifact import ModelArtifact
 from segray.models.fusion import fold_batchnorm
 from segray.models.precision import amp_dtype, pick_device
 from segray.models.preprocessing import forward, normalise
+from segray.outputs.schema import CONFIDENCE_MAP_COLUMN
 from segray.storage import StorageError
 from segray.tasks.batch import decode_left_encoded, predicted_batch
 from segray.tiles.scene import SCENE_COLUMN, SceneResult, label_scene
@@ -76,6 +78,7 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fold_bn: bool = True,
         decode: str = "cpu",
+        write_confidence: bool = False,
     ) -> None:
         self.torch_threads = torch_threads
         self._apply_threads()
@@ -107,6 +110,8 @@ class Predictor:
         self.tile_spec = TileSpec.for_model(pre.height, pre.width, tile_window, tile_overlap)
         self.tile_batch_size = tile_batch_size
         self.max_pixels = max_pixels
+        #: Scenes also hand over their per-pixel confidence map (segray.tiles.scene).
+        self.write_confidence = write_confidence
         self._told_windows = False
         self.amp_dtype = amp_dtype(self.device, amp)
         log.info(
@@ -184,7 +189,15 @@ class Predictor:
     @torch.inference_mode()
     def label_scene(self, uri: str) -> SceneResult:
         """A geodata scene, read and labelled window by window at its own resolution."""
-        return label_scene(uri, self.bands, self.predict_bands, self.tile_spec, self.tile_batch_size, self.num_classes)
+        return label_scene(
+            uri,
+            self.bands,
+            self.predict_bands,
+            self.tile_spec,
+            self.tile_batch_size,
+            self.num_classes,
+            write_confidence=self.write_confidence,
+        )
 
     def _label_scenes(self, batch: dict[str, Any], rows: np.ndarray, out: _Outputs) -> None:
         """Labels the geodata ``rows`` of the batch into ``out``; a scene that fails becomes an error row."""
@@ -199,6 +212,8 @@ class Predictor:
                 continue
             out.masks[i], out.counts[i], out.confidence[i] = result.mask, result.class_pixels, result.mean_confidence
             out.areas[i], out.nodata[i] = result.class_area_m2, result.nodata_pixels
+            if result.confidence is not None:
+                out.confidence_maps[i] = result.confidence
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +245,8 @@ class Predictor:
                     masks[idx[j]], counts[idx[j]] = m[k], c[k]
         self._label_large_rows(batch, np.flatnonzero(large), encoded, out)
         self._label_scenes(batch, np.flatnonzero(geo), out)
+        # Only a run that writes confidence maps carries them (empty for rows without one).
+        maps = {CONFIDENCE_MAP_COLUMN: out.confidence_maps} if self.write_confidence else {}
         return predicted_batch(
             batch,
             errors,
@@ -242,6 +259,7 @@ class Predictor:
             class_area_m2=out.areas,
             nodata_pixels=out.nodata,
             **{SCENE_COLUMN: scenes},
+            **maps,
         )
 
     def _label_large_rows(self, batch: dict[str, Any], rows: np.ndarray, encoded: np.ndarray, out: _Outputs) -> None:
@@ -283,6 +301,8 @@ class _Outputs:
     areas: np.ndarray
     #: Pixels without data per row (0 for frames).
     nodata: np.ndarray
+    #: Per row, a scene's (h, w) uint8 confidence map; an empty (0, 0) array for other rows.
+    confidence_maps: np.ndarray
 
     @classmethod
     def empty(cls, n: int, num_classes: int, errors: Any, stages: Any) -> _Outputs:
@@ -294,4 +314,13 @@ class _Outputs:
             np.full(n, np.nan, dtype=np.float64),
             np.full((n, num_classes), np.nan, dtype=np.float64),
             np.zeros(n, dtype=np.int64),
+            _empty_maps(n),
         )
+
+
+def _empty_maps(n: int) -> np.ndarray:
+    """``n`` empty uint8 maps, one per row, so the column holds one kind of array."""
+    maps = np.empty(n, dtype=object)
+    for i in range(n):
+        maps[i] = np.zeros((0, 0), dtype=np.uint8)
+    return maps
