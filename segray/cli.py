@@ -60,7 +60,7 @@ class LabelCommand:
     dry_run: bool = opt(
         False,
         help="check the model, input and output, and print how many frames a run would label and which "
-        "are already done, without starting Ray or taking the output",
+        "are already done, without starting Ray, taking the output or writing anything",
         flag="--dry-run",
     )
 
@@ -95,7 +95,7 @@ def cmd_label(a: argparse.Namespace) -> int:
 
     opts = label_options(a)
     opts.run_id = new_run_id()
-    info = preflight(opts)  # bad model/input/credentials fail before Ray starts
+    info = preflight(opts, dry_run=a.dry_run)  # bad model/input/credentials fail before Ray starts
     if a.dry_run:
         print_plan(opts, info)
         return 0
@@ -156,7 +156,7 @@ def cmd_nightly(a: argparse.Namespace) -> int:
 class ModelInit:
     """``segray model init``'s options."""
 
-    out: str = opt(help="artifact folder or s3:// URI", positional=True)
+    out: str = opt(help="artifact folder or s3:// URI to write", flag="--output", former_positional=True)
     arch: str = opt(
         "unet",
         help="unet, pspnet, fpn, deeplabv3plus, ..., fcn or segnet, see docs/models.md; maskrcnn for instances, "
@@ -210,7 +210,7 @@ class ConvertWeights:
     """``segray model convert-weights``'s options."""
 
     input: str = opt(help="checkpoint file or s3:// URI (a state dict, or one under state_dict/model)", positional=True)
-    output: str = opt(help="output .safetensors file or s3:// URI", positional=True)
+    output: str = opt(help=".safetensors file or s3:// URI to write", flag="--output", former_positional=True)
     encoder: str | None = opt(
         None,
         help="check the result against this encoder and report the fit",
@@ -233,14 +233,14 @@ class Demo:
 class Runs:
     """``segray runs``'s options."""
 
-    output: str = opt(help="labelling output folder or s3:// prefix", positional=True)
+    output: str = opt(help="labelling output folder or s3:// prefix to report on", positional=True)
 
 
 @dataclass
 class Compact:
     """``segray compact``'s options."""
 
-    output: str = opt(help="labelling output folder or s3:// prefix", positional=True)
+    output: str = opt(help="labelling output folder or s3:// prefix to compact in place", positional=True)
     rows_per_file: int = opt(DEFAULT_ROWS_PER_FILE, help="rows per compacted file", flag="--rows-per-file", min=1)
 
     def __post_init__(self) -> None:
@@ -334,8 +334,10 @@ def cmd_compact(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
+    from segray import storage
     from segray.outputs.runs import format_report, output_report
 
+    storage.check_readable(a.output)  # a misspelt path is an error (exit 2), not an output never written
     print(format_report(output_report(a.output)))
     return 0
 

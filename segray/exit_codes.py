@@ -21,8 +21,9 @@ COMPACT_EXIT_CODES = (
 )
 #: ``segray label`` and ``segray nightly``.
 LABEL_EXIT_CODES = (
-    "exit codes: 0 done; 1 the run stopped (e.g. another run took its output over after it stalled; what it "
-    "wrote is kept); 2 bad input, model, credentials or options, or another run is writing the output "
-    "(nothing labelled); 3 more frames failed than --max-failed-fraction allows (everything labelled is written); "
+    "exit codes: 0 done; 1 an unexpected failure, or the run stopped (e.g. another run took its output over "
+    "after it stalled; what it wrote is kept); 2 bad input, model, credentials or options, or another run is "
+    "writing the output (nothing labelled); 3 more frames failed than --max-failed-fraction allows (everything "
+    "labelled is written); "
     f"{TERMINATED} stopped by SIGTERM (what it labelled is kept and the output released; rerunning finishes the run)"
 )

@@ -100,9 +100,58 @@ class ArgumentParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> Any:
         self._argv = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
+        by_position = self._by_position()
+        for a in by_position:
+            a.required = False  # a value given by position instead is taken, and checked, below
+        try:
+            ns, rest = super().parse_known_args(args, namespace)
+        finally:
+            self._restore_required(by_position)
+        for a in by_position:
+            self._take_former_position(ns, a)
+        return ns, rest
+
+    def format_usage(self) -> str:
+        self._restore_required(self._by_position())  # --help and errors show such a flag as required
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._restore_required(self._by_position())
+        return super().format_help()
+
+    def _by_position(self) -> list[argparse.Action]:
+        """The flags that were formerly positional arguments (:attr:`Option.former_positional`)."""
+        return [a for a in self._actions if getattr(a, _BY_POSITION_KEY, None)]
+
+    @staticmethod
+    def _restore_required(actions: list[argparse.Action]) -> None:
+        for a in actions:
+            a.required = bool(getattr(a, _REQUIRED_KEY, False))
+
+    def _take_former_position(self, ns: argparse.Namespace, action: argparse.Action) -> None:
+        """The value of a flag that was formerly a positional argument, from either place."""
+        flag = action.option_strings[0]
+        positional = getattr(action, _BY_POSITION_KEY)
+        by_position = getattr(ns, positional, None)
+        if hasattr(ns, positional):
+            delattr(ns, positional)
+        if by_position is not None:
+            if getattr(ns, action.dest, None) is not None:
+                self.error(f"{flag} is given twice (by the flag and by position): give {flag} only")
+            setattr(ns, action.dest, by_position)
+        elif getattr(action, _REQUIRED_KEY, False) and getattr(ns, action.dest, None) is None:
+            self.error(f"the following arguments are required: {flag}")
 
     def error(self, message: str) -> NoReturn:
+        missing = re.match(r"the following arguments are required: (.*)$", message)
+        if missing:  # what a required flag is for, and where to find one, before the line argparse writes
+            left_out = set(missing[1].split(", "))
+            notes = [
+                spec.when_missing
+                for a in self._actions
+                if (spec := declared_option(a)) and spec.when_missing and left_out & set(a.option_strings)
+            ]
+            message = "; ".join([*notes, message])
         hint = self._hint(message)
         super().error(f"{message}; {hint}" if hint else message)
 
@@ -139,7 +188,9 @@ def parse_window(text: str) -> tuple[int, int]:
     try:
         return (int(h), int(w)) if sep else (int(h), int(h))
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--window {text!r}: expected HxW, e.g. 512x512") from e
+        raise argparse.ArgumentTypeError(
+            f"--window {text!r}: expected HxW, e.g. 512x256, or one number for a square"
+        ) from e
 
 
 def key_values(items: Sequence[str]) -> dict[str, str]:
@@ -200,6 +251,11 @@ class Option:
     shown_default: str | None = None
     #: Earlier spellings of the flag, still taken and not listed in ``--help``.
     former_flags: tuple[str, ...] = ()
+    #: The flag was a positional argument (after any declared positional ones): a value given there is
+    #: still taken, unlisted in ``--help``, so that older scripts keep working.
+    former_positional: bool = False
+    #: Said when a required flag is left out, before argparse's own line: what it is for, where to find one.
+    when_missing: str | None = None
 
     def requirement(self) -> str | None:
         """What the bounds ask for, in words (``>= 1``, ``within [0, 1]``), or None when there are none."""
@@ -315,12 +371,23 @@ def add_dataclass_arguments(
             actions = [target.add_argument(spec.flag, dest=dest, **kwargs)]
             for former in spec.former_flags:
                 actions.append(target.add_argument(former, dest=dest, **{**kwargs, "help": argparse.SUPPRESS}))
+            if spec.former_positional:
+                by_position = f"{dest}{_BY_POSITION_SUFFIX}"
+                setattr(actions[0], _BY_POSITION_KEY, by_position)
+                setattr(actions[0], _REQUIRED_KEY, actions[0].required)
+                hidden = {"nargs": "?", "default": None, "type": kwargs.get("type"), "help": argparse.SUPPRESS}
+                actions.append(target.add_argument(by_position, metavar=kwargs.get("metavar"), **hidden))
         for action in actions:
             setattr(action, _ACTION_KEY, spec)
 
 
 #: The attribute of an argparse action made by :func:`add_dataclass_arguments` that holds its Option.
 _ACTION_KEY = "segray_option"
+#: The attribute of a flag's action that names the hidden positional argument it was formerly given as.
+_BY_POSITION_KEY = "segray_by_position"
+_BY_POSITION_SUFFIX = "__by_position"
+#: The attribute of such a flag's action that says whether it is required (one place or the other).
+_REQUIRED_KEY = "segray_required"
 
 
 def declared_option(action: argparse.Action) -> Option | None:
@@ -423,3 +490,30 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, **given: Any) -> T:
         return cls(**kwargs, **given)
     except OutOfBounds as e:
         raise ValueError(e.for_command_line()) from None
+
+
+def options_table(parser: argparse.ArgumentParser) -> str:
+    """A Markdown table of a command's flags (option, default, meaning), one row per flag in ``--help``
+    order, made from the same declarations as the flags: the docs list what the command takes."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for action in parser._actions:
+        spec = declared_option(action)
+        if spec is None or spec.positional or not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        help_text = str(action.help).replace("%%", "%")
+        meaning, default = help_text, ""
+        if help_text.startswith(spec.help) and help_text != spec.help:
+            meaning, default = spec.help, help_text[len(spec.help) :].strip()
+            default = re.sub(r"^\(default:? (.*)\)$", r"\1", default)
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            default = "off"
+        elif action.required:
+            default = "required"
+        name = action.option_strings[0] + (f" {spec.metavar}" if spec.metavar else "")
+        rows.append(f"| `{name}` | {_cell(default)} | {_cell(meaning)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a ``|`` would end the cell."""
+    return text.replace("|", "\\|")

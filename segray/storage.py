@@ -417,10 +417,19 @@ def check_readable(uri: str) -> pafs.FileInfo:
     return i
 
 
-def check_writable(uri: str) -> None:
+def check_writable(uri: str, probe: bool = True) -> None:
     """Write and delete a small probe object under ``uri`` so that bad credentials, a missing
-    bucket or a read-only folder fail before any frame is processed."""
+    bucket or a read-only folder fail before any frame is processed. ``probe=False`` writes nothing
+    (a dry run): the bucket must exist, and a local path's nearest existing folder be writable."""
     _check_bucket(uri)
-    probe = join(uri, f"_probe-{uuid.uuid4().hex}")
-    write_bytes(probe, b"segray write probe")
-    delete(probe)
+    if not probe:
+        if not is_s3(uri):
+            near = resolve(uri)[1]
+            while not os.path.exists(near) and os.path.dirname(near) != near:
+                near = os.path.dirname(near)
+            if not os.path.isdir(near) or not os.access(near, os.W_OK | os.X_OK):
+                raise StorageError(f"{uri}: {near} is not a writable folder")
+        return
+    probe_uri = join(uri, f"_probe-{uuid.uuid4().hex}")
+    write_bytes(probe_uri, b"segray write probe")
+    delete(probe_uri)

@@ -5,6 +5,7 @@ runs here, in the order a reader would type it. The docs speak of the product, n
 from __future__ import annotations
 
 import re
+import runpy
 import shlex
 import shutil
 from pathlib import Path
@@ -136,3 +137,48 @@ def test_docs_configs_and_code_speak_of_the_product_not_of_its_making() -> None:
                 if HISTORY.search(line):
                     found.append(f"{f.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_the_options_tables_in_the_docs_are_the_commands_own_flags() -> None:
+    gen = runpy.run_path(str(ROOT / "docs" / "gen_options.py"))
+    tables = 0
+    for path in DOCS:
+        text = path.read_text()
+        tables += len(gen["MARKED"].findall(text))
+        assert gen["rendered"](text) == text, (
+            f"{path.relative_to(ROOT)}: an options table differs from the command's flags; "
+            "regenerate it with `python docs/gen_options.py`"
+        )
+    assert tables >= 1
+    labelling = (ROOT / "docs" / "labelling.md").read_text()
+    for flag in ("--max-failed-fraction", "--window", "--dry-run", "--limit N", "--device"):
+        assert f"| `{flag}` |" in labelling, flag
+
+
+def test_exit_codes_read_the_same_in_the_readme_the_docs_and_help() -> None:
+    from segray.exit_codes import LABEL_EXIT_CODES
+
+    said = LABEL_EXIT_CODES.removeprefix("exit codes: ")
+    for page in (ROOT / "README.md", ROOT / "docs" / "labelling.md"):
+        text = " ".join(page.read_text().replace("`", "").split())
+        assert said in text, f"{page.name}: its exit codes of segray label are not those of `segray label --help`"
+
+
+def test_every_recipe_in_configs_is_in_the_training_page_s_recipe_table() -> None:
+    recipes = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if "\nmodel:" in p.read_text())
+    assert {"camvid-segnet-cpu.yaml", "camvid-vgg-unet-gpu.yaml", "template.yaml"} <= set(recipes)
+    table = (ROOT / "docs" / "training.md").read_text().split("## Recipes", 1)[1].split("\n## ", 1)[0]
+    assert [r for r in recipes if f"| `configs/{r}` |" not in table] == []
+
+
+def test_docstrings_point_to_docs_that_exist() -> None:
+    """A docstring or comment sends a reader to a page, never to a README section that may move."""
+    found = []
+    for f in sorted((ROOT / "segray").rglob("*.py")):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if re.search(r"\(README\b|\bREADME[,)]", line):
+                found.append(f"{f.relative_to(ROOT)}:{n}: {line.strip()}")
+            for page in re.findall(r"\bdocs/([a-z-]+\.md)", line):
+                if not (ROOT / "docs" / page).is_file():
+                    found.append(f"{f.relative_to(ROOT)}:{n}: docs/{page} does not exist")
+    assert found == []

@@ -19,7 +19,7 @@ class DataConvert:
     the same name) are None (False for a switch) when not given: a format refuses those it does not use."""
 
     src: str = opt(help="source folder, s3:// prefix (or, for via, a JSON file)", positional=True)
-    dst: str = opt(help="destination root (folder or s3:// prefix)", positional=True)
+    dst: str = opt(help="dataset root (folder or s3:// prefix) to write", flag="--output", former_positional=True)
     format: str = opt(help="the source's format", flag="--format", choices=tuple(sorted(FORMATS)))
     target: str | None = opt(
         None,

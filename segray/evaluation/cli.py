@@ -44,7 +44,13 @@ class DataFlags:
         help="drop frames whose name starts so (repeatable)", flag="--exclude-prefix", action="append",
         default_factory=list, default_help="none",
     )  # fmt: skip
-    limit: int | None = opt(None, help="first N pairs only", flag="--limit", default_help="all")
+    limit: int | None = opt(
+        None,
+        help="score at most N frames (image and mask pairs), the first in listing order",
+        flag="--limit",
+        default_help="every frame",
+        metavar="N",
+    )
     labels: str | None = opt(
         None, help="the data's label map", flag="--labels", default_help="<root>/labels.json, else camvid"
     )

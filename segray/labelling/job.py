@@ -158,7 +158,7 @@ class LabelOptions:
     #: Window (height, width) for large frames; None: the model's input size.
     tile_window: tuple[int, int] | None = opt(
         None,
-        help="window HxW for large frames",
+        help="window HxW for large frames; one number is a square (512 = 512x512)",
         flag="--window",
         default_help="the model input",
         parse=parse_window,
@@ -513,8 +513,9 @@ def _spread(
     return ray.data.from_arrow(blocks), replace(pool, min_actors=lo, max_actors=hi)
 
 
-def preflight(opts: LabelOptions) -> ArtifactInfo:
-    """Everything that can fail before any frame is read: model, input, output, credentials."""
+def preflight(opts: LabelOptions, dry_run: bool = False) -> ArtifactInfo:
+    """Everything that can fail before any frame is read: model, input, output, credentials. A dry
+    run writes nothing, not even the probe that shows the output writable."""
     from segray.models.artifact import read_info
 
     info = read_info(opts.model)
@@ -522,7 +523,7 @@ def preflight(opts: LabelOptions) -> ArtifactInfo:
     # Window and overlap against the model's input size (the defaults come from it).
     TileSpec.for_model(info.preprocessing.height, info.preprocessing.width, opts.tile_window, opts.tile_overlap)
     storage.check_readable(opts.input)
-    storage.check_writable(opts.output)
+    storage.check_writable(opts.output, probe=not dry_run)
     return info
 
 

@@ -41,7 +41,7 @@ def pool_size(
 #: CPU-only inference runs single-threaded actors, one per core, up to this many per node (then
 #: cores / actors threads each). On 2 cores, 2 actors x 1 thread left 0.5% of the CPU idle where
 #: 1 actor x 2 threads left 9%: whenever another process (a read, a write, Ray's own) preempts
-#: one thread of an OpenMP team, its partner waits at the next barrier (README, benchmarks).
+#: one thread of an OpenMP team, its partner waits at the next barrier (docs/labelling.md, docs/benchmarks.md).
 CPU_ACTORS_PER_NODE = 4
 #: Ray CPUs reserved per CPU-only actor: a node's actors leave room for the read and write tasks.
 CPU_ACTOR_CPUS = 0.5

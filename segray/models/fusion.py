@@ -2,7 +2,7 @@
 
 In eval mode a BatchNorm is a per-channel scale and shift, which the preceding convolution's
 weights and bias absorb exactly. Folding removes one full read and write of every activation map
-per layer: on CPU that is about 15% of a UNet-ResNet34's time at 352x480 (README, benchmarks).
+per layer: on CPU that is about 15% of a UNet-ResNet34's time at 352x480 (docs/labelling.md, docs/benchmarks.md).
 
 Which BatchNorm follows which convolution is observed, not assumed: one forward pass of a probe
 input records every BatchNorm whose input is, untouched, the output of a Conv2d (torch.fx cannot

@@ -30,7 +30,7 @@ class Preprocessing:
     on the device; predictions are resized back to the frame's own size.
 
     ``hflip_average``: the model also sees each frame's mirror image, and the two logits (the
-    second mirrored back) are averaged: fewer errors for twice the model's cost (README). It is a
+    second mirrored back) are averaged: fewer errors for twice the model's cost (docs/models.md). It is a
     property of the artifact, not of a run, so evaluation and labelling predict the same way, and
     the model id says so (``segray.models.artifact``).
 

@@ -143,6 +143,8 @@ class LocalLeaseStore:
         return hashlib.sha256(data).hexdigest()
 
     def read(self) -> tuple[bytes, str] | None:
+        if not os.path.exists(self.lock_path):
+            return None  # never taken (taking it makes the lock file first); reading creates nothing
         with self._locked():
             return self._read()
 

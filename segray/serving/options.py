@@ -56,7 +56,7 @@ class ServeOptions:
     )
     tile_window: tuple[int, int] | None = opt(
         None,
-        help="window HxW for large frames",
+        help="window HxW for large frames; one number is a square (512 = 512x512)",
         flag="--window",
         default_help="model input",
         parse=parse_window,

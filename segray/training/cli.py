@@ -15,7 +15,12 @@ from segray.options import add_dataclass_arguments, opt
 class TrainCommand:
     """``segray train``'s options."""
 
-    config: str = opt(help="recipe YAML (local or s3://), e.g. configs/camvid-unet-cpu.yaml", flag="--config")
+    config: str = opt(
+        help="recipe YAML (local or s3://), e.g. configs/camvid-unet-cpu.yaml",
+        flag="--config",
+        when_missing="training and --print-config both need a recipe: configs/template.yaml in segray's repository "
+        "is the one to start from, docs/training.md describes every key",
+    )
     overrides: list[str] = opt(
         help="recipe overrides, e.g. run.epochs=5 optim.lr=3e-4",
         default_factory=list,

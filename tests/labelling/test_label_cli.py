@@ -138,3 +138,37 @@ def test_compact_beside_a_run_says_why_it_stops_and_changes_nothing(
     assert "Compaction rewrites stats/ and instances/ and then deletes the parts it read" in text
     assert "it stops here and changes nothing" in text and f"Run `segray compact {out}` once that run ends" in text
     assert "its lease lapses 60 s after its last heartbeat" in text
+
+
+def folder_state(folder: Path) -> list[tuple[str, int]]:
+    """Every file and folder under ``folder`` (``_`` ones included) with its modification time: a
+    file written and deleted again (a write probe) still changes its folder's time."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in [folder, *folder.rglob("*")])
+
+
+def test_a_dry_run_leaves_the_output_exactly_as_it_was(
+    tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frames = str(frames_with_a_corrupt_one(tmp_path / "frames"))
+    existing = tmp_path / "existing"
+    (existing / "_runs").mkdir(parents=True)
+    (existing / "_runs" / "kept.json").write_text("{}")
+    (existing / "notes.txt").write_text("not ours")
+    before = folder_state(existing)
+    for out in (existing, tmp_path / "new" / "labels"):
+        code, text = run(capsys, "label", "--model", tiny_model, "--input", frames, "--output", str(out), "--dry-run")
+        assert code == 0 and "would label: 7" in text and "output lease: free" in text, text
+    assert folder_state(existing) == before
+    assert not (tmp_path / "new").exists(), "a dry run makes no folder, no lease file and no lock file"
+    (tmp_path / "a-file").write_text("")
+    out = str(tmp_path / "a-file" / "out")
+    code, text = run(capsys, "label", "--model", tiny_model, "--input", frames, "--output", out, "--dry-run")
+    assert code == 2 and "is not a writable folder" in text, text  # the output is still checked, without writing
+
+
+def test_runs_on_a_path_with_nothing_there_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "no" / "such" / "output")
+    code, text = run(capsys, "runs", missing)
+    assert code == 2 and f"segray: error: {missing}: no such file or folder" in text and "lease:" not in text
