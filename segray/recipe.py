@@ -189,6 +189,8 @@ class DataConfig:
         # Scene training reads data.scenes and data.split; data.root, data.train and data.val are not used.
         if self.root is not None:
             raise ValueError("data.root is for image/mask pairs; with data.scenes it is not used: drop it")
+        if self.train != {"split": "train"} or self.val != {"split": "val"}:
+            raise ValueError("data.train and data.val are for image/mask pairs; with data.scenes, data.split validates")
         if not isinstance(self.bands, list) or not self.bands:
             raise ValueError("data.bands: name the scene bands the model takes, e.g. [B02, B03, B04, B08]")
         self._check_band_stats()

@@ -119,6 +119,7 @@ def test_scene_recipe_keys_are_checked_and_named(tmp_path: Path) -> None:
         "data.split.val_rows=[9, 3]": r"data\.split\.val_rows \[9, 3\]",
         "data.scenes.vectors=x.gpkg": "give labels .* or vectors .*, exactly one",
         "data.root=somewhere": "data.root is for image/mask pairs",
+        "data.val={split: test}": "data.train and data.val are for image/mask pairs",
         "data.bands=null": "data.bands: name the scene bands",
         "data.scenes.classes=[{name: forest, colour: red}]": r"classes\[0\]: unknown key colour",
         "data.scenes.chips_per_epoch=0": "chips_per_epoch must be >= 1",

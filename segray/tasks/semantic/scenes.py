@@ -132,7 +132,8 @@ def scene_items(
     train: list[tuple[str, str]] = []
     val: list[tuple[str, str, int, int, int, int]] = []
     chips = labelled = val_pixels = 0
-    for image, label in scene_pairs(data):
+    pairs = scene_pairs(data)
+    for image, label in pairs:
         scene = load_scene(image, label, data)
         if scene.data.shape[1] < height or scene.data.shape[2] < width:
             raise ValueError(f"scene {image} ({scene.data.shape[2]}x{scene.data.shape[1]}) is smaller than one "
@@ -157,7 +158,7 @@ def scene_items(
         "train_data": f"{data.scenes.images}: {len(train)} scene(s) with training chips",
         "val_data": f"chips of the validation region ({region})",
         "scenes": data.scenes.images,
-        "scene_count": len(scene_pairs(data)),
+        "scene_count": len(pairs),
         "bands": [str(b) for b in data.bands or []],
         "train_scenes": len(train),
         "train_chip_positions": chips,
