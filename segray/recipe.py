@@ -56,6 +56,96 @@ class ModelConfig:
 
 
 @dataclass
+class ScenesConfig:
+    """GeoTIFF scenes with label rasters or vector labels: training on random chips of the model size."""
+
+    #: GeoTIFF scenes (.tif/.tiff): a file, or a folder or s3:// prefix (searched recursively).
+    images: str | None = None
+    #: Label rasters matched to the scenes by file name, on the same grid (CRS, transform, size).
+    labels: str | None = None
+    #: The label rasters' value that means "no label" (ignored); their own nodata is ignored too.
+    unlabelled: float = 0.0
+    #: Vector labels instead of ``labels``: polygons (GeoPackage, GeoJSON, Shapefile), reprojected to each scene.
+    vectors: str | None = None
+    #: The polygons' attribute holding the class (its values are the ``classes``' values).
+    class_column: str = "label"
+    #: Polygons of the areas where the vectors were drawn; pixels outside them are ignored. null: everywhere.
+    labelled_areas: str | None = None
+    #: The class of labelled pixels that no polygon covers (one of the ``classes``' names); null: ignored.
+    background: str | None = None
+    #: The label map in class-id order: ``{value, name, color}`` each (``value``: the raster value or the
+    #: class column's value; the background class needs none).
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    #: Random chips of the model input size per training epoch, each with at least one labelled pixel.
+    chips_per_epoch: int = 400
+
+    def check(self) -> None:
+        if self.images is None:
+            for key in ("labels", "vectors", "labelled_areas", "background"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.scenes.{key} is set but data.scenes.images is not: name the scenes")
+            return
+        if (self.labels is None) == (self.vectors is None):
+            raise ValueError("data.scenes: give labels (label rasters) or vectors (polygons), exactly one")
+        if self.labels is not None and (self.labelled_areas or self.background):
+            raise ValueError("data.scenes.labelled_areas and background are for vector labels (data.scenes.vectors)")
+        if self.chips_per_epoch < 1:
+            raise ValueError(f"data.scenes.chips_per_epoch must be >= 1, got {self.chips_per_epoch}")
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        if not isinstance(self.classes, list) or not self.classes:
+            raise ValueError(
+                "data.scenes.classes: give the label map, e.g. [{value: 1, name: forest, color: '#2e8b57'}]"
+            )
+        names = [c.get("name") if isinstance(c, dict) else None for c in self.classes]
+        for i, c in enumerate(self.classes):
+            if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+                raise ValueError(f"data.scenes.classes[{i}] {c!r}: give a mapping with name, value and color")
+            unknown = set(c) - {"value", "name", "color"}
+            if unknown:
+                key = sorted(unknown)[0]
+                raise ValueError(f"data.scenes.classes[{i}]: unknown key {key} (known: value, name, color)")
+            if "value" not in c and c["name"] != self.background:
+                raise ValueError(f"data.scenes.classes[{i}] ({c['name']}): no value")
+        values = [c["value"] for c in self.classes if "value" in c]
+        if len(set(map(str, values))) != len(values):
+            raise ValueError(f"data.scenes.classes: a value is given twice ({values})")
+        if self.background is not None and self.background not in names:
+            known = ", ".join(map(str, names))
+            raise ValueError(f"data.scenes.background {self.background!r} is not a class name ({known})")
+
+
+@dataclass
+class SplitConfig:
+    """Which part of the scenes validates (exactly one key): training chips never touch it."""
+
+    #: Pixel rows ``[start, stop)`` of every scene.
+    val_rows: list[int] | None = None
+    #: A box ``[xmin, ymin, xmax, ymax]`` in the scenes' CRS.
+    val_bbox: list[float] | None = None
+    #: Polygons of the validation areas (reprojected to each scene).
+    val_areas: str | None = None
+
+    def check(self) -> None:
+        given = [k for k in ("val_rows", "val_bbox", "val_areas") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"data.split: give exactly one of val_rows, val_bbox, val_areas (got {', '.join(given) or 'none'})"
+            )
+        rows, box = self.val_rows, self.val_bbox
+        if rows is not None and not (
+            isinstance(rows, list) and len(rows) == 2 and all(type(v) is int for v in rows) and 0 <= rows[0] < rows[1]
+        ):
+            raise ValueError(f"data.split.val_rows {rows!r}: give [start, stop), 0 <= start < stop")
+        if box is not None and not (
+            isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+            and box[0] < box[2] and box[1] < box[3]
+        ):  # fmt: skip
+            raise ValueError(f"data.split.val_bbox {box!r}: give [xmin, ymin, xmax, ymax], xmin < xmax, ymin < ymax")
+
+
+@dataclass
 class DataConfig:
     #: The dataset; its label map is ``<root>/labels.json``, else CamVid's.
     root: str | None = None
@@ -64,6 +154,21 @@ class DataConfig:
     #: Keep decoded (and resized) frames in each worker's memory after the first epoch.
     cache: bool = True
     loader_workers: int = 0
+    #: Scene bands the model takes (band descriptions such as ``B04``, or 1-based indexes); set with
+    #: ``scenes``: training on GeoTIFF scenes.
+    bands: list[str | int] | None = None
+    #: Band normalisation: a JSON file from ``segray data band-stats``, or ``{mean: [...], std: [...]}`` in
+    #: the scenes' raw units. null: computed over the training scenes (valid pixels) when the run starts.
+    band_stats: str | dict[str, Any] | None = None
+    #: GeoTIFF scenes and their labels; ``root``, ``train`` and ``val`` are then not used.
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    #: The spatial split of the scenes into training and validation.
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    @property
+    def from_scenes(self) -> bool:
+        """Training on GeoTIFF scenes (``data.scenes.images`` set) rather than on image/mask pairs."""
+        return self.scenes.images is not None
 
     def source(self, which: str) -> PairSource:
         d = dict(getattr(self, which))
@@ -74,8 +179,31 @@ class DataConfig:
     def check(self) -> None:
         if self.loader_workers < 0:
             raise ValueError(f"data.loader_workers must be >= 0, got {self.loader_workers}")
-        for which in ("train", "val"):
-            self.source(which)
+        self.scenes.check()
+        if not self.from_scenes:
+            if self.bands is not None or self.band_stats is not None or self.split != SplitConfig():
+                raise ValueError("data.bands, data.band_stats and data.split are for scene training: set data.scenes")
+            for which in ("train", "val"):
+                self.source(which)
+            return
+        # Scene training reads data.scenes and data.split; data.root, data.train and data.val are not used.
+        if self.root is not None:
+            raise ValueError("data.root is for image/mask pairs; with data.scenes it is not used: drop it")
+        if self.train != {"split": "train"} or self.val != {"split": "val"}:
+            raise ValueError("data.train and data.val are for image/mask pairs; with data.scenes, data.split validates")
+        if not isinstance(self.bands, list) or not self.bands:
+            raise ValueError("data.bands: name the scene bands the model takes, e.g. [B02, B03, B04, B08]")
+        self._check_band_stats()
+        self.split.check()
+
+    def _check_band_stats(self) -> None:
+        stats = self.band_stats
+        if stats is None or isinstance(stats, str):
+            return
+        n = len(self.bands or [])
+        if not (isinstance(stats, dict) and all(isinstance(stats.get(k), list) and len(stats[k]) == n
+                                                for k in ("mean", "std"))):  # fmt: skip
+            raise ValueError(f"data.band_stats: a JSON file, or {{mean: [...], std: [...]}} with {n} values each")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Semantic segmentation: one class per pixel (UNet, PSPNet, SegNet, FCN, every smp architecture).
 
-Trains on image/mask pairs (:mod:`segray.datasets.pairs`) with the recipe's loss terms, scores
+Trains on image/mask pairs (:mod:`segray.datasets.pairs`), or on chips of GeoTIFF scenes with label
+rasters or vector labels (``data.scenes``, :mod:`segray.tasks.semantic.scenes`), with the recipe's loss terms, scores
 validation by mIoU, and exports an artifact whose logits the labelling pipeline turns into masks.
 """
 
@@ -41,6 +42,8 @@ class SemanticTask(Task):
         from segray.tasks.semantic.init import describe_init
         from segray.tasks.semantic.weights import frame_size, resolve_auto_weights
 
+        if cfg.data.from_scenes:
+            return self._plan_scenes(cfg)
         label_map = dataset_label_map(cfg.data.root)
         cfg.check_data(label_map.num_classes, label_map.name)
         train, val = list_pairs(cfg.data.source("train")), list_pairs(cfg.data.source("val"))
@@ -62,22 +65,44 @@ class SemanticTask(Task):
         items = ([(p.image, p.mask) for p in train], [(p.image, p.mask) for p in val])
         return TaskPlan(label_map, *items, describe_init(cfg.model, label_map), data, "pairs")
 
+    def _plan_scenes(self, cfg: TrainConfig) -> TaskPlan:
+        """Scene training: the label map from the recipe's classes, the band statistics, the chips."""
+        from segray.losses import AUTO
+        from segray.tasks.semantic.init import describe_init
+        from segray.tasks.semantic.scenes import absolutise, resolve_band_stats, scene_items, scene_label_map
+
+        label_map = scene_label_map(cfg)
+        cfg.check_data(label_map.num_classes, label_map.name)
+        if any(t.class_weights == AUTO for t in cfg.loss):
+            raise ValueError("loss class_weights: auto reads image/mask pairs; with data.scenes give the weights")
+        if cfg.export.fit_offsets:
+            raise ValueError("export.fit_offsets fits on image/mask pairs; with data.scenes set it to false")
+        absolutise(cfg.data)
+        train, val, data = scene_items(cfg.data, cfg.model.height, cfg.model.width)
+        resolve_band_stats(cfg.data, [t[0] for t in train])
+        return TaskPlan(label_map, list(train), list(val), describe_init(cfg.model, label_map), data, "scene items")
+
     def resolve(self, cfg: TrainConfig) -> None:
         from segray.datasets.pairs import dataset_label_map
         from segray.tasks.semantic.weights import resolve_auto_weights
 
-        resolve_auto_weights(cfg, dataset_label_map(cfg.data.root))
+        if not cfg.data.from_scenes:  # scene runs resolve their band statistics when they start
+            resolve_auto_weights(cfg, dataset_label_map(cfg.data.root))
 
     def start_model(self, cfg: TrainConfig, label_map: LabelMap) -> nn.Module:
         from segray.tasks.semantic.init import initial_model
 
-        return initial_model(cfg.model, label_map, seed=cfg.run.seed)
+        bands = cfg.data.bands if cfg.data.from_scenes else None
+        return initial_model(cfg.model, label_map, seed=cfg.run.seed, bands=bands)
 
     def build_model(self, cfg: TrainConfig, label_map: LabelMap) -> nn.Module:
         from segray.models import build_model
         from segray.tasks.semantic.init import model_kwargs
 
-        return build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **model_kwargs(cfg.model))
+        kwargs = model_kwargs(cfg.model)
+        if cfg.data.from_scenes:
+            kwargs["in_channels"] = len(cfg.data.bands or [])
+        return build_model(cfg.model.arch, cfg.model.encoder, label_map.num_classes, **kwargs)
 
     def worker(
         self, cfg: TrainConfig, label_map: LabelMap, plan: dict[str, Any], model: nn.Module, rank: int, world: int,
@@ -96,7 +121,7 @@ class SemanticTask(Task):
         from segray.datasets.pairs import Pair
         from segray.tasks.semantic.export import export_model
 
-        pairs = ([Pair(*p) for p in plan.train], [Pair(*p) for p in plan.val])
+        pairs = ([], []) if cfg.data.from_scenes else ([Pair(*p) for p in plan.train], [Pair(*p) for p in plan.val])
         return export_model(model, metrics, cfg, label_map, pairs)
 
     def predictor(self) -> type:

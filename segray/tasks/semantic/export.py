@@ -14,7 +14,7 @@ from torch import nn
 
 from segray.datasets.pairs import Pair
 from segray.labels import LabelMap
-from segray.models.artifact import ModelArtifact
+from segray.models.artifact import ModelArtifact, band_preprocessing
 from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from segray.recipe import TrainConfig
 from segray.tasks.semantic.logit_adjust import fold_offsets, logit_offsets
@@ -62,4 +62,10 @@ def export_model(
         model.cpu()
     metrics = {**val, "logit_adjustment": cfg.export.logit_adjustment, **fitted}
     pre = Preprocessing(height=cfg.model.height, width=cfg.model.width)
+    if cfg.data.from_scenes:  # a band model: one channel per band, normalised in the scenes' raw units
+        stats = cfg.data.band_stats
+        if not isinstance(stats, dict):
+            raise ValueError(f"data.band_stats {stats!r} was not resolved to mean and std before the export")
+        bands = [str(b) for b in cfg.data.bands or []]
+        pre = band_preprocessing(cfg.model.height, cfg.model.width, bands, stats["mean"], stats["std"])
     return ModelArtifact(model, label_map, pre, cfg.name, cfg.model.arch, metrics=metrics)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from segray.labels import LabelMap
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from torch import nn
 
     from segray.recipe import ModelConfig
@@ -40,7 +42,10 @@ def describe_init(cfg: ModelConfig, label_map: LabelMap) -> str:
     return "from scratch (random initialisation)"
 
 
-def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Module:
+def initial_model(
+    cfg: ModelConfig, label_map: LabelMap, seed: int = 0, bands: Sequence[str | int] | None = None
+) -> nn.Module:
+    """The model a run starts from; ``bands``: a band model's input bands (one channel each)."""
     import torch
 
     from segray.models.artifact import init_artifact
@@ -55,6 +60,9 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
             encoder_weights=cfg.encoder_weights,
             model_kwargs=cfg.kwargs,
             seed=seed,
+            bands=tuple(str(b) for b in bands or ()),
+            band_mean=(0.0,) * len(bands) if bands else None,  # the run's statistics go into the export
+            band_std=(1.0,) * len(bands) if bands else None,
         ).model.train()
         return model
     from segray.models import build_model
@@ -74,6 +82,11 @@ def initial_model(cfg: ModelConfig, label_map: LabelMap, seed: int = 0) -> nn.Mo
             f"{cfg.encoder!r}; set model.encoder"
         )
     kwargs = {**model_kwargs(cfg), "in_channels": src.preprocessing.channels}  # the artifact's bands, or RGB
+    if bands and len(bands) != src.preprocessing.channels:
+        raise ValueError(
+            f"model.init_artifact {cfg.init_artifact} takes {src.preprocessing.channels} input channels, "
+            f"data.bands names {len(bands)}"
+        )
     model = build_model(cfg.arch, cfg.encoder, label_map.num_classes, **kwargs)
     state = src.model.state_dict()
     if src.label_map.names != label_map.names:

@@ -37,33 +37,29 @@ class SemanticWorker(TaskWorker):
         self, cfg: TrainConfig, label_map: LabelMap, plan: dict[str, Any], model: nn.Module, rank: int, world: int,
         device: torch.device,
     ) -> None:  # fmt: skip
-        from torch.utils.data import DataLoader, DistributedSampler, Subset
+        from torch.utils.data import DataLoader, Subset
 
-        from segray.tasks.augment import train_transform
-        from segray.tasks.semantic.data import PairDataset, collate_val
+        from segray.tasks.semantic.data import collate_val
         from segray.tasks.semantic.init import freeze_unused
 
         self.cfg, self.label_map, self.device = cfg, label_map, device
+        self.rank, self.world = rank, world
+        scenes = cfg.data.from_scenes
         crop = (cfg.augment.crop_height or cfg.model.height, cfg.augment.crop_width or cfg.model.width)
-        unused = freeze_unused(model, *crop, device)
+        if scenes:
+            crop = (cfg.model.height, cfg.model.width)  # scene chips are of the model size
+        unused = freeze_unused(model, *crop, device, channels=len(cfg.data.bands or []) if scenes else 3)
         if rank == 0 and unused:
             log.info("froze %d parameters no forward pass reaches (e.g. %s)", len(unused), unused[0])
         model.to(memory_format=torch.channels_last)  # in place: the module DDP then wraps
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop and val sizes: kernels found once
-        h, w = cfg.model.height, cfg.model.width
-        scales = {1.0, *(scale for _, scale in cfg.augment.stages())}
-        self.transforms = {s: train_transform(cfg.augment, h, w, label_map.ignore_index, factor=s) for s in scales}
-        train, val = [Pair(*p) for p in plan["train"]], [Pair(*p) for p in plan["val"]]
-        self.train_ds = PairDataset(train, label_map, h, w, train=True, cache=cfg.data.cache)
-        self.sampler: DistributedSampler[Any] = DistributedSampler(
-            self.train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.run.seed
-        )
+        val_ds = self._scene_data(plan) if scenes else self._pair_data(plan)
         # Validation: a plain slice per worker (no padding, unlike DistributedSampler), so every val
         # frame enters the summed confusion matrix exactly once.
-        val_ds = Subset(
-            PairDataset(val, label_map, h, w, train=False, cache=cfg.data.cache), range(rank, len(val), world)
+        val_share = Subset(val_ds, range(rank, len(val_ds), world))
+        self.val_loader = DataLoader(
+            val_share, batch_size=cfg.run.val_batch_size, collate_fn=collate_val, num_workers=0
         )
-        self.val_loader = DataLoader(val_ds, batch_size=cfg.run.val_batch_size, collate_fn=collate_val, num_workers=0)
         self.loader: Any = None
         self.loss_fn = SegLoss(cfg.loss, label_map).to(device)
         offsets = logit_offsets(cfg.class_weights, cfg.export.logit_adjustment)
@@ -72,14 +68,55 @@ class SemanticWorker(TaskWorker):
             offsets = offsets.to(device)
         #: Logit adjustment's per-class offsets, applied in validation only; None without it.
         self.offsets = offsets
-        self.mean, self.std = pixel_stats(plan["mean"], plan["std"], device)
+        if scenes:  # band statistics in the scenes' raw units (resolved by the plan)
+            stats = cfg.data.band_stats
+            if not isinstance(stats, dict):
+                raise ValueError(f"data.band_stats {stats!r} was not resolved to mean and std before training")
+            self.mean, self.std = pixel_stats(stats["mean"], stats["std"], device, scale=1.0)
+        else:
+            self.mean, self.std = pixel_stats(plan["mean"], plan["std"], device)
         self.train_hw = (0, 0)
         if rank == 0 and cfg.augment.small_epochs > int(plan.get("start", 0)):
             log.info("epochs 1-%d train at %s of the model size", cfg.augment.small_epochs, cfg.augment.small_scale)
 
+    def _pair_data(self, plan: dict[str, Any]) -> Any:
+        """Image/mask pairs: the training set (sharded by a DistributedSampler); returns the val set."""
+        from torch.utils.data import DistributedSampler
+
+        from segray.tasks.augment import train_transform
+        from segray.tasks.semantic.data import PairDataset
+
+        cfg, ignore = self.cfg, self.label_map.ignore_index
+        h, w = cfg.model.height, cfg.model.width
+        scales = {1.0, *(scale for _, scale in cfg.augment.stages())}
+        self.transforms = {s: train_transform(cfg.augment, h, w, ignore, factor=s) for s in scales}
+        train, val = [Pair(*p) for p in plan["train"]], [Pair(*p) for p in plan["val"]]
+        self.train_ds: Any = PairDataset(train, self.label_map, h, w, train=True, cache=cfg.data.cache)
+        self.sampler: DistributedSampler[Any] | None = DistributedSampler(
+            self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.run.seed
+        )
+        return PairDataset(val, self.label_map, h, w, train=False, cache=cfg.data.cache)
+
+    def _scene_data(self, plan: dict[str, Any]) -> Any:
+        """Scene chips: the scenes read into this worker's memory; returns the val chips."""
+        from segray.tasks.semantic.scenes import worker_datasets
+
+        self.train_ds, val = worker_datasets(self.cfg, plan)
+        self.sampler = None
+        return val
+
     def loader_for(self, epoch: int) -> Any:
         from torch.utils.data import DataLoader
 
+        if self.sampler is None:  # scene chips: this epoch's draw, this worker's share
+            self.train_ds.set_epoch(epoch, self.rank, self.world)
+            return DataLoader(
+                self.train_ds,
+                batch_size=self.cfg.run.batch_size,
+                num_workers=self.cfg.data.loader_workers,
+                drop_last=len(self.train_ds) > self.cfg.run.batch_size,  # BatchNorm refuses a final batch of one
+                pin_memory=torch.cuda.is_available(),
+            )
         self.sampler.set_epoch(epoch)
         transform = self.transforms[self.cfg.augment.scale_at(epoch)]
         if self.loader is None or self.train_ds.transform is not transform:
