@@ -47,7 +47,9 @@ def parse_per_class(text: str) -> int | dict[str, int]:
 
 
 MAP_HELP = "a labelling output of GeoTIFF scenes (its masks/*.tif) or one mask GeoTIFF, local or s3://"
-LABELS_HELP = "label map (built-in name or JSON file) naming the map's class ids"
+LABELS_HELP = (
+    "label map naming the map's class ids: a built-in name, a JSON file, or a labelling output (its stats' label map)"
+)
 LABELS_DEFAULT = "the labelling output's; a single mask's classes are named by their ids"
 
 

@@ -22,7 +22,7 @@ from segray import storage
 from segray.geo.areas import class_areas, row_areas_m2
 from segray.geo.cog import NODATA
 from segray.geo.scene import SceneInfo, block_windows, is_geodata, open_scene, read_info
-from segray.labels import LabelMap, load_label_map
+from segray.labels import BUILTIN, LabelMap, load_label_map
 
 #: Mask files of a labelling output (its GeoTIFF scenes' masks).
 MASK_SUFFIXES = (".tif", ".tiff")
@@ -96,6 +96,20 @@ def _output_label_map(uri: str) -> LabelMap | None:
     return LabelMap.from_json(meta.decode(), parts[0]) if meta else None
 
 
+def named_label_map(spec: str) -> LabelMap:
+    """``--labels``: a built-in name, a label-map JSON file, or a labelling output whose stats name the
+    classes (so a single mask of that output gets its class names without a separate file)."""
+    if spec in BUILTIN or spec.lower().endswith(".json"):
+        return load_label_map(spec)
+    found = _output_label_map(spec)
+    if found is None:
+        raise ValueError(
+            f"--labels {spec}: not a built-in name ({', '.join(BUILTIN)}), a label-map .json file, "
+            "or a labelling output with stats/"
+        )
+    return found
+
+
 def _masks(uri: str) -> list[MapMask]:
     if is_geodata(uri):
         return [MapMask(uri.rstrip("/").rsplit("/", 1)[-1], uri, read_info(uri))]
@@ -119,7 +133,7 @@ def open_map(uri: str, labels: str | None = None) -> ClassMap:
     if len(crss) > 1:
         raise ValueError(f"{uri}: the masks are on {len(crss)} CRSs ({', '.join(crss)}); sample each CRS on its own")
     if labels is not None:
-        label_map: LabelMap | None = load_label_map(labels)
+        label_map: LabelMap | None = named_label_map(labels)
     else:
         label_map = None if is_geodata(uri) else _output_label_map(uri)
     return ClassMap(uri, masks, crss[0], label_map)
