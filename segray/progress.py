@@ -17,8 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-#: The environment variable that carries the command's verbosity to Ray workers and job scripts.
+#: The environment variable that carries the command's verbosity to the processes it starts.
 VERBOSE_ENV = "SEGRAY_VERBOSE"
+
+#: Seconds between plain progress lines, unless ``--progress-every`` says otherwise.
+DEFAULT_EVERY = 30.0
 
 
 @dataclass
@@ -26,17 +29,16 @@ class Settings:
     """The command's verbosity (``-v`` count) and seconds between plain progress lines."""
 
     verbose: int = 0
-    every: float = 30.0
+    every: float = DEFAULT_EVERY
 
 
 SETTINGS = Settings(verbose=int(os.environ.get(VERBOSE_ENV, "0") or 0))
 
 
 def configure(verbose: int = 0, every: float | None = None) -> None:
-    """Set the command's verbosity and plain-line interval; workers read the verbosity from the environment."""
+    """Set the command's verbosity and plain-line interval (None: :data:`DEFAULT_EVERY`)."""
     SETTINGS.verbose = verbose
-    if every is not None:
-        SETTINGS.every = every
+    SETTINGS.every = DEFAULT_EVERY if every is None else every
     os.environ[VERBOSE_ENV] = str(verbose)
 
 
@@ -48,18 +50,19 @@ def ray_log_level(verbose: int | None = None) -> int:
 
 
 def quiet_ray_driver() -> None:
-    """In the driver, before ``ray.init``: Ray's own loggers (cluster start, Ray Data's execution plans
-    and progress bars) at :func:`ray_log_level`; the stage's own progress display replaces them."""
-    level = ray_log_level()
-    for name in ("ray", "ray.data", "ray.train", "ray.serve"):
-        logging.getLogger(name).setLevel(level)
-    if SETTINGS.verbose <= 0:
-        try:
-            from ray.data import DataContext
-
-            DataContext.get_current().enable_progress_bars = False
-        except ImportError:
-            pass
+    """In the driver, before ``ray.init`` (which takes :func:`ray_log_level` for the ``ray`` logger): what
+    Ray Data prints (execution plans, progress bars) held back by default; the stage's own progress
+    display replaces it. Only the console is quietened: Ray Data's log file keeps everything."""
+    if SETTINGS.verbose > 0:
+        return
+    try:
+        from ray.data import DataContext  # configures the ``ray.data`` logger on first import
+    except ImportError:
+        return
+    DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, ray_log_level()))
 
 
 def is_terminal(stream: TextIO) -> bool:

@@ -40,7 +40,7 @@ def init_ray(address: str | None) -> None:
     in_main_thread = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     progress.quiet_ray_driver()
-    ray.init(address=address, log_to_driver=progress.SETTINGS.verbose > 0)
+    ray.init(address=address, log_to_driver=progress.SETTINGS.verbose > 0, logging_level=progress.ray_log_level())
     if callable(before):
         signal.signal(signal.SIGTERM, before)
 

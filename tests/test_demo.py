@@ -34,9 +34,12 @@ class DemoRun:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """One ``segray demo`` run at the default verbosity, as its own process on the session's Ray."""
+    """One ``segray demo`` run at the default verbosity, as its own process on the session's Ray. Progress
+    lines every 10 minutes: each stage then prints its first and last line whatever the machine's speed
+    (at the default 30 s a 2-3 minute demo prints about 6 more)."""
     folder = tmp_path_factory.mktemp("demo") / "demo"
-    proc = segray_process("demo", "--dir", str(folder))
+    proc = segray_process("--progress-every", "600", "demo", "--dir", str(folder))
+    (folder.parent / "output.txt").write_text(proc.stdout)  # kept beside the run, to read after a failure
     assert proc.returncode == 0, proc.stdout[-5000:]
     return DemoRun(folder, proc.stdout)
 

@@ -24,7 +24,9 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> str:
 def train(shapes: str, runs: Path, *flags: str) -> str:
     """``segray [flags] train`` of a tiny one-worker recipe validated on epoch 2 only; its output."""
     overrides = recipe(shapes, str(runs), "unet", "run.num_workers=1", "run.val_every=2", "run.epochs=2")
-    proc = segray_process(*flags, "--progress-every", "0", "train", *overrides)
+    config = runs.parent / "recipe.yaml"
+    config.write_text("name: tiny-unet\n")  # the rest as overrides
+    proc = segray_process(*flags, "--progress-every", "0", "train", "--config", str(config), *overrides)
     assert proc.returncode == 0, proc.stdout[-5000:]
     return proc.stdout
 
