@@ -96,7 +96,7 @@ class Progress:
         self._bar: Any = None
         if is_terminal(self.stream) if terminal is None else terminal:
             try:
-                from tqdm import tqdm
+                from tqdm import tqdm  # type: ignore[import-untyped]
 
                 self._bar = tqdm(total=total, desc=stage, unit=f" {unit}", file=self.stream, dynamic_ncols=True)
             except ImportError:

@@ -117,8 +117,9 @@ def make_trainer(task: Task, cfg: TrainConfig, p: TaskPlan, board: Any = None) -
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            # Ray Train's own ``ray.train`` logs (controller and workers): as loud as segray's -v says.
-            logging_config=LoggingConfig(log_level=logging.getLevelName(progress.ray_log_level())),
+            # Ray Train's own ``ray.train`` logs (controller and workers): as loud as segray's -v says. A
+            # Ray Train V2 field (V2 is what ``ray.train`` gives); the type checker sees V1's RunConfig.
+            logging_config=LoggingConfig(log_level=logging.getLevelName(progress.ray_log_level())),  # type: ignore[call-arg]
         ),
     )
 

@@ -22,7 +22,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, " ".join((out.out + out.err).split()) + ("\n" if out.out.endswith("\n") else "")
 
 
-def segray_process(*argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def segray_process(*argv: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
     """``segray *argv`` as its own process connected to the session's Ray (``--address`` is added), with
     stdout and stderr captured as one stream, not a terminal (as ``ray job logs`` and a pipe see it)."""
     import ray
