@@ -93,6 +93,8 @@ class Progress:
         self.started = time.monotonic()
         self.done, self.text = 0, ""
         self._last: float | None = None
+        #: (done, when) at the first update: the rate is measured from there.
+        self._first: tuple[int, float] | None = None
         self._bar: Any = None
         if is_terminal(self.stream) if terminal is None else terminal:
             try:
@@ -104,6 +106,8 @@ class Progress:
 
     def update(self, done: int, total: int | None = None, text: str = "") -> None:
         """``done`` of ``total`` units so far, and what else the line says (loss, failures)."""
+        if self._first is None:
+            self._first = (done, time.monotonic())
         self.done, self.text = done, text
         if total is not None:
             self.total = total
@@ -133,8 +137,12 @@ class Progress:
 
     def line(self) -> str:
         """The plain line: stage, done/total, rate, time left, and the caller's text."""
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        elapsed = now - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self._first is not None and self.done > self._first[0] and now > self._first[1]:
+            # From the first update on: a stage's start-up (workers, model loading) is not its pace.
+            rate = (self.done - self._first[0]) / (now - self._first[1])
         parts = [f"{self.done}/{self.total} {self.unit}" if self.total else f"{self.done} {self.unit}"]
         if self.text:
             parts.append(self.text)
