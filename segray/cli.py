@@ -20,6 +20,7 @@ from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL
 from segray.landcover import cli as landcover_cli
 from segray.options import ArgumentParser, add_dataclass_arguments, check_bounds, from_namespace, opt
 from segray.outputs.compact import DEFAULT_ROWS_PER_FILE
+from segray.progress import configure as configure_progress
 from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
 from segray.training import cli as training_cli
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(prog="segray", description=DESCRIPTION, epilog=EXIT_CODES)  # suggests misspelt flags
     p.add_argument("--version", action="version", version=f"segray {__version__}")
+    _add_verbosity(p, argparse.SUPPRESS)  # -v before or after the command
+    p.set_defaults(verbose=0, progress_every=None)
     sub = p.add_subparsers(dest="command", required=True)
     _add_label_parsers(sub)  # label, nightly
     _add_model_parsers(sub)  # model init, info, convert-weights
@@ -364,7 +367,29 @@ def build_parser() -> argparse.ArgumentParser:
     datasets_cli.add_parsers(sub)  # data convert, data stats
     landcover_cli.add_parser(sub)
     serving_cli.add_parser(sub)
+    for parser in _all_subparsers(p):
+        _add_verbosity(parser, argparse.SUPPRESS)
     return p
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default: object) -> None:
+    """``-v`` (Ray's own logs and the workers' output come back; ``-vv``: Ray's debug logs too) and
+    the interval of the plain progress lines shown when the output is not a terminal."""
+    p.add_argument("-v", "--verbose", action="count", default=default, help="show Ray's own logs too (-vv: debug)")
+    p.add_argument(
+        "--progress-every", type=float, default=default, metavar="SECONDS",
+        help="seconds between progress lines when the output is not a terminal (default 30)",
+    )  # fmt: skip
+
+
+def _all_subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (nested) command's parser under ``p``."""
+    found = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *_all_subparsers(child)]
+    return found
 
 
 def _add_label_parsers(sub: argparse._SubParsersAction) -> None:
@@ -469,6 +494,7 @@ def main(argv: list[str] | None = None, prog: str | None = None, command: list[s
     if prog and command:
         subcommand(parser, command).prog = prog
     a = parser.parse_args(argv)  # --help and --version: argparse itself ignores a closed stdout
+    configure_progress(a.verbose, a.progress_every)
     in_main_thread = threading.current_thread() is threading.main_thread()
     _sigterm.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None

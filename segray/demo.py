@@ -10,8 +10,10 @@ Every step is the code a real run uses; only the frames are made up.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from segray import progress
 from segray.datasets.synthetic import STREET, png_bytes, write_street_dataset
 
 if TYPE_CHECKING:
@@ -93,6 +96,20 @@ def score_masks(data: Path, split: str, labels: str, overlays: int = 3) -> tuple
     return scores(cm, [c.name for c in STREET.classes]), strips
 
 
+@contextlib.contextmanager
+def _quiet_segray_logs() -> Iterator[None]:
+    """segray's INFO logs held back while the demo runs (unless ``-v``): the demo says what each step
+    does itself and each long step shows its progress, so the whole output fits on one screen."""
+    logger = logging.getLogger("segray")
+    before = logger.level
+    if progress.SETTINGS.verbose <= 0:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def run_demo(
     folder: str | Path,
     n_train: int = 64,
@@ -102,6 +119,13 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     """Synthesise, train, label the held-out frames, score the job's masks; needs Ray initialised."""
+    with _quiet_segray_logs():
+        return _run_demo(folder, n_train, n_val, n_test, epochs, say)
+
+
+def _run_demo(
+    folder: str | Path, n_train: int, n_val: int, n_test: int, epochs: int | None, say: Callable[[str], None]
+) -> DemoResult:
     from segray.labelling.job import LabelOptions, run_label_job
     from segray.outputs.report import area_table
     from segray.recipe import TrainConfig

@@ -24,15 +24,23 @@ def init_ray(address: str | None) -> None:
     a stack dump for SIGTERM and leaves the process to abort on its way out (exit 134). A Python
     handler that was installed before (``segray.cli.main``'s, which stops the command cleanly with exit
     143) is put back after it.
+
+    The workers' output (Ray Train's per-result dumps and checkpoint notices, actor warnings, the
+    workers' own log lines) is forwarded to the driver only with ``segray -v``: by default each long
+    stage shows its own progress display (:mod:`segray.progress`) and the workers' output stays in
+    Ray's log files on each node.
     """
     import ray
+
+    from segray import progress
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     in_main_thread = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if in_main_thread else None
-    ray.init(address=address, log_to_driver=True)
+    progress.quiet_ray_driver()
+    ray.init(address=address, log_to_driver=progress.SETTINGS.verbose > 0, logging_level=progress.ray_log_level())
     if callable(before):
         signal.signal(signal.SIGTERM, before)
 

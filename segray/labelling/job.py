@@ -46,6 +46,7 @@ from segray.frames.listing import is_manifest, list_folder, relative_paths_from_
 from segray.labelling.resources import PoolLayout, cores_per_actor, gpus_per_actor, pool_layout
 from segray.options import check_bounds, key_values, opt, parse_window
 from segray.outputs.lease import OutputLease
+from segray.progress import Progress
 from segray.ray_runtime import cluster_capacity
 from segray.tasks import task_named
 from segray.tasks.batch import DEFAULT_TILE_ABOVE
@@ -718,22 +719,18 @@ def _predictor_kwargs(opts: LabelOptions, info: ArtifactInfo, pool: PoolLayout) 
 
 
 def _consume(run: _Run, ds: Any, todo: int, lease: OutputLease) -> _Counts:
-    """Runs the pipeline to its end, summing what the written batches report and logging progress
-    every 15 s; stops at once if another run took the output over."""
+    """Runs the pipeline to its end, summing what the written batches report and showing progress
+    (:class:`segray.progress.Progress`); stops at once if another run took the output over."""
     counts = _Counts()
-    last = time.time()
-    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        lease.check()  # taken over: stop writing at once (what was written stays, once per frame)
-        if counts.first_output is None:
-            counts.first_output = time.time() - run.started
-        counts.labelled += int(b["labelled"].sum())
-        counts.failed += int(b["failed"].sum())
-        counts.windowed += int(b["windowed"].sum())
-        if time.time() - last > 15:
-            last = time.time()
-            done = counts.labelled + counts.failed
-            rate = done / (last - run.started)
-            log.info("run %s: %d/%d frames (%d failed), %.1f frames/s", run.run_id, done, todo, counts.failed, rate)
+    with Progress(f"labelling run {run.run_id}", todo, "frames") as shown:
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            lease.check()  # taken over: stop writing at once (what was written stays, once per frame)
+            if counts.first_output is None:
+                counts.first_output = time.time() - run.started
+            counts.labelled += int(b["labelled"].sum())
+            counts.failed += int(b["failed"].sum())
+            counts.windowed += int(b["windowed"].sum())
+            shown.update(counts.labelled + counts.failed, text=f"{counts.failed} failed")
     if counts.labelled + counts.failed != todo:
         raise RuntimeError(
             f"run {run.run_id}: {todo} frames went in but {counts.labelled} were labelled and {counts.failed} "

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from segray import storage
+from segray import progress, storage
 from segray.recipe import TrainConfig
 from segray.tasks import Task, TaskPlan, task_of_arch
 
@@ -70,8 +70,9 @@ def absolutise(cfg: TrainConfig) -> None:
     cfg.model.init_artifact = fix(cfg.model.init_artifact)
 
 
-def loop_config(task: Task, cfg: TrainConfig, p: TaskPlan) -> dict[str, Any]:
-    """What every worker's ``train_loop`` gets: plain data, so it travels to Ray workers as is."""
+def loop_config(task: Task, cfg: TrainConfig, p: TaskPlan, board: Any = None) -> dict[str, Any]:
+    """What every worker's ``train_loop`` gets: plain data, so it travels to Ray workers as is, and the
+    board rank 0 posts its progress to (:mod:`segray.progress`)."""
     from segray.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
     from segray.training.session import fault_drill_epoch
 
@@ -85,11 +86,12 @@ def loop_config(task: Task, cfg: TrainConfig, p: TaskPlan) -> dict[str, Any]:
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "fault_drill_epoch": fault_drill_epoch(),
+        "progress": board,
     }
 
 
-def make_trainer(task: Task, cfg: TrainConfig, p: TaskPlan) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def make_trainer(task: Task, cfg: TrainConfig, p: TaskPlan, board: Any = None) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from segray.training.loop import train_loop
@@ -101,7 +103,7 @@ def make_trainer(task: Task, cfg: TrainConfig, p: TaskPlan) -> Any:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop,
-        train_loop_config=loop_config(task, cfg, p),
+        train_loop_config=loop_config(task, cfg, p, board),
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu, resources_per_worker=resources
         ),
@@ -115,11 +117,16 @@ def make_trainer(task: Task, cfg: TrainConfig, p: TaskPlan) -> Any:
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            # Ray Train's own ``ray.train`` logs (controller and workers): as loud as segray's -v says. A
+            # Ray Train V2 field (V2 is what ``ray.train`` gives); the type checker sees V1's RunConfig.
+            logging_config=LoggingConfig(log_level=logging.getLevelName(progress.ray_log_level())),  # type: ignore[call-arg]
         ),
     )
 
 
-def fit_without_ray(task: Task, cfg: TrainConfig, p: TaskPlan) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
+def fit_without_ray(
+    task: Task, cfg: TrainConfig, p: TaskPlan, board: Any = None
+) -> tuple[Any, list[tuple[Any, dict[str, Any]]]]:
     """The per-worker training function as one worker in this process: (latest, kept checkpoints)."""
     from segray.training.loop import train_loop
     from segray.training.session import LocalSession
@@ -130,7 +137,7 @@ def fit_without_ray(task: Task, cfg: TrainConfig, p: TaskPlan) -> tuple[Any, lis
             "set run.num_workers=1, or train on Ray"
         )
     session = LocalSession(cfg.run_uri, cfg.run.keep_checkpoints, cfg.run.use_gpu)
-    train_loop(loop_config(task, cfg, p), session)
+    train_loop(loop_config(task, cfg, p, board), session)
     return session.results()
 
 
@@ -161,6 +168,17 @@ def export(checkpoint: Any, task: Task, cfg: TrainConfig, p: TaskPlan, dest: str
     return art
 
 
+def show_progress(display: progress.Progress, state: dict[str, Any]) -> None:
+    """Rank 0's latest post (``loop._post``) on the driver's display: steps of this run, the epoch and
+    its mean loss so far, and the last validated epoch's score (an epoch without validation has none)."""
+    steps, done_epochs = int(state["steps"]), int(state["epoch"]) - 1 - int(state["start"])
+    text = f"epoch {state['epoch']}/{state['epochs']}, loss {state['loss']:.4f}"
+    if state.get("validated"):
+        epoch, score = state["validated"]
+        text += f", {state['score_label']} {score:.4f} (epoch {epoch})"
+    display.update(done_epochs * steps + int(state["step"]), (int(state["stop"]) - int(state["start"])) * steps, text)
+
+
 def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
     """Train (or continue training), then export the best checkpoint when all epochs are done.
 
@@ -173,11 +191,14 @@ def run_training(cfg: TrainConfig, with_ray: bool = True) -> TrainSummary:
              p.noun, p.data.get("train_data"), len(p.val), p.noun, p.data.get("val_data"), p.label_map.num_classes,
              p.label_map.name, p.init, cfg.run_uri)  # fmt: skip
     print(f"weights: {p.init}", flush=True)
-    if with_ray:
-        result = make_trainer(task, cfg, p).fit()
-        latest, kept = result.checkpoint, result.best_checkpoints or []
-    else:
-        latest, kept = fit_without_ray(task, cfg, p)
+    board = progress.board_actor() if with_ray else progress.Board()
+    display = progress.Progress(f"training {cfg.name}", unit="steps")
+    with display, progress.Watcher(board, lambda state: show_progress(display, state)):
+        if with_ray:
+            result = make_trainer(task, cfg, p, board).fit()
+            latest, kept = result.checkpoint, result.best_checkpoints or []
+        else:
+            latest, kept = fit_without_ray(task, cfg, p, board)
     if latest is None:
         raise RuntimeError(f"{cfg.run_uri}: training reported no checkpoint")
     with tempfile.TemporaryDirectory(prefix="segray-latest-") as tmp:

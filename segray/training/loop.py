@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from segray import progress
 from segray.labels import LabelMap
 from segray.models.precision import amp_dtype as amp_dtype_for
 from segray.recipe import TrainConfig
@@ -96,6 +97,9 @@ def _train(config: dict[str, Any], session: Session, scratch: list[str]) -> None
         w.history.append({k: metrics[k] for k in w.task.history_keys})
         rank0 = session.rank == 0
         if rank0:
+            if validated:
+                w.validated = (epoch + 1, float(metrics[w.task.score_key]))
+            _post(w, epoch, w.epoch_steps, metrics["train_loss"])
             what = w.task.describe_val(metrics) if validated else "not validated"
             log.info("epoch %d/%d: train loss %.4f, %s (%.0f s)", epoch + 1, w.cfg.run.epochs, metrics["train_loss"],
                      what, metrics["epoch_seconds"])  # fmt: skip
@@ -124,6 +128,13 @@ class _Worker:
     #: Epochs done before this run, and the epoch this run stops after.
     start: int
     stop: int
+    #: Where rank 0 posts its progress for the driver's display (:mod:`segray.progress`), or None.
+    board: Any = None
+    #: The last validated epoch (1-based) and its val score, for the progress display.
+    validated: tuple[int, float] | None = None
+    #: When rank 0 last posted its progress (monotonic seconds), and the steps of the current epoch.
+    posted: float = 0.0
+    epoch_steps: int = 0
 
 
 def _set_up(config: dict[str, Any], session: Session, scratch: list[str]) -> _Worker:
@@ -147,24 +158,39 @@ def _set_up(config: dict[str, Any], session: Session, scratch: list[str]) -> _Wo
         log.info("rank 0 of %d: %s; epochs %d-%d of %d; %d train / %d val %s, %d steps/epoch, device %s, amp %s",
                  session.world, what, start + 1, stop, cfg.run.epochs, len(config["train"]), len(config["val"]),
                  config["noun"], steps_per_epoch, device, amp_dtype)  # fmt: skip
-    return _Worker(task, cfg, label_map, session, model, ddp_model, part, stepper, amp_dtype, history, start, stop)
+    return _Worker(task, cfg, label_map, session, model, ddp_model, part, stepper, amp_dtype, history, start, stop,
+                   config.get("progress") if rank == 0 else None)  # fmt: skip
 
 
 def _train_epoch(w: _Worker, epoch: int) -> torch.Tensor:
     """One pass over this worker's shard: the summed loss and frame count, to be all-reduced."""
     rank, device = w.session.rank, w.session.device
     loader = w.part.loader_for(epoch)
+    w.epoch_steps = len(loader)
     seed_epoch(w.cfg, rank, epoch)
     w.ddp_model.train()
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in loader:
+    for i, batch in enumerate(loader):
         loss, n, detail = w.part.step(w.ddp_model, batch, w.amp_dtype)
         w.stepper.backward(loss, epoch + 1, rank)
         loss_sum += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=device)
+        if w.board is not None and time.monotonic() - w.posted >= 1.0:
+            _post(w, epoch, i + 1, float(loss_sum[0] / max(1.0, float(loss_sum[1]))))
         if w.stepper.should_log(rank):
             log.info("epoch %d step %d loss %.4f%s lr %.2e", epoch + 1, w.stepper.step, loss.item(),
                      f" {detail}" if detail else "", w.stepper.lr)  # fmt: skip
     return loss_sum
+
+
+def _post(w: _Worker, epoch: int, step: int, loss: float) -> None:
+    """Rank 0's progress for the driver's display: the epoch (0-based here, 1-based posted), the step
+    within it, the epoch's mean loss so far and the last validated epoch's score."""
+    if w.board is None:
+        return
+    w.posted = time.monotonic()
+    progress.post(w.board, {"epoch": epoch + 1, "epochs": w.cfg.run.epochs, "start": w.start, "stop": w.stop,
+                            "step": step, "steps": w.epoch_steps, "loss": loss, "score_label": w.task.score_label,
+                            "validated": w.validated})  # fmt: skip
 
 
 def _checkpoint_state(w: _Worker, epoch: int, metrics: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
