@@ -15,17 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import rasterio
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from segray.geo.scene import select_bands  # noqa: E402
-from segray.geo.scene import scene_info as read_scene_info  # noqa: E402
-from segray.models.artifact import read_info  # noqa: E402
+from segray.geo.scene import scene_info as read_scene_info
+from segray.geo.scene import select_bands
+from segray.models.artifact import read_info
 
 NODATA = 255
 
