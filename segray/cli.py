@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from segray.datasets import cli as datasets_cli
@@ -20,6 +20,7 @@ from segray.exit_codes import BROKEN_PIPE, COMPACT_EXIT_CODES, EXIT_CODES, LABEL
 from segray.landcover import cli as landcover_cli
 from segray.options import ArgumentParser, add_dataclass_arguments, check_bounds, from_namespace, opt
 from segray.outputs.compact import DEFAULT_ROWS_PER_FILE
+from segray.progress import DEFAULT_EVERY
 from segray.progress import configure as configure_progress
 from segray.ray_runtime import init_ray
 from segray.serving import cli as serving_cli
@@ -355,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ArgumentParser(prog="segray", description=DESCRIPTION, epilog=EXIT_CODES)  # suggests misspelt flags
     p.add_argument("--version", action="version", version=f"segray {__version__}")
-    _add_verbosity(p, argparse.SUPPRESS)  # -v before or after the command
-    p.set_defaults(verbose=0, progress_every=None)
+    _add_common(p)  # -v before or after the command
+    p.set_defaults(**{f.name: f.default for f in fields(CommonOptions)})
     sub = p.add_subparsers(dest="command", required=True)
     _add_label_parsers(sub)  # label, nightly
     _add_model_parsers(sub)  # model init, info, convert-weights
@@ -368,18 +369,34 @@ def build_parser() -> argparse.ArgumentParser:
     landcover_cli.add_parser(sub)
     serving_cli.add_parser(sub)
     for parser in _all_subparsers(p):
-        _add_verbosity(parser, argparse.SUPPRESS)
+        _add_common(parser)
     return p
 
 
-def _add_verbosity(p: argparse.ArgumentParser, default: object) -> None:
-    """``-v`` (Ray's own logs and the workers' output come back; ``-vv``: Ray's debug logs too) and
-    the interval of the plain progress lines shown when the output is not a terminal."""
-    p.add_argument("-v", "--verbose", action="count", default=default, help="show Ray's own logs too (-vv: debug)")
-    p.add_argument(
-        "--progress-every", type=float, default=default, metavar="SECONDS",
-        help="seconds between progress lines when the output is not a terminal (default 30)",
-    )  # fmt: skip
+@dataclass
+class CommonOptions:
+    """Options every command takes, before or after the command's name."""
+
+    verbose: int = opt(
+        0,
+        help="show Ray's own logs and the workers' output too; -vv: Ray's debug logs",
+        flag="--verbose",
+        short="-v",
+        action="count",
+    )
+    progress_every: float = opt(
+        DEFAULT_EVERY,
+        help="seconds between progress lines when the output is not a terminal (on a terminal: a live bar)",
+        flag="--progress-every",
+        above=0,
+        metavar="SECONDS",
+    )
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """``-v`` and ``--progress-every`` on ``p``; their defaults live on the top-level parser only, so a
+    value given before the command's name is not reset by the command's own parser."""
+    add_dataclass_arguments(p, CommonOptions, defaults_elsewhere=True)
 
 
 def _all_subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -235,8 +235,11 @@ class Option:
     choices: tuple[str, ...] | None = None
     #: The flag's text -> value (argparse's ``type``); default: from the unit, else the field's type.
     parse: Callable[[str], Any] | None = None
-    #: ``append``: a repeatable flag, whose list of values ``convert`` makes the field's value.
+    #: ``append``: a repeatable flag, whose list of values ``convert`` makes the field's value;
+    #: ``count``: how many times the flag is given (``-vv``: 2).
     action: str | None = None
+    #: A one-letter spelling listed beside the flag (``-v`` for ``--verbose``).
+    short: str | None = None
     convert: Callable[[Any], Any] | None = None
     metavar: str | None = None
     #: The ``--help`` section the flag is listed in (None: the command's options).
@@ -344,13 +347,17 @@ def add_dataclass_arguments(
     cls: type,
     only: Iterable[str] | None = None,
     skip: Iterable[str] = (),
+    *,
+    defaults_elsewhere: bool = False,
 ) -> None:
     """One flag per field of the options dataclass ``cls`` that has an :class:`Option` with a flag, or
     one positional argument per positional field (``only`` those fields, if given, less ``skip``),
     stored under the field's name. A flag's help ends with its default: ``(default 8)``, ``(default 30
     seconds)``, or ``(default: <default_help>)``; a field without a default is a required flag, a bool
     one a switch (``--x`` for a False default, ``--no-x`` for a True one). Each argument made here
-    carries its Option (:func:`declared_option`)."""
+    carries its Option (:func:`declared_option`). ``defaults_elsewhere``: the flags set nothing when not
+    given (the defaults are the caller's ``set_defaults`` on a parent parser), so that options every
+    command takes may come before or after the command's name."""
     hints = typing.get_type_hints(cls)
     wanted = None if only is None else set(only)
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -364,11 +371,14 @@ def add_dataclass_arguments(
         if spec.group is not None and isinstance(parser, argparse.ArgumentParser):
             target = groups.get(spec.group) or groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         kwargs = _argparse_kwargs(cls, f, spec, hints[f.name])
+        if defaults_elsewhere and not spec.positional:
+            kwargs["default"] = argparse.SUPPRESS
         if spec.positional:
             actions = [target.add_argument(f.name, **kwargs)]
         else:
             dest = spec.dest or f.name
-            actions = [target.add_argument(spec.flag, dest=dest, **kwargs)]
+            flags = [spec.short, spec.flag] if spec.short else [spec.flag]
+            actions = [target.add_argument(*flags, dest=dest, **kwargs)]
             for former in spec.former_flags:
                 actions.append(target.add_argument(former, dest=dest, **{**kwargs, "help": argparse.SUPPRESS}))
             if spec.former_positional:
@@ -415,6 +425,8 @@ def _argparse_kwargs(cls: type, f: Field[Any], spec: Option, hint: Any) -> dict[
     kw = {"metavar": spec.metavar}
     if spec.nargs is not None:
         kw["nargs"] = spec.nargs
+    if spec.action == "count":
+        return {"action": "count", "default": f.default, "help": f"{help_text} {_default_text(cls, f, spec)}"}
     if spec.action is not None:
         kw.update(action=spec.action, default=[])
     elif f.default is not MISSING:
