@@ -1,9 +1,9 @@
 """Render each labelled scene beside its class mask, from the COG masks a labelling run wrote.
 
-One PNG per scene: the scene in true colour (three of its bands, each stretched between its 2nd and
-98th percentile of valid pixels), the mask in the label map's colours (nodata transparent), a legend
-of the classes present, and the scene's CRS coordinates (km) on both axes. Run from the repository
-root, e.g. for the Strzegom walk-through in docs/landcover.md:
+One picture per scene: the scene in colour (three of its bands as red, green and blue, each
+stretched between its 2nd and 98th percentile of valid pixels), the mask in the label map's colours
+(nodata transparent), a legend of the classes present, and the scene's CRS coordinates (km) on both
+axes. Run from the repository root, e.g. for the Strzegom walk-through in docs/landcover.md:
 
     python docs/scene_figures.py --scenes ../shared/data/geo/strzegom/images --labels out/strzegom \\
         --model runs/strzegom-unet-cpu/model --rgb B04,B03,B02 --output docs/images/strzegom
@@ -55,10 +55,10 @@ def render(scene: Path, mask: Path, names: list[str], bands: list[str], output: 
     extent = (b.left / 1000, b.right / 1000, b.bottom / 1000, b.top / 1000)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
     axes[0].imshow(rgb, extent=extent)
-    axes[0].set_title(f"{scene.name}: true colour ({', '.join(bands)})", fontsize=9)
+    axes[0].set_title(f"{scene.stem}\nbands {', '.join(bands)} as red, green, blue", fontsize=8)
     axes[1].imshow(rgb.mean(axis=2), cmap="gray", extent=extent, alpha=0.5)
     axes[1].imshow(rgba, extent=extent, interpolation="nearest")
-    axes[1].set_title(f"{mask.name}: predicted classes", fontsize=9)
+    axes[1].set_title("predicted classes (the COG mask)", fontsize=8)
     for ax in axes:
         ax.set_xlabel(f"easting (km, {crs})", fontsize=8)
         ax.set_ylabel("northing (km)", fontsize=8)
@@ -67,7 +67,7 @@ def render(scene: Path, mask: Path, names: list[str], bands: list[str], output: 
     handles = [Patch(color=np.array(colours[v][:3]) / 255, label=names[v]) for v in present if v < len(names)]
     axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=90)
+    fig.savefig(output, dpi=80, **({"pil_kwargs": {"quality": 85}} if output.suffix == ".jpg" else {}))
     plt.close(fig)
 
 
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", required=True, help="the labelling output (its masks/ folder holds <scene>.tif)")
     p.add_argument("--model", required=True, help="the model artifact: the class names of the legend")
     p.add_argument("--rgb", default="B04,B03,B02", help="the scene's red, green and blue bands (default: %(default)s)")
-    p.add_argument("--output", required=True, help="folder of the PNGs, one <scene stem>.png per scene")
+    p.add_argument("--output", required=True, help="folder of the pictures, one <scene stem>.<format> per scene")
+    p.add_argument("--format", default="jpg", choices=("jpg", "png"), help="picture format (default: %(default)s)")
     a = p.parse_args(argv)
     names = [c.name for c in read_info(a.model).label_map.classes]
     scenes = sorted(Path(a.scenes).glob("*.tif"))
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if not mask.exists():
             print(f"{scene}: no mask at {mask}", file=sys.stderr)
             return 2
-        out = Path(a.output) / f"{scene.stem}.png"
+        out = Path(a.output) / f"{scene.stem}.{a.format}"
         render(scene, mask, names, a.rgb.split(","), out)
         print(out)
     return 0
