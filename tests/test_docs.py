@@ -42,6 +42,8 @@ NOT_RUN = {
     "s3://": "names the reader's own bucket",
     "CAMVID": "trains or scores on the real CamVid set (docs/results.md quotes each run)",
     "configs/camvid-": "a CamVid recipe: minutes to hours of training",
+    "--per-class forest=": "names the classes of the reader's own map (the walk's scenes have other classes)",
+    "landcover accuracy": "needs the reference column a person fills in (tests/landcover/test_accuracy.py runs it)",
     "strzegom": "trains on, labels or reads the real Strzegom scenes (docs/results.md quotes the run)",
     "flanders-fields": "trains on or labels the real Flanders scene (docs/results.md quotes the run)",
 }
