@@ -58,6 +58,21 @@ from segray.ray_runtime import cluster_capacity  # noqa: E402
 from segray.tasks.semantic.predict import Predictor  # noqa: E402
 
 
+def job_options(a: argparse.Namespace, model: str, manifest: Path, work: Path) -> LabelOptions:
+    """The labelling job's options of a bench run: the pool the bench's flags size, writing to <work>/job."""
+    return LabelOptions(
+        model=model,
+        input=str(manifest),
+        output=str(work / "job"),
+        batch_size=a.batch_size,
+        write_batch_size=a.write_batch,
+        min_actors=a.actors,
+        max_actors=a.actors,
+        cpus_per_actor=a.cpus_per_actor,
+        torch_threads=a.actor_threads,
+    )
+
+
 def bare_model(p: Predictor, images: np.ndarray, n: int, batch: int) -> float:
     p.predict_logits(images[:batch])  # warm-up
     t = time.perf_counter()
@@ -147,19 +162,7 @@ def job_only(a: argparse.Namespace, frames: list[Path]) -> None:
     )
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     t = time.perf_counter()
-    s = run_label_job(
-        LabelOptions(
-            model=model,
-            input=str(manifest),
-            output=str(work / "job"),
-            batch_size=a.batch_size,
-            write_batch_size=a.write_batch,
-            min_actors=a.actors,
-            max_actors=a.actors,
-            cpus_per_actor=a.cpus_per_actor,
-            torch_threads=a.actor_threads,
-        )
-    )
+    s = run_label_job(job_options(a, model, manifest, work))
     wall = time.perf_counter() - t
     ray.shutdown()
     assert s.labelled == n, s
@@ -295,19 +298,7 @@ def main() -> None:
     )
     with PeakRSS() as mem, CpuShare() as cpu:
         t = time.perf_counter()
-        s = run_label_job(
-            LabelOptions(
-                model=model,
-                input=str(manifest),
-                output=str(work / "job"),
-                batch_size=a.batch_size,
-                write_batch_size=a.write_batch,
-                min_actors=a.actors,
-                max_actors=a.actors,
-                cpus_per_actor=a.cpus_per_actor,
-                torch_threads=a.actor_threads,
-            )
-        )
+        s = run_label_job(job_options(a, model, manifest, work))
         wall = time.perf_counter() - t
     assert s.labelled == n, s
     fb = n / wall
