@@ -168,49 +168,50 @@ def _landcover_parser(sub: argparse._SubParsersAction, **kwargs: Any) -> Landcov
 
 
 def _add_subcommands(p: LandcoverParser) -> None:
-    sample = ArgumentParser(
-        prog=f"{p.prog} sample",
-        description="A stratified random sample of pixel centres, the map classes being the strata (Olofsson et "
-        "al. 2014): N points per class, each pixel of a class equally likely, nodata never. The GeoPackage "
-        "holds each point's mask, pixel, x/y in the masks' CRS, map class and an empty reference column "
-        "for interpreters to fill in.",
-        epilog=EXIT_CODES,
-    )
-    add_dataclass_arguments(sample, LandcoverSample)
-    sample.set_defaults(func=cmd_sample)
-    accuracy = ArgumentParser(
-        prog=f"{p.prog} accuracy",
-        description="Error matrix in sample counts and in estimated area proportions; overall, user's and "
-        "producer's accuracy, each with its standard error and 95% confidence interval; error-adjusted area "
-        "of each class in hectares with its 95% confidence interval (Olofsson et al. 2014). Mapped areas "
-        "come from the map's pixels and CRS. Points outside the map, on nodata or without a reference class "
-        "are listed and left out. OUT receives classes.parquet, error_matrix_counts.parquet, "
-        "error_matrix_proportions.parquet, accuracy.json and accuracy.md.",
-        epilog=EXIT_CODES,
-    )
-    add_dataclass_arguments(accuracy, LandcoverAccuracy)
-    accuracy.set_defaults(func=cmd_accuracy)
-    zones = ArgumentParser(
-        prog=f"{p.prog} zones",
-        description="Area of each class in each zone polygon, for each map (one per date): a pixel counts in a "
-        "zone when its centre is inside the polygon; overlapping masks of one grid count a pixel once. OUT "
-        "receives zones.parquet and zones.gpkg (the zones with area_m2_<class>, area_ha_<class>, share_<class>, "
-        "area_nodata_m2 and covered_fraction, one feature per zone, date and model) and _zones.json.",
-        epilog=EXIT_CODES,
-    )
-    add_dataclass_arguments(zones, LandcoverZones)
-    zones.set_defaults(func=cmd_zones)
-    change = ArgumentParser(
-        prog=f"{p.prog} change",
-        description="Change between two maps of the same masks: the from-to matrix in hectares (per zone too "
-        "with --zones), gains, losses and net change per class, and a change COG per mask (code from*K+to, "
-        "colour table, legend in _change.json). OUT receives from_to_ha.parquet, class_change.parquet, "
-        "change/<scene>.tif, zones_*.parquet with --zones, and _change.json.",
-        epilog=EXIT_CODES,
-    )
-    add_dataclass_arguments(change, LandcoverChange)
-    change.set_defaults(func=cmd_change)
-    p.commands = {"sample": sample, "accuracy": accuracy, "zones": zones, "change": change}
+    """``sample``, ``accuracy``, ``zones`` and ``change``: each its own parser, which ``p`` hands the
+    arguments to when the subcommand's name comes first."""
+    commands = {
+        "sample": (
+            LandcoverSample,
+            cmd_sample,
+            "A stratified random sample of pixel centres, the map classes being the strata (Olofsson et "
+            "al. 2014): N points per class, each pixel of a class equally likely, nodata never. The GeoPackage "
+            "holds each point's mask, pixel, x/y in the masks' CRS, map class and an empty reference column "
+            "for interpreters to fill in.",
+        ),
+        "accuracy": (
+            LandcoverAccuracy,
+            cmd_accuracy,
+            "Error matrix in sample counts and in estimated area proportions; overall, user's and "
+            "producer's accuracy, each with its standard error and 95% confidence interval; error-adjusted area "
+            "of each class in hectares with its 95% confidence interval (Olofsson et al. 2014). Mapped areas "
+            "come from the map's pixels and CRS. Points outside the map, on nodata or without a reference class "
+            "are listed and left out. OUT receives classes.parquet, error_matrix_counts.parquet, "
+            "error_matrix_proportions.parquet, accuracy.json and accuracy.md.",
+        ),
+        "zones": (
+            LandcoverZones,
+            cmd_zones,
+            "Area of each class in each zone polygon, for each map (one per date): a pixel counts in a "
+            "zone when its centre is inside the polygon; overlapping masks of one grid count a pixel once. OUT "
+            "receives zones.parquet and zones.gpkg (the zones with area_m2_<class>, area_ha_<class>, share_<class>, "
+            "area_nodata_m2 and covered_fraction, one feature per zone, date and model) and _zones.json.",
+        ),
+        "change": (
+            LandcoverChange,
+            cmd_change,
+            "Change between two maps of the same masks: the from-to matrix in hectares (per zone too "
+            "with --zones), gains, losses and net change per class, and a change COG per mask (code from*K+to, "
+            "colour table, legend in _change.json). OUT receives from_to_ha.parquet, class_change.parquet, "
+            "change/<scene>.tif, zones_*.parquet with --zones, and _change.json.",
+        ),
+    }
+    p.commands = {}
+    for name, (options, func, description) in commands.items():
+        parser = ArgumentParser(prog=f"{p.prog} {name}", description=description, epilog=EXIT_CODES)
+        add_dataclass_arguments(parser, options)
+        parser.set_defaults(func=func)
+        p.commands[name] = parser
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
